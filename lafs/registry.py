@@ -1,0 +1,52 @@
+"""Name registries so configs can pick components by string."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from lafs.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects of one kind (``kind`` is used in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator registering an object under ``name`` (default: its ``__name__``)."""
+
+        def decorator(obj: T) -> T:
+            key = obj.__name__ if name is None else name  # type: ignore[attr-defined]
+            if key in self._items:
+                # Silently replacing would make the winner depend on import order.
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            self._items[key] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name``; unknown names are a `ConfigError`."""
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise ConfigError(f"unknown {self.kind} {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
+HEADS: Registry[Callable[..., Any]] = Registry("head")
+REGULARISERS: Registry[Callable[..., Any]] = Registry("regulariser")
+LANDMARK_SOURCES: Registry[Callable[..., Any]] = Registry("landmark source")
