@@ -1,0 +1,25 @@
+"""What every command-line entry point shares: user errors become one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+
+from lafs.errors import LafsError
+
+Main = Callable[[Sequence[str] | None], int]
+
+
+def entry_point(main: Main) -> Main:
+    """Wrap ``main(argv) -> exit status`` so a `LafsError` prints ``error: <message>`` and returns 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except LafsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapper
