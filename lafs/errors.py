@@ -13,3 +13,7 @@ class LafsError(Exception):
 
 class ConfigError(LafsError):
     """A config file, override or registry name that cannot be used."""
+
+
+class DataError(LafsError):
+    """A data file or folder that cannot be read as what it claims to be (path and reason in the message)."""
