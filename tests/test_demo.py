@@ -1,0 +1,24 @@
+import numpy as np
+import yaml
+
+from tools.demo import main
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["--config", "configs/demo.yaml", f"output_dir={out}", "data.num_identities=3", "data.images_per_identity=2"]
+    assert main([*args, "batch_size=4"]) == 0
+    printed = capsys.readouterr().out
+    assert "embeddings (6, 128)" in printed and "not built yet" in printed
+    assert np.load(out / "embeddings.npy").shape == (6, 128)
+    assert np.load(out / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
+    assert (out / "faces.png").stat().st_size > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["num_identities"] == 3
+
+
+def test_demo_reports_bad_options_in_one_line(tmp_path, capsys):
+    assert main([f"output_dir={tmp_path}", "encoder.landmark_set=mediapipe196"]) == 2
+    assert main([f"output_dir={tmp_path}", "data.num_identites=3"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert "must equal data.landmark_set" in errors[0] and "did you mean 'data.num_identities'" in errors[1]
