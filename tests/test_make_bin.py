@@ -1,0 +1,76 @@
+import cv2
+import numpy as np
+import pytest
+
+from lafs.data.pairs import load_bin
+from tools.make_bin import main
+
+
+def write_image(path, value: int, size: int = 40) -> None:
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[..., 0] = value  # red channel only, to check the colour order survives
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    (tmp_path / "faces").mkdir()
+    for i in range(4):
+        write_image(tmp_path / "faces" / f"{i}.png", 50 * i + 40)
+    return tmp_path
+
+
+def test_builds_a_bin(pairs_dir, capsys):
+    pairs = pairs_dir / "pairs.txt"
+    pairs.write_text("# a b same\nfaces/0.png faces/1.png 1\n\nfaces/2.png faces/3.png 0\nfaces/0.png faces/3.png 0\n")
+    out = pairs_dir / "out" / "set.bin"
+    assert main(["--input", str(pairs), "--output", str(out), "--image-size", "64"]) == 0
+    summary = capsys.readouterr().out.strip()
+    assert summary.startswith(f"wrote {out}: 3 pairs (1 same, 2 different), ") and summary.endswith(" bytes")
+    assert "\n" not in summary
+    images, issame = load_bin(out)
+    assert issame.tolist() == [True, False, False]
+    assert [image.shape for image in images] == [(64, 64, 3)] * 6
+    red = [image[..., 0].mean() for image in images]
+    np.testing.assert_allclose(red, [40, 90, 140, 190, 40, 190], atol=3)
+    assert max(image[..., 1:].max() for image in images) < 10
+
+
+def test_image_size_zero_keeps_sizes(pairs_dir):
+    write_image(pairs_dir / "faces" / "big.png", 100, size=70)
+    (pairs_dir / "pairs.txt").write_text("faces/0.png faces/big.png 1\n")
+    out = pairs_dir / "set.bin"
+    assert main(["--input", str(pairs_dir / "pairs.txt"), "--output", str(out), "--image-size", "0"]) == 0
+    assert [image.shape for image in load_bin(out)[0]] == [(40, 40, 3), (70, 70, 3)]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("faces/0.png faces/1.png", "expected 'path_a path_b 1|0', got 2 fields"),
+        ("faces/0.png faces/1.png 2", "label must be 1 (same) or 0 (different)"),
+        ("faces/0.png faces/nope.png 1", "no such image"),
+        ("faces/0.png faces/junk.png 0", "does not decode as an image"),
+    ],
+)
+def test_bad_lines(pairs_dir, capsys, line, message):
+    (pairs_dir / "faces" / "junk.png").write_bytes(b"not a png")
+    pairs = pairs_dir / "pairs.txt"
+    pairs.write_text(f"faces/0.png faces/1.png 1\n# comment\n{line}\n")
+    out = pairs_dir / "set.bin"
+    assert main(["--input", str(pairs), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {pairs}:3: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_pairs_file(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "set.bin")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.txt'}: no such file\n"
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "path_a path_b 1|0" in capsys.readouterr().out
