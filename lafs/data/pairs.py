@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lafs.data.images import UndecodableImage, decode_image, read_image_file, resize_square
 from lafs.errors import DataError
 
 # Protocol 4 stores bytes compactly (protocol 2 would spell them as latin-1 text) and is read by every Python 3 that
@@ -147,32 +148,19 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[Entry], np.ndarray]:
     return list(images), labels
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    # Area averaging does not alias when shrinking; it degenerates to nearest neighbour when enlarging.
-    interpolation = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
-
-
 def decode_entry(entry: Entry, image_size: int | None = None) -> np.ndarray:
     """One `read_bin` entry as an H x W x 3 uint8 RGB image (image_size x image_size if given).
 
     An already decoded array entry is taken to be RGB. Raises `DataError` if the entry is not a decodable image.
     """
     if isinstance(entry, np.ndarray) and _is_decoded(entry):
-        image = np.ascontiguousarray(entry)
-    else:
-        buffer = np.frombuffer(entry, np.uint8) if isinstance(entry, bytes) else entry.reshape(-1)
-        try:
-            # Ignore EXIF orientation like MXNet's imdecode, which insightface's loader uses.
-            bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buffer.size else None
-        except cv2.error:
-            bgr = None
-        if bgr is None:
-            raise DataError(f"does not decode as an image ({buffer.size} bytes)")
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return image if image_size is None else _resize(image, image_size)
+        return resize_square(np.ascontiguousarray(entry), image_size)
+    try:
+        return decode_image(entry, size=image_size)
+    except (UndecodableImage, cv2.error):
+        raise DataError(
+            f"does not decode as an image ({len(entry) if isinstance(entry, bytes) else entry.size} bytes)"
+        ) from None
 
 
 def load_bin(path: str | os.PathLike[str], image_size: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -278,11 +266,10 @@ def load_pair_images(
         if image_path not in cache:
             if not image_path.is_file():
                 raise DataError(f"{path}:{number}: no such image {image_path}")
-            bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DataError(f"{path}:{number}: {image_path} does not decode as an image")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            cache[image_path] = rgb if image_size is None else _resize(rgb, image_size)
+            try:
+                cache[image_path] = read_image_file(image_path, size=image_size)
+            except UndecodableImage:
+                raise DataError(f"{path}:{number}: {image_path} does not decode as an image") from None
         return cache[image_path]
 
     parsed = _parse_pairs_file(path)

@@ -1,0 +1,174 @@
+"""One way in: `open_dataset` opens a ``.rec``, an image folder or a list file, with landmarks and few-shot subsets.
+
+Every dataset it returns yields dicts ``{"image": H x W x 3 uint8 RGB, "label": int, "index": int}`` (``index`` is
+the record's index in the underlying file, also inside subsets) plus, unless ``landmarks="none"``,
+``"landmarks"`` (K, 2) float32 pixels and ``"landmark_valid"`` (K,) bool. Datasets expose ``labels`` (N,) and
+``num_classes``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from lafs.data.folder import few_shot_indices, open_image_folder, open_list_file
+from lafs.data.recordio import FaceRecordDataset
+from lafs.errors import ConfigError, DataError
+from lafs.landmarks.cache import LandmarkCache
+from lafs.landmarks.sources import scaled_template
+
+LIST_SUFFIXES = frozenset({".csv", ".txt", ".lst"})
+MissingPolicy = Literal["template", "skip"]
+
+
+@dataclass
+class DatasetConfig:
+    path: str = ""  # a .rec (with .idx beside it), an image folder (one sub-folder per identity) or a path,label CSV
+    bgr: bool = False  # the source stores BGR pixels (MS1MV3's .rec does; WebFace4M's is RGB)
+    image_size: int = 112  # every image is resized to this square: the ArcFace crop the encoders take
+    landmarks: str = "template"  # "template" (aligned faces), "none", or a landmark cache folder (tools/landmarks.py)
+    landmark_set: str = "mediapipe196"  # must match the encoder's; a cache records its own and is checked against it
+    missing_landmarks: MissingPolicy = "template"  # faces MediaPipe missed: use the template, or skip the image
+    shots: int | None = None  # keep N images per identity (few-shot, LAFS's strongest setting); None keeps all
+    seed: int = 0  # which images a few-shot subset keeps
+    max_bad_fraction: float = 0.01  # stop if more than this share of records read fail to decode
+
+    def validate(self) -> None:
+        if self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"data.shots must be >= 1 or null, got {self.shots}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
+
+
+class IndexSubset(Dataset):
+    """Items ``positions`` of ``base``, in that order; each item keeps its own ``index`` and label."""
+
+    def __init__(self, base: Any, positions: np.ndarray) -> None:
+        self.base, self.positions = base, np.asarray(positions, dtype=np.int64)
+        self.labels = np.asarray(base.labels)[self.positions]
+        self.num_classes = base.num_classes
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.base[int(self.positions[i])]
+
+
+class WithLandmarks(Dataset):
+    """Adds ``landmarks`` (K, 2) and ``landmark_valid`` (K,) to each item, from a cache or the template.
+
+    Faces without cached landmarks get the template (``missing="template"``, marked invalid so losses that need
+    real landmarks can ignore them) or are left out of the dataset (``missing="skip"``).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        landmark_set: str,
+        image_size: int,
+        cache: LandmarkCache | None = None,
+        missing: MissingPolicy = "template",
+    ) -> None:
+        self.base, self.cache = base, cache
+        self.template = scaled_template(landmark_set, image_size, image_size)
+        positions = np.arange(len(base))
+        if cache is not None and missing == "skip":
+            positions = positions[cache.found[positions] & cache.done[positions]]
+        self.positions = positions
+        self.labels = np.asarray(base.labels)[positions]
+        self.num_classes = base.num_classes
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.base[int(self.positions[i])])
+        found = False
+        if self.cache is not None:
+            landmarks, found = self.cache.lookup(item["index"])
+        item["landmarks"] = landmarks if found else self.template.copy()
+        item["landmark_valid"] = np.full(len(self.template), found or self.cache is None)
+        return item
+
+
+def _open_base(path: Path, bgr: bool, image_size: int | None, max_bad_fraction: float) -> Any:
+    options = {"bgr": bgr, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
+    if path.is_dir():
+        return open_image_folder(path, **options)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.suffix == ".rec":
+        return FaceRecordDataset(path, **options)
+    if path.suffix.lower() in LIST_SUFFIXES:
+        return open_list_file(path, **options)
+    raise DataError(
+        f"{path}: not a .rec, an image folder or a path,label list file ({', '.join(sorted(LIST_SUFFIXES))})"
+    )
+
+
+def _open_cache(path: str, base: Any, landmark_set: str, image_size: int) -> LandmarkCache:
+    cache = LandmarkCache.open(path)
+    info = cache.info
+    if info.num_images != len(base):
+        raise DataError(f"{path}: cache holds {info.num_images} images, the dataset has {len(base)}")
+    if info.landmark_set != landmark_set or info.image_size != image_size:
+        raise DataError(
+            f"{path}: cache has landmark set {info.landmark_set} at {info.image_size} px, "
+            f"this run wants {landmark_set} at {image_size} px"
+        )
+    if not cache.complete:
+        raise DataError(
+            f"{path}: cache is incomplete ({info.processed} of {info.num_images}); resume tools/landmarks.py"
+        )
+    return cache
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    *,
+    bgr: bool = False,
+    image_size: int | None = 112,
+    landmarks: str = "template",
+    landmark_set: str = "mediapipe196",
+    missing_landmarks: MissingPolicy = "template",
+    shots: int | None = None,
+    seed: int = 0,
+    max_bad_fraction: float = 0.01,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Open a face dataset (see the module docstring); options as in `DatasetConfig`.
+
+    ``image_size=None`` keeps the stored size (landmark extraction does). With ``shots`` and a ``run_dir``, the
+    chosen subset is written to ``run_dir/few_shot.csv`` (``index,label``) so the run can be reproduced.
+    """
+    path = Path(path)
+    dataset = _open_base(path, bgr, image_size, max_bad_fraction)
+    if landmarks != "none":
+        if image_size is None:
+            raise ConfigError("landmarks need a fixed image_size (their pixels are the model's input pixels)")
+        cache = None if landmarks == "template" else _open_cache(landmarks, dataset, landmark_set, image_size)
+        dataset = WithLandmarks(dataset, landmark_set, image_size, cache, missing_landmarks)
+    if shots is not None:
+        dataset = IndexSubset(dataset, few_shot_indices(dataset.labels, shots, seed))
+        if run_dir is not None:
+            _write_subset(Path(run_dir) / "few_shot.csv", dataset)
+    return dataset
+
+
+def _write_subset(target: Path, subset: IndexSubset) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    base_index = getattr(subset.base, "positions", np.arange(len(subset.base)))[subset.positions]
+    temporary = target.with_name(f".{target.name}.tmp")
+    rows = "".join(
+        f"{index},{label}\n" for index, label in zip(base_index.tolist(), subset.labels.tolist(), strict=True)
+    )
+    temporary.write_text("index,label\n" + rows)
+    os.replace(temporary, target)

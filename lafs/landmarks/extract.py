@@ -1,0 +1,112 @@
+"""Fill a landmark cache by running MediaPipe over a whole dataset in worker processes.
+
+MediaPipe cannot batch and runs on the CPU, so the work is spread over processes, each with its own detector and
+its own dataset handle, in chunks of images. Results are flushed every few seconds: a stopped run resumes where it
+stopped, and shards of one dataset can run on several machines and be merged (`lafs.landmarks.cache.merge_caches`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lafs.data.open import open_dataset
+from lafs.landmarks.cache import CacheInfo, LandmarkCache, shard_range
+from lafs.landmarks.sources import MediaPipeLandmarks
+
+FLUSH_SECONDS = 10.0  # at most this much work is redone after a kill
+
+
+@dataclass
+class ExtractionReport:
+    processed: int  # images handled by this run
+    found: int  # of those, images where MediaPipe found a face
+    seconds: float
+    cache: LandmarkCache
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(dataset_path: str, bgr: bool, landmark_set: str, image_size: int) -> None:
+    _worker["dataset"] = open_dataset(dataset_path, bgr=bgr, image_size=None, landmarks="none")
+    _worker["source"] = MediaPipeLandmarks(landmark_set)
+    _worker["image_size"] = image_size
+
+
+def _process(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Landmarks (n, K, 2) in model pixels and found flags (n,) for dataset items ``indices``."""
+    dataset, source, size = _worker["dataset"], _worker["source"], _worker["image_size"]
+    landmarks = np.zeros((len(indices), len(source.mesh_indices), 2), dtype=np.float32)
+    found = np.zeros(len(indices), dtype=bool)
+    for row, index in enumerate(indices):
+        item = dataset[index]
+        if item["index"] != index:  # the reader substituted another record: this one is unreadable
+            continue
+        image = item["image"]
+        points, valid = source(image)
+        if valid.all():
+            scale = np.array([size / image.shape[1], size / image.shape[0]], dtype=np.float32)
+            landmarks[row], found[row] = points * scale, True
+    return np.asarray(indices, dtype=np.int64), landmarks, found
+
+
+def extract_landmarks(
+    dataset_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    landmark_set: str = "mediapipe196",
+    image_size: int = 112,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    bgr: bool = False,
+    chunk_size: int = 32,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> ExtractionReport:
+    """Compute (or resume) the landmark cache of shard ``(i, n)`` of a dataset; ``max_images`` caps this run."""
+    num_images = len(open_dataset(dataset_path, bgr=bgr, image_size=None, landmarks="none"))
+    detector = f"mediapipe {version('mediapipe')} solutions.face_mesh"
+    info = CacheInfo(str(dataset_path), num_images, landmark_set, image_size, detector, *shard)
+    cache = LandmarkCache.create(output, info)
+    block = shard_range(num_images, *shard)
+    todo = [i for i in block if not cache.done[i]][:max_images]
+    chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    start_args = (str(dataset_path), bgr, landmark_set, image_size)
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker, initargs=start_args)
+        results = pool.imap_unordered(_process, chunks)
+    else:
+        _start_worker(*start_args)
+        results = map(_process, chunks)
+    processed = found = 0
+    start = last_flush = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc=f"landmarks -> {Path(output).name}")
+    try:
+        for indices, landmarks, hits in results:
+            cache.write(indices, landmarks, hits)
+            processed, found = processed + len(indices), found + int(hits.sum())
+            bar.update(len(indices))
+            bar.set_postfix(found=f"{found / processed:.1%}")
+            if time.perf_counter() - last_flush > FLUSH_SECONDS:
+                cache.flush()
+                last_flush = time.perf_counter()
+    finally:
+        cache.flush()
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+        _worker.clear()
+    return ExtractionReport(processed, found, time.perf_counter() - start, cache)
