@@ -149,11 +149,11 @@ def open_dataset(
     ``image_size=None`` keeps the stored size (landmark extraction does). With ``shots`` and a ``run_dir``, the
     chosen subset is written to ``run_dir/few_shot.csv`` (``index,label``) so the run can be reproduced.
     """
+    if landmarks != "none" and image_size is None:
+        raise ConfigError("landmarks need a fixed image_size (their pixels are the model's input pixels)")
     path = Path(path)
     dataset = _open_base(path, bgr, image_size, max_bad_fraction)
     if landmarks != "none":
-        if image_size is None:
-            raise ConfigError("landmarks need a fixed image_size (their pixels are the model's input pixels)")
         cache = None if landmarks == "template" else _open_cache(landmarks, dataset, landmark_set, image_size)
         dataset = WithLandmarks(dataset, landmark_set, image_size, cache, missing_landmarks)
     if shots is not None:

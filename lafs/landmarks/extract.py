@@ -29,6 +29,7 @@ FLUSH_SECONDS = 10.0  # at most this much work is redone after a kill
 class ExtractionReport:
     processed: int  # images handled by this run
     found: int  # of those, images where MediaPipe found a face
+    remaining: int  # images of this shard still to do (a capped or stopped run)
     seconds: float
     cache: LandmarkCache
 
@@ -86,7 +87,10 @@ def extract_landmarks(
     start_args = (str(dataset_path), bgr, landmark_set, image_size)
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker, initargs=start_args)
+        # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        pool = context.Pool(workers, initializer=_start_worker, initargs=start_args)
         results = pool.imap_unordered(_process, chunks)
     else:
         _start_worker(*start_args)
@@ -103,10 +107,16 @@ def extract_landmarks(
             if time.perf_counter() - last_flush > FLUSH_SECONDS:
                 cache.flush()
                 last_flush = time.perf_counter()
+        if pool is not None:
+            pool.close()
+            pool.join()
     finally:
         cache.flush()
         bar.close()
         if pool is not None:
             pool.terminate()
+        elif "source" in _worker:
+            _worker.pop("source").close()
         _worker.clear()
-    return ExtractionReport(processed, found, time.perf_counter() - start, cache)
+    remaining = int(np.count_nonzero(~cache.done[block.start : block.stop]))
+    return ExtractionReport(processed, found, remaining, time.perf_counter() - start, cache)
