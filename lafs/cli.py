@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -23,3 +24,16 @@ def entry_point(main: Main) -> Main:
             return 2
 
     return wrapper
+
+
+def int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse

@@ -113,9 +113,10 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        return self.guard.read(index, self._load)
+        return self.guard.read(index, self.load)
 
-    def _load(self, i: int) -> dict[str, Any]:
+    def load(self, i: int) -> dict[str, Any]:
+        """Exactly item ``i`` (no substitute): a file that does not decode is a `DataError`."""
         image = read_image_file(self.paths[i], self.bgr, self.image_size)
         return {"image": image, "label": int(self.labels[i]), "index": i}
 

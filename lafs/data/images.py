@@ -42,6 +42,16 @@ def read_image_file(path: str | os.PathLike[str], bgr: bool = False, size: int |
         raise UndecodableImage(f"{path}: image does not decode") from None
 
 
+def encode_jpeg(image: np.ndarray, quality: int = 95, bgr: bool = False) -> bytes:
+    """JPEG bytes of an H x W x 3 uint8 RGB image; ``bgr=True`` stores the channels swapped (MS1MV3's order)."""
+    # OpenCV takes arrays for BGR: converting gives an ordinary file, not converting stores the channels swapped.
+    pixels = image if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError(f"JPEG encoding failed for a {image.dtype} {image.shape} image")
+    return buffer.tobytes()
+
+
 def resize_square(image: np.ndarray, size: int | None) -> np.ndarray:
     """Resize to size x size (area filter when shrinking, bilinear when enlarging); None or same size: unchanged."""
     if size is None or image.shape[:2] == (size, size):

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lafs.data.images import UndecodableImage, decode_image, read_image_file, resize_square
+from lafs.data.images import UndecodableImage, decode_image, encode_jpeg, read_image_file, resize_square
 from lafs.errors import DataError
 
 # Protocol 4 stores bytes compactly (protocol 2 would spell them as latin-1 text) and is read by every Python 3 that
@@ -200,11 +200,7 @@ def write_bin(
         for image in pair:
             if image.dtype != np.uint8 or not _is_decoded(image):
                 raise ValueError(f"pair {pair_index}: expected H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
-            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV encodes BGR
-            ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise ValueError(f"pair {pair_index}: JPEG encoding failed")
-            encoded.append(buffer.tobytes())
+            encoded.append(encode_jpeg(image, quality))
     labels = [bool(label) for label in issame]  # plain bools: numpy scalars would need numpy to unpickle
 
     path = Path(path)

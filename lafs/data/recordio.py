@@ -490,10 +490,10 @@ class FaceRecordDataset(Dataset):
         n, index = len(self._keys), operator.index(index)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} records")
-        return self.guard.read(index % n, self._load)
+        return self.guard.read(index % n, self.load)
 
-    def _load(self, i: int) -> dict[str, Any]:
-        """Item ``i``; a record that fails to read, decode or match its indexed label is a `DataError`."""
+    def load(self, i: int) -> dict[str, Any]:
+        """Exactly item ``i``, no substitute: an unreadable, undecodable or mislabelled record is a `DataError`."""
         try:
             record = self._reader.read_at(int(self._offsets[i]))[0]
             label = _class_of(record)
@@ -507,3 +507,42 @@ class FaceRecordDataset(Dataset):
         except DataError as exc:
             raise DataError(f"record {int(self._keys[i])}: {exc}") from None
         return {"image": image, "label": label, "index": i}
+
+
+def write_face_rec(
+    rec_path: str | os.PathLike[str], items: Iterable[tuple[bytes, int]], num_classes: int | None = None
+) -> tuple[int, int]:
+    """Write encoded images and their classes as an insightface-layout ``.rec`` + ``.idx``; returns (images, classes).
+
+    ``items`` may be a generator (nothing is held in memory) and must come grouped by class: labels non-decreasing.
+    Images become keys ``1 .. N``, then one identity record per class ``0 .. num_classes - 1`` (default: the largest
+    label + 1; a class with no images gets an empty range, so labels keep their values), then record 0, written last
+    as insightface's face2rec2 does because N is known only at the end. Every header ``id`` is its key, so
+    `rebuild_index` recovers the index. As with `RecordIOWriter`, an exception (also one raised by ``items``)
+    leaves no file behind.
+    """
+    with RecordIOWriter(rec_path) as writer:
+        counts: list[int] = []
+        for key, (payload, label) in enumerate(items, 1):
+            label = operator.index(label)
+            if label < 0:
+                raise ValueError(f"{rec_path}: negative label {label}")
+            if label < len(counts) - 1:
+                raise ValueError(f"{rec_path}: labels must come grouped by class, got {label} after {len(counts) - 1}")
+            counts += [0] * (label + 1 - len(counts))
+            counts[label] += 1
+            writer.write(key, pack_record(RecordHeader(0, float(label), key, 0), payload))
+        if not counts:
+            raise ValueError(f"{rec_path}: no images to write")
+        if num_classes is not None:
+            if num_classes < len(counts):
+                raise ValueError(f"{rec_path}: label {len(counts) - 1} >= num_classes {num_classes}")
+            counts += [0] * (num_classes - len(counts))
+        first = sum(counts) + 1
+        start = 1
+        for offset, count in enumerate(counts):
+            identity = RecordHeader(2, (float(start), float(start + count)), first + offset, 0)
+            writer.write(first + offset, pack_record(identity, b""))
+            start += count
+        writer.write(0, pack_record(RecordHeader(2, (float(first), float(first + len(counts))), 0, 0), b""))
+    return first - 1, len(counts)

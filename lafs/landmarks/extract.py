@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lafs.data.open import open_dataset
+from lafs.errors import DataError
 from lafs.landmarks.cache import CacheInfo, LandmarkCache, shard_range
 from lafs.landmarks.sources import MediaPipeLandmarks
 
@@ -30,12 +31,9 @@ class ExtractionReport:
     processed: int  # images handled by this run
     found: int  # of those, images where MediaPipe found a face
     remaining: int  # images of this shard still to do (a capped or stopped run)
-    seconds: float
+    seconds: float  # wall time of the run, worker start-up included
+    images_per_second: float  # once running: from the first finished chunk to the last, start-up excluded
     cache: LandmarkCache
-
-    @property
-    def images_per_second(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
 _worker: dict[str, Any] = {}
@@ -53,10 +51,10 @@ def _process(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     landmarks = np.zeros((len(indices), len(source.mesh_indices), 2), dtype=np.float32)
     found = np.zeros(len(indices), dtype=bool)
     for row, index in enumerate(indices):
-        item = dataset[index]
-        if item["index"] != index:  # the reader substituted another record: this one is unreadable
+        try:
+            image = dataset.load(index)["image"]
+        except DataError:  # an unreadable record: no landmarks, counted as not found
             continue
-        image = item["image"]
         points, valid = source(image)
         if valid.all():
             scale = np.array([size / image.shape[1], size / image.shape[0]], dtype=np.float32)
@@ -95,11 +93,16 @@ def extract_landmarks(
     else:
         _start_worker(*start_args)
         results = map(_process, chunks)
-    processed = found = 0
-    start = last_flush = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc=f"landmarks -> {Path(output).name}")
+    processed = found = first_chunk = 0
+    start = last_flush = first_time = time.perf_counter()
+    # disable=None: a bar on a terminal, silence in logs.
+    bar = tqdm(
+        total=len(todo), unit="img", disable=None if progress else True, desc=f"landmarks -> {Path(output).name}"
+    )
     try:
         for indices, landmarks, hits in results:
+            if not first_chunk:
+                first_chunk, first_time = len(indices), time.perf_counter()
             cache.write(indices, landmarks, hits)
             processed, found = processed + len(indices), found + int(hits.sum())
             bar.update(len(indices))
@@ -118,5 +121,7 @@ def extract_landmarks(
         elif "source" in _worker:
             _worker.pop("source").close()
         _worker.clear()
+    end = time.perf_counter()
     remaining = int(np.count_nonzero(~cache.done[block.start : block.stop]))
-    return ExtractionReport(processed, found, remaining, time.perf_counter() - start, cache)
+    rate = (processed - first_chunk) / (end - first_time) if end > first_time else 0.0
+    return ExtractionReport(processed, found, remaining, end - start, rate, cache)

@@ -1,0 +1,420 @@
+"""Align your own face photos to the ArcFace 112 x 112 crop and write them as an image folder, a .rec or a .bin.
+
+    python -m tools.align --input PHOTOS --output OUT [--format folder|rec|bin] [--pairs PAIRS.txt]
+                          [--quality 95] [--bgr-rec] [--workers N] [--overwrite]
+
+PHOTOS is a folder with one sub-folder per identity (labels 0, 1, ... in sorted folder-name order), a flat folder of
+photos (all label 0), or a path,label list file. A photo may have any size with the face anywhere; its EXIF
+orientation is applied. MediaPipe's face mesh (with irises) looks at the whole photo, then at overlapping windows of
+1/2 and 1/4 of its short side, since its detector misses faces much smaller than the frame. The eye centres, nose
+tip and mouth corners then map the face onto the ArcFace template: a 112 x 112 crop, the only size the template is
+defined for (--size accepts nothing else). One face per photo: with several, whichever MediaPipe reports first.
+
+Formats (--format):
+  folder  OUT/<identity>/<photo stem>.png, lossless, the input's sub-folders kept (a flat input gives a flat
+          folder; a list file gives one sub-folder per label); the report is OUT/report.txt.
+  rec     OUT.rec + OUT.idx in insightface's layout (records 1..N images grouped by label, identity records,
+          record 0 header), JPEG at --quality, labels as in the input; report OUT_report.txt.
+          --bgr-rec stores the channels swapped as MS1MV3 does (read it back with --bgr / data.bgr=true).
+  bin     OUT.bin, an insightface pair set, from --pairs: lines `path_a path_b 1|0` as tools/make_bin reads them,
+          paths relative to the pairs file or else to PHOTOS (a folder). JPEG at --quality; report OUT_report.txt.
+          A pair with a photo that did not align is left out and counted.
+
+Photos without a face, or that do not decode, are listed with the reason in the report and counted in the summary;
+the rest is written. If none aligns, nothing is written and the exit status is 2. Outputs appear whole or not at all.
+MediaPipe runs on the CPU, one detector per process: --workers N aligns in N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from lafs.cli import entry_point, int_in_range
+from lafs.data.folder import IMAGE_SUFFIXES, read_list_file, scan_image_folder
+from lafs.data.images import UndecodableImage, encode_jpeg
+from lafs.data.open import LIST_SUFFIXES
+from lafs.data.pairs import read_pairs_file, write_bin
+from lafs.data.recordio import write_face_rec
+from lafs.errors import ConfigError, DataError
+from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
+from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
+
+MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful 112 x 112 crop
+WINDOW_LEVELS = 2  # window sizes tried after the whole photo: 1/2, then 1/4 of its short side
+NO_FACE, UNREADABLE = "no face", "unreadable"
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """A photo as H x W x 3 uint8 RGB, turned upright by its EXIF orientation (phone photos keep it there)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise UndecodableImage(exc.strerror or str(exc)) from None
+    # Unlike the dataset readers, no IMREAD_IGNORE_ORIENTATION: a sideways face is harder for MediaPipe to find.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+    if image is None:
+        raise UndecodableImage("does not decode as an image")
+    return image
+
+
+def _window_starts(length: int, side: int) -> list[int]:
+    """Starts of windows of ``side`` overlapping by half and reaching the end of ``length``."""
+    return sorted({*range(0, length - side, side // 2), length - side})
+
+
+def find_face(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
+    """Mesh (478, 3) in ``image`` pixels from the whole photo or, failing that, the first window with a face."""
+    mesh = detector(image)
+    if mesh is not None:
+        return mesh
+    height, width = image.shape[:2]
+    side = min(height, width) // 2
+    for _ in range(WINDOW_LEVELS):
+        if side < MIN_WINDOW:
+            break
+        for y in _window_starts(height, side):
+            for x in _window_starts(width, side):
+                mesh = detector(image[y : y + side, x : x + side])
+                if mesh is not None:
+                    mesh[:, :2] += (x, y)  # pixel edges shift by whole pixels: the convention holds
+                    return mesh
+        side //= 2
+    return None
+
+
+def align_photo(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
+    """The 112 x 112 ArcFace crop of the face in an RGB photo, or None if MediaPipe finds none."""
+    mesh = find_face(detector, image)
+    if mesh is None:
+        return None
+    points = five_points_from_mesh(mesh)
+    scale = float(np.sqrt(abs(np.linalg.det(estimate_alignment(points)[:, :2]))))
+    if scale < 0.5:
+        # warpAffine samples bilinearly, which aliases when shrinking more than 2x: area-filter the photo down first.
+        height, width = image.shape[:2]
+        size = (max(1, round(width * 2 * scale)), max(1, round(height * 2 * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        points = points * np.array([size[0] / width, size[1] / height], dtype=np.float32)  # exact for pixel edges
+    return align_face(image, points)[0]
+
+
+_worker: dict[str, Any] = {}  # this process's detector: MediaPipe cannot batch or share one across processes
+
+
+def _start_worker() -> None:
+    _worker["detector"] = FaceMeshDetector(refine_landmarks=True)
+
+
+def _align_file(path: Path) -> tuple[np.ndarray | None, str]:
+    """(crop, "") or (None, reason) for one photo, with this process's detector."""
+    try:
+        image = read_photo(path)
+    except UndecodableImage as exc:
+        return None, f"{UNREADABLE}: {exc}"
+    try:
+        crop = align_photo(_worker["detector"], image)
+    except ValueError as exc:  # five points too degenerate for a similarity: no usable face either
+        return None, f"{NO_FACE}: {exc}"
+    return (crop, "") if crop is not None else (None, NO_FACE)
+
+
+def align_files(paths: Sequence[Path], workers: int = 1) -> Iterator[tuple[np.ndarray | None, str]]:
+    """(crop or None, failure reason) for every photo, in order; with ``workers`` > 1 in that many processes."""
+    if workers > 1:
+        # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
+        context = multiprocessing.get_context("forkserver")
+        # Preload what workers import (lafs pulls in torch: seconds), but not this module: run as `-m tools.align`,
+        # each worker executes it afresh as its main module, which must not find it imported already.
+        context.set_forkserver_preload(["lafs.landmarks.align", "lafs.landmarks.mediapipe"])
+        with context.Pool(workers, initializer=_start_worker) as pool:
+            yield from pool.imap(_align_file, paths, chunksize=4)
+    else:
+        _start_worker()
+        try:
+            yield from map(_align_file, paths)
+        finally:
+            _worker.pop("detector").close()
+
+
+@dataclass
+class Photos:
+    """Photos to align, their labels (N,) and the output sub-folder of each label ("" for a flat folder)."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    folders: dict[int, str]
+
+
+def find_photos(source: Path) -> Photos:
+    """The photos of an identity folder, a flat folder or a path,label list file (sorted by label)."""
+    if source.is_dir():
+        loose = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        try:
+            paths, labels, names = scan_image_folder(source)
+        except DataError:
+            if not loose:
+                raise DataError(
+                    f"{source}: no photos (expected {source}/<identity>/<photo> or {source}/<photo>)"
+                ) from None
+            return Photos(loose, np.zeros(len(loose), dtype=np.int64), {0: ""})
+        if loose:
+            raise DataError(
+                f"{source}: has identity sub-folders and also loose photos ({loose[0].name}); "
+                "move the loose ones into a sub-folder"
+            )
+        return Photos(paths, labels, dict(enumerate(names)))
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    if source.suffix.lower() not in LIST_SUFFIXES:
+        raise DataError(f"{source}: not a folder of photos or a path,label list file ({', '.join(LIST_SUFFIXES)})")
+    paths, labels = read_list_file(source)
+    order = np.argsort(labels, kind="stable")  # a .rec keeps each identity's images together
+    width = len(str(labels.max()))  # zero-padded: sorted folder names keep the labels' order
+    return Photos([paths[i] for i in order], labels[order], {int(c): str(c).zfill(width) for c in np.unique(labels)})
+
+
+def _locate(path: Path, pairs_dir: Path, root: Path) -> Path:
+    """``path`` as the pairs file resolved it if it exists, else the same relative path under ``root``."""
+    if not path.exists():
+        with contextlib.suppress(ValueError):  # an absolute path outside pairs_dir stays as it is
+            candidate = root / path.relative_to(pairs_dir)
+            if candidate.exists():
+                return candidate
+    return path  # a missing photo is reported as unreadable under this name
+
+
+def pair_photos(pairs_file: Path, root: Path) -> tuple[Photos, list[tuple[int, int, bool]]]:
+    """The distinct photos named in a pairs file and each pair as (photo index, photo index, same)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (with --format bin, --input is the folder the pairs' photos are in)")
+    index: dict[Path, int] = {}
+    pairs = []
+    for a, b, same in read_pairs_file(pairs_file):
+        first, second = (index.setdefault(_locate(p, pairs_file.parent, root), len(index)) for p in (a, b))
+        pairs.append((first, second, same))
+    return Photos(list(index), np.zeros(len(index), dtype=np.int64), {0: ""}), pairs
+
+
+@dataclass
+class Tally:
+    """What happened to the photos of one run."""
+
+    photos: int
+    aligned: int = 0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    def count(self, kind: str) -> int:
+        return sum(reason.startswith(kind) for _, reason in self.failures)
+
+    def require_some(self, source: Path) -> None:
+        """DataError when no photo aligned: then nothing may be written."""
+        if not self.aligned:
+            raise DataError(
+                f"{source}: none of the {self.photos} photos aligned ({self.count(NO_FACE)} without a face, "
+                f"{self.count(UNREADABLE)} unreadable, e.g. {self.failures[0][0]}: {self.failures[0][1]}); "
+                "nothing written"
+            )
+
+
+def aligned_crops(photos: Photos, tally: Tally, workers: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(photo index, crop) of every photo that aligns; the others go to ``tally.failures``."""
+    results = align_files(photos.paths, workers)
+    for index, (crop, reason) in enumerate(tqdm(results, total=len(photos.paths), unit="photo", disable=None)):
+        if crop is None:
+            tally.failures.append((photos.paths[index], reason))
+        else:
+            tally.aligned += 1
+            yield index, crop
+
+
+def output_names(photos: Photos) -> list[Path]:
+    """``<identity>/<stem>.png`` for every photo, numbered ``<stem>_2.png``, ... where two stems would meet."""
+    taken: set[Path] = set()
+    names = []
+    for path, label in zip(photos.paths, photos.labels.tolist(), strict=True):
+        folder, number = Path(photos.folders[label]), 2
+        name = folder / f"{path.stem}.png"
+        while name in taken:
+            name, number = folder / f"{path.stem}_{number}.png", number + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def write_report(path: Path, tally: Tally) -> None:
+    """One ``photo<TAB>reason`` line per photo that did not align, written under a temporary name first."""
+    lines = [f"# tools.align: {tally.aligned} of {tally.photos} photos aligned; the photos below were not\n"]
+    lines += [f"{photo}\t{reason}\n" for photo, reason in tally.failures]
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary.write_text("".join(lines), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that replaces it after a clean exit and is deleted after an error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():  # --overwrite: a folder cannot replace another in one rename, so move the old one aside
+        old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None and old.is_dir():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
+
+
+def write_folder(output: Path, photos: Photos, tally: Tally, source: Path, workers: int) -> None:
+    """Write the crops as PNGs under ``output`` and the report beside them, all at once at the end."""
+    names = output_names(photos)
+    with staged_folder(output) as staging:
+        for index, crop in aligned_crops(photos, tally, workers):
+            target = staging / names[index]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+                raise DataError(f"{output}: cannot write {names[index]}")
+        tally.require_some(source)
+        write_report(staging / "report.txt", tally)
+
+
+def write_rec(output: Path, photos: Photos, tally: Tally, source: Path, workers: int, quality: int, bgr: bool) -> int:
+    """Write the .rec (+ .idx); returns the number of identities."""
+
+    def items() -> Iterator[tuple[bytes, int]]:
+        for index, crop in aligned_crops(photos, tally, workers):
+            yield encode_jpeg(crop, quality, bgr), int(photos.labels[index])
+        tally.require_some(source)  # raised inside write_face_rec, which then deletes its partial files
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # num_classes: an identity whose photos all failed keeps its (empty) place, so labels match the input's.
+    identities = write_face_rec(output, items(), num_classes=int(photos.labels.max()) + 1)[1]
+    write_report(report_path(output, "rec"), tally)
+    return identities
+
+
+def write_pairs(
+    output: Path,
+    photos: Photos,
+    pairs: list[tuple[int, int, bool]],
+    tally: Tally,
+    source: Path,
+    workers: int,
+    quality: int,
+) -> int:
+    """Write the .bin of the pairs whose two photos aligned; returns how many pairs that is."""
+    crops = dict(aligned_crops(photos, tally, workers))
+    tally.require_some(source)
+    kept = [(a, b, same) for a, b, same in pairs if a in crops and b in crops]
+    if not kept:
+        raise DataError(f"{source}: every pair has a photo that did not align; nothing written")
+    write_bin(output, [(crops[a], crops[b]) for a, b, _ in kept], [same for *_, same in kept], quality=quality)
+    write_report(report_path(output, "bin"), tally)
+    return len(kept)
+
+
+def report_path(output: Path, fmt: str) -> Path:
+    """Where the report goes: inside an output folder, else beside the file as ``<stem>_report.txt``."""
+    return output / "report.txt" if fmt == "folder" else output.with_name(f"{output.stem}_report.txt")
+
+
+def _targets(output: Path, fmt: str) -> list[Path]:
+    """Every path the run creates, to refuse overwriting them without --overwrite."""
+    if fmt == "folder":
+        return [output]
+    suffix = f".{fmt}"
+    if output.suffix != suffix:
+        raise ConfigError(f"--output for --format {fmt} must end in {suffix}, got {output}")
+    extra = [output.with_suffix(".idx")] if fmt == "rec" else []
+    return [output, *extra, report_path(output, fmt)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.align", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--input", type=Path, required=True, metavar="PHOTOS", help="photo folder or list file")
+    parser.add_argument("--output", type=Path, required=True, metavar="OUT", help="folder, .rec or .bin to write")
+    parser.add_argument("--format", choices=("folder", "rec", "bin"), default="folder", help="(default: folder)")
+    parser.add_argument("--pairs", type=Path, metavar="PAIRS.txt", help="pairs file, required by --format bin")
+    parser.add_argument(
+        "--size", type=int, choices=(ALIGNED_SIZE,), default=ALIGNED_SIZE, help="crop size: only 112 (the template's)"
+    )
+    parser.add_argument("--quality", type=int_in_range(1, 100), default=95, help="JPEG quality 1..100 (default 95)")
+    parser.add_argument("--bgr-rec", action="store_true", help="store the .rec's pixels in BGR order, as MS1MV3 does")
+    parser.add_argument("--workers", type=int_in_range(1), default=1, help="processes, one detector each (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    return parser
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt, output = args.format, args.output
+    if (args.pairs is not None) != (fmt == "bin"):
+        raise ConfigError("--pairs goes with --format bin, and --format bin needs --pairs")
+    if args.bgr_rec and fmt != "rec":
+        raise ConfigError("--bgr-rec applies to --format rec only")
+    existing = [path for path in _targets(output, fmt) if path.exists()]
+    if existing and not args.overwrite:
+        raise DataError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+
+    pairs: list[tuple[int, int, bool]] = []
+    if fmt == "bin":
+        photos, pairs = pair_photos(args.pairs, args.input)
+    else:
+        photos = find_photos(args.input)
+    tally = Tally(len(photos.paths))
+    start = time.perf_counter()
+    extra = []
+    if fmt == "folder":
+        write_folder(output, photos, tally, args.input, args.workers)
+        written = f"{output} (PNG crops, lossless)"
+    elif fmt == "rec":
+        identities = write_rec(output, photos, tally, args.input, args.workers, args.quality, args.bgr_rec)
+        order = "BGR: read with --bgr / data.bgr=true" if args.bgr_rec else "RGB"
+        written = f"{output} + .idx (insightface layout, JPEG q{args.quality}, {identities} identities, {order})"
+    else:
+        kept = write_pairs(output, photos, pairs, tally, args.input, args.workers, args.quality)
+        extra.append(("pairs", f"{kept} of {len(pairs)} ({len(pairs) - kept} left out: a photo did not align)"))
+        written = f"{output} (JPEG q{args.quality})"
+    seconds = time.perf_counter() - start
+    rows = [
+        ("photos", str(tally.photos)),
+        ("aligned", str(tally.aligned)),
+        ("no face", str(tally.count(NO_FACE))),
+        ("unreadable", str(tally.count(UNREADABLE))),
+        ("images/s", f"{tally.photos / seconds:.1f}"),
+        *extra,
+        ("written", written),
+        ("report", str(report_path(output, fmt))),
+    ]
+    width = max(len(key) for key, _ in rows)
+    print("\n".join(f"{key:<{width}}  {value}" for key, value in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
