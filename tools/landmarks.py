@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = report.processed - report.found
     state = f"{report.remaining} left, run again to resume" if report.remaining else "shard complete"
     print(
-        f"{args.output}: {report.processed} images in {report.seconds:.1f} s "
-        f"({report.images_per_second:.1f} img/s with {args.workers} workers), {missed} without a face found; {state}"
+        f"{args.output}: {report.processed} images in {report.seconds:.1f} s, {report.images_per_second:.1f} img/s "
+        f"once running ({args.workers} workers), {missed} without a face found; {state}"
     )
     return 0
 
