@@ -1,0 +1,23 @@
+"""The one Accelerator every training entry point uses, so the same loop runs on a CPU, one GPU or many."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+
+
+def build_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1) -> Accelerator:
+    """An Accelerator with a seedable sampler (resumable data order).
+
+    Launched as several processes on a machine without CUDA, accelerate would fall back to independent
+    single-process runs unless told to use the CPU; then it joins the processes with gloo.
+    """
+    launched_distributed = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    return Accelerator(
+        cpu=launched_distributed and not torch.cuda.is_available(),
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )

@@ -1,0 +1,358 @@
+"""Landmark-aware views for LAFS pretraining: crops and flips that move landmarks, id permutation, jitter, subsets.
+
+Per face image, `LandmarkViews` makes 2 *global* views carrying all K landmarks and N *local* views carrying k
+landmark ids drawn uniformly with replacement (arXiv 2403.08161; ``spec/losses.md`` §5). Local views are local
+because of their landmark subset, not because they are small crops: both kinds use RandomResizedCrop to the output
+size with scale (0.4, 1) and ratio (3/4, 4/3), then a horizontal flip with p = 0.5.
+
+Geometry. Crop + resize + flip are ONE 2 x 3 affine map per view, applied with `warp_image` to the image and with
+`transform_points` to the landmarks, both in the project convention (pixel ``j`` spans ``[j, j + 1)``), so the
+landmarks follow the image exactly. albumentations' geometric transforms are deliberately not used: their
+crop/resize keypoints follow another pixel-centre convention (up to 0.5 px off on a 112 px view), and a flip moves
+keypoints without swapping left/right ids. Here a flip of a view of width ``S`` PERMUTES the ids with the landmark
+set's ``flip_permutation``: ``new[k] = (S - old[flip[k]].x, old[flip[k]].y)`` (``old`` already cropped), so id
+``k`` keeps meaning the same image-side facial point and keeps its position embedding.
+
+Jitter. Gaussian noise, i.i.d. per coordinate with std ``jitter_std`` pixels *of the view*, is added to the view's
+landmarks (globals and locals), as LAFS does to the landmarks of its clean crop. Local subsets are drawn from the
+jittered landmarks. Invalid landmarks (mask False, e.g. filled in from the template) go through the same maps; the
+mask travels with them (permuted on a flip, gathered for locals).
+
+Photometry. The DINO/LAFS recipe, with albumentations' own pixel transforms: ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
+ToGray p 0.2, GaussianBlur with sigma in (0.1, 2) and PIL's kernel size (p 1.0 global 1, 0.1 global 2, 0.5 locals),
+Solarize at 128 with p 0.2 for global 2 only. Photometry never touches landmarks.
+
+Randomness comes only from the ``np.random.Generator`` passed in. albumentations keeps its own generators; before
+each view its pipelines are given fresh ones seeded from a number drawn from the caller's generator, so equal
+generator states give bit-identical views. That per-call reseeding mutates the pipelines: use one `LandmarkViews`
+per process (DataLoader workers are processes, so the usual setup is fine), not one shared across threads.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lafs.errors import ConfigError
+from lafs.landmarks.align import transform_points, warp_image
+from lafs.landmarks.sets import get_landmark_set
+
+# albumentations asks PyPI for a newer version on import (a 2 s timeout on offline training machines): skip that.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A
+
+NUM_GLOBAL = 2
+_SEED_BOUND = 2**63  # albumentations' generators are seeded from one draw below this, per view
+
+
+@dataclass
+class ViewConfig:
+    """How many views per face and how each is augmented (LAFS pretraining; defaults from the official recipe)."""
+
+    image_size: int = 112  # view side S in pixels: the ArcFace crop size the landmark-token encoders take
+    num_local: int = 8  # LAFS's local views per image (DINO multi-crop count); 0 keeps the two globals only
+    local_landmarks: int = 36  # ids per local view, drawn with replacement: a 6 x 6 mosaic of 8 x 8 patches in LAFS
+    jitter_std: float = 5.0  # std of the Gaussian landmark jitter, pixels of the view, per coordinate (LAFS σ = 5)
+    global_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area fraction of the globals (LAFS/DINO)
+    local_scale: tuple[float, float] = (0.4, 1.0)  # LAFS locals use the global crop recipe, not DINO's small crops
+    ratio: tuple[float, float] = (0.75, 1.3333)  # crop aspect-ratio range (torchvision's RandomResizedCrop default)
+    flip_prob: float = 0.5  # horizontal flip (with the left/right id permutation) as in DINO/LAFS
+    color_jitter_prob: float = 0.8  # DINO: ColorJitter(0.4, 0.4, 0.2, 0.1) applied with p 0.8
+    grayscale_prob: float = 0.2  # DINO: RandomGrayscale p 0.2
+    blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)  # Gaussian blur for global 1, global 2, locals (DINO)
+    solarize_prob: float = 0.2  # solarisation of global 2 only (DINO/LAFS asymmetric recipe)
+    photometric: bool = True  # False switches every photometric op off (geometry only), for tests and debugging
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for values no view can be made with."""
+        if self.image_size < 8:
+            raise ConfigError(f"views.image_size must be at least 8 pixels (one 8 x 8 patch), got {self.image_size}")
+        if self.num_local < 0:
+            raise ConfigError(f"views.num_local must be non-negative, got {self.num_local}")
+        if self.local_landmarks < 1:
+            raise ConfigError(f"views.local_landmarks must be at least 1, got {self.local_landmarks}")
+        if not (math.isfinite(self.jitter_std) and self.jitter_std >= 0):
+            raise ConfigError(f"views.jitter_std must be a finite non-negative number of pixels, got {self.jitter_std}")
+        for name in ("global_scale", "local_scale"):
+            low, high = _pair(self, name, 2)
+            if not 0 < low <= high <= 1:
+                raise ConfigError(f"views.{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
+        low, high = _pair(self, "ratio", 2)
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ConfigError(f"views.ratio must satisfy 0 < low <= high, got {self.ratio}")
+        for name in ("flip_prob", "color_jitter_prob", "grayscale_prob", "solarize_prob"):
+            _probability(name, getattr(self, name))
+        for i, p in enumerate(_pair(self, "blur_prob", 3)):
+            _probability(f"blur_prob[{i}]", p)
+
+
+def _pair(cfg: ViewConfig, name: str, length: int) -> tuple[float, ...]:
+    value = getattr(cfg, name)
+    if not isinstance(value, (tuple, list)) or len(value) != length:
+        raise ConfigError(f"views.{name} must be {length} numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _probability(name: str, p: float) -> None:
+    if not 0 <= p <= 1:
+        raise ConfigError(f"views.{name} must be a probability between 0 and 1, got {p}")
+
+
+# ---------------------------------------------------------------------------------------------------------- geometry
+
+
+def sample_crop_box(
+    height: int, width: int, rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float]
+) -> tuple[float, float, float, float]:
+    """RandomResizedCrop's box ``(x0, y0, w, h)`` in project pixels of an ``height x width`` image.
+
+    torchvision's sampler (10 tries of area fraction ~ U(scale) and log aspect ~ U(log ratio), then a centre crop
+    clamped to the ratio range), with continuous rather than whole-pixel boxes, since the warp is continuous anyway.
+    """
+    area = float(height * width)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = math.sqrt(target * aspect)
+        h = math.sqrt(target / aspect)
+        if 0 < w <= width * (1 + 1e-9) and 0 < h <= height * (1 + 1e-9):
+            w, h = min(w, float(width)), min(h, float(height))
+            return float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = float(width), width / ratio[0]
+    elif in_ratio > ratio[1]:
+        w, h = height * ratio[1], float(height)
+    else:
+        w, h = float(width), float(height)
+    return (width - w) / 2, (height - h) / 2, w, h
+
+
+def crop_map(box: Sequence[float], size: int) -> np.ndarray:
+    """2 x 3 map of the box ``(x0, y0, w, h)`` onto ``[0, size]^2``: (x0, y0) -> (0, 0), far corner -> (size, size)."""
+    x0, y0, w, h = (float(v) for v in box)
+    sx, sy = size / w, size / h
+    return np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]], dtype=np.float64)
+
+
+def flip_map(matrix: np.ndarray, size: int) -> np.ndarray:
+    """``matrix`` followed by the horizontal flip of a ``size``-wide view, x -> size - x (project convention)."""
+    flipped = np.array(matrix, dtype=np.float64)
+    flipped[0] = -flipped[0]
+    flipped[0, 2] += size
+    return flipped
+
+
+def is_flipping(matrix: np.ndarray) -> bool:
+    """Whether a 2 x 3 map mirrors the image (negative determinant), i.e. whether landmark ids must be permuted."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return bool(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0] < 0)
+
+
+def move_landmarks(
+    landmarks: np.ndarray, valid: np.ndarray, matrix: np.ndarray, flip_permutation: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks (K, 2) and mask (K,) of an image -> those of its view under ``matrix``; ids swap if it mirrors."""
+    moved = transform_points(landmarks, matrix)
+    if is_flipping(matrix):
+        # Slot k of the mirrored view holds landmark flip[k] of the source, so id k names the same facial point.
+        return moved[flip_permutation], valid[flip_permutation]
+    return moved, valid
+
+
+# ------------------------------------------------------------------------------------------------------- photometry
+
+
+def _photometric(blur_prob: float, solarize_prob: float, cfg: ViewConfig) -> A.Compose:
+    ops: list[Any] = [
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=cfg.color_jitter_prob),
+        A.ToGray(num_output_channels=3, method="weighted_average", p=cfg.grayscale_prob),
+        # blur_limit=0: kernel size int(3.5 σ) * 2 + 1, matching PIL's GaussianBlur(radius=σ) that DINO uses.
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=blur_prob),
+    ]
+    if solarize_prob > 0:
+        ops.append(A.Solarize(threshold_range=(0.5, 0.5), p=solarize_prob))  # PIL's solarize(threshold=128)
+    return A.Compose(ops, p=1.0, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------------------ views
+
+
+class LandmarkViews:
+    """Makes the 2 global + N local views of one face image (see the module docstring for the recipe)."""
+
+    def __init__(self, cfg: ViewConfig, landmark_set: str) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.landmark_set = get_landmark_set(landmark_set)
+        self.flip_permutation = np.asarray(self.landmark_set.flip_permutation, dtype=np.int64)
+        self._pipelines: list[A.Compose] | None = None
+        if cfg.photometric:
+            blur = cfg.blur_prob
+            self._pipelines = [
+                _photometric(blur[0], 0.0, cfg),  # global 1: always blurred
+                _photometric(blur[1], cfg.solarize_prob, cfg),  # global 2: rarely blurred, sometimes solarised
+                _photometric(blur[2], 0.0, cfg),  # locals
+            ]
+
+    @property
+    def num_landmarks(self) -> int:
+        return self.landmark_set.num_landmarks
+
+    def geometric(self, size_in: tuple[int, int], rng: np.random.Generator, scale: Sequence[float]) -> np.ndarray:
+        """Draw one view's 2 x 3 map from an image of ``size_in = (height, width)``: crop box -> S x S, then maybe flip.
+
+        Whether it flipped is ``is_flipping(map)``. Draws the crop, then the flip coin, from ``rng``.
+        """
+        height, width = size_in
+        size = self.cfg.image_size
+        matrix = crop_map(sample_crop_box(height, width, rng, scale, self.cfg.ratio), size)
+        if rng.random() < self.cfg.flip_prob:
+            matrix = flip_map(matrix, size)
+        return matrix
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        landmarks: np.ndarray,
+        rng: np.random.Generator,
+        valid: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Views of an H x W x 3 uint8 RGB image whose (K, 2) landmarks are in its pixels; see the module docstring.
+
+        Returns ``global_images`` (2, S, S, 3) uint8, ``global_landmarks`` (2, K, 2) float32, ``global_valid`` (2, K)
+        bool, ``local_images`` (N, S, S, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
+        (landmark ids, for position embeddings), ``local_valid`` (N, k) bool.
+        """
+        cfg = self.cfg
+        num_landmarks = self.num_landmarks
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be H x W x 3 uint8 RGB, got shape {image.shape} and dtype {image.dtype}")
+        landmarks = np.asarray(landmarks, dtype=np.float32)
+        if landmarks.shape != (num_landmarks, 2):
+            raise ValueError(
+                f"landmarks must be ({num_landmarks}, 2) for set '{self.landmark_set.name}', got {landmarks.shape}"
+            )
+        if valid is None:
+            valid = np.ones(num_landmarks, dtype=bool)
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != (num_landmarks,):
+            raise ValueError(f"valid must be ({num_landmarks},), got {valid.shape}")
+
+        size, num_local, subset = cfg.image_size, cfg.num_local, cfg.local_landmarks
+        out = {
+            "global_images": np.empty((NUM_GLOBAL, size, size, 3), dtype=np.uint8),
+            "global_landmarks": np.empty((NUM_GLOBAL, num_landmarks, 2), dtype=np.float32),
+            "global_valid": np.empty((NUM_GLOBAL, num_landmarks), dtype=bool),
+            "local_images": np.empty((num_local, size, size, 3), dtype=np.uint8),
+            "local_landmarks": np.empty((num_local, subset, 2), dtype=np.float32),
+            "local_ids": np.empty((num_local, subset), dtype=np.int64),
+            "local_valid": np.empty((num_local, subset), dtype=bool),
+        }
+        size_in = image.shape[:2]
+        for view in range(NUM_GLOBAL + num_local):
+            is_global = view < NUM_GLOBAL
+            # Draw order per view is fixed (crop, flip, jitter, [ids], photometric seed) whatever the options, so
+            # switching photometry or jitter off leaves every other draw unchanged.
+            matrix = self.geometric(size_in, rng, cfg.global_scale if is_global else cfg.local_scale)
+            view_image = warp_image(image, matrix, size)
+            points, point_valid = move_landmarks(landmarks, valid, matrix, self.flip_permutation)
+            points = (points + rng.normal(0.0, cfg.jitter_std, size=points.shape)).astype(np.float32)
+            if is_global:
+                out["global_landmarks"][view] = points
+                out["global_valid"][view] = point_valid
+            else:
+                ids = rng.integers(0, num_landmarks, size=subset, dtype=np.int64)
+                local = view - NUM_GLOBAL
+                out["local_ids"][local] = ids
+                out["local_landmarks"][local] = points[ids]
+                out["local_valid"][local] = point_valid[ids]
+            seed = int(rng.integers(_SEED_BOUND))
+            if self._pipelines is not None:
+                pipeline = self._pipelines[min(view, NUM_GLOBAL)]
+                pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+                view_image = pipeline(image=view_image)["image"]
+            if is_global:
+                out["global_images"][view] = view_image
+            else:
+                out["local_images"][view - NUM_GLOBAL] = view_image
+        return out
+
+
+class PretrainViews(Dataset):
+    """A face data set seen through `LandmarkViews`: item i is its views plus ``label`` and ``index``.
+
+    Item i of epoch e uses ``np.random.default_rng(np.random.SeedSequence([seed, e, i]))``, so its views are a pure
+    function of (seed, epoch, i): identical in any DataLoader worker, in any order, and after resuming a run, with no
+    RNG state to checkpoint. Call `set_epoch` at the start of every epoch; with ``persistent_workers=True`` the
+    workers keep the copy they were started with, so set the epoch before each loader iteration is created or keep
+    workers non-persistent.
+
+    Base items are dicts with ``image``, ``landmarks``, optional ``landmark_valid``, ``label`` and ``index``.
+    """
+
+    def __init__(self, base: Any, views: LandmarkViews, seed: int = 0) -> None:
+        seed = operator.index(seed)
+        if seed < 0:
+            raise ConfigError(f"views seed must be non-negative, got {seed}")
+        self.base = base
+        self.views = views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch = operator.index(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} items")
+        item = self.base[i]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
+        out: dict[str, Any] = self.views(item["image"], item["landmarks"], rng, item.get("landmark_valid"))
+        out["label"] = item["label"]
+        out["index"] = item["index"]
+        return out
+
+
+_IMAGE_KEYS = ("global_images", "local_images")
+_ARRAY_KEYS = ("global_landmarks", "global_valid", "local_landmarks", "local_ids", "local_valid")
+
+
+def collate_views(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack `PretrainViews` items into a batch dict.
+
+    ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, S, S) stay uint8 (channels first);
+    ``global_landmarks`` (B, 2, K, 2) float32, ``global_valid`` (B, 2, K) bool, ``local_landmarks`` (B, N, k, 2),
+    ``local_ids`` (B, N, k) int64, ``local_valid`` (B, N, k) bool, ``label`` and ``index`` (B,) int64.
+    """
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, torch.Tensor] = {}
+    for key in _IMAGE_KEYS:
+        stacked = torch.from_numpy(np.stack([item[key] for item in items]))
+        batch[key] = stacked.permute(0, 1, 4, 2, 3).contiguous()
+    for key in _ARRAY_KEYS:
+        batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
+    for key in ("label", "index"):
+        batch[key] = torch.as_tensor([int(item[key]) for item in items], dtype=torch.int64)
+    return batch

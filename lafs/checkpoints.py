@@ -1,0 +1,71 @@
+"""Step checkpoints through `accelerator.save_state`, written atomically and rotated.
+
+Each checkpoint is built in a hidden ``.tmp-step_N`` folder and renamed to ``step_N`` only once every process has
+written its part, so a kill during a save leaves the previous checkpoint as the newest loadable one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from lafs.errors import ConfigError
+
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+class TrainState:
+    """The loop position a checkpoint must restore (optimiser steps done); registered for checkpointing."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Finished checkpoints in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_point(resume: str, folder: Path) -> Path | None:
+    """``auto``: the newest finished checkpoint (or None); ``""``: None; else that path, which must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = checkpoints(folder)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"resume={resume}: no such checkpoint folder")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int) -> Path:
+    """Save the full training state as ``folder/step_N`` on every process, then keep the newest ``keep``."""
+    final = folder / f"step_{step:08d}"
+    temporary = folder / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        temporary.rename(final)
+        for old in checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,35 @@
+"""Evaluation: face-verification metrics on pair sets (insightface's ``.bin`` LFW, CFP-FP, AgeDB-30, CALFW, CPLFW)."""
+
+from lafs.evaluation.verification import (
+    DEFAULT_FAR_TARGETS,
+    accuracy_at,
+    best_threshold,
+    embed_images,
+    equal_error_rate,
+    evaluate_pairs,
+    far_target_resolvable,
+    kfold_accuracy,
+    kfold_splits,
+    pair_similarities,
+    roc_auc,
+    roc_curve,
+    tar_at_far,
+    verification_report,
+)
+
+__all__ = [
+    "DEFAULT_FAR_TARGETS",
+    "accuracy_at",
+    "best_threshold",
+    "embed_images",
+    "equal_error_rate",
+    "evaluate_pairs",
+    "far_target_resolvable",
+    "kfold_accuracy",
+    "kfold_splits",
+    "pair_similarities",
+    "roc_auc",
+    "roc_curve",
+    "tar_at_far",
+    "verification_report",
+]

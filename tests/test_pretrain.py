@@ -1,0 +1,130 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lafs import checkpoints
+from lafs.data.pairs import write_bin
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
+from lafs.export import load_encoder
+from lafs.pretrain import main
+from lafs.run_log import read_log
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--config",
+    str(ROOT / "configs/pretrain/demo.yaml"),
+    "synthetic.num_identities=8",
+    "synthetic.images_per_identity=4",
+    "views.num_local=2",
+    "views.local_landmarks=6",
+    "dino.out_dim=64",
+    "dino.hidden_dim=32",
+    "dino.bottleneck_dim=16",
+    "dino.freeze_last_layer_epochs=1",
+    "optim.epochs=2",
+    "optim.batch_size=8",
+    "num_workers=0",
+    "log_every=1",
+    "checkpoint_every=2",
+]
+
+
+def run(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    assert main([*TINY, f"output_dir={out}", *extra]) == 0
+    return out
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [record["loss"] for record in read_log(run_dir)]
+
+
+def test_two_steps_in_process(tmp_path):
+    out = run(tmp_path, "run", "max_steps=2")
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2]
+    assert {"dino_loss", "lr", "teacher_temp", "momentum", "teacher_entropy", "images_per_second"} <= set(log[0])
+    assert all(0 < r["loss"] < 10 for r in log)
+    assert [p.name for p in checkpoints.checkpoints(out / "checkpoints")] == ["step_00000002"]
+    encoder = load_encoder(out / "encoder")
+    assert encoder.landmark_set == "mediapipe49"
+    assert encoder(torch.zeros(1, 3, 112, 112)).shape == (1, 128)
+    assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    whole = run(tmp_path, "whole", "max_steps=6")
+    part = run(tmp_path, "part", "max_steps=3")
+    assert len(losses(part)) == 3
+    run(tmp_path, "part", "max_steps=6")  # resume=auto continues from the end-of-run checkpoint at step 3
+    assert losses(part) == losses(whole)
+    a, b = load_file(whole / "encoder" / "model.safetensors"), load_file(part / "encoder" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    original = checkpoints.Accelerator.save_state
+    calls = []
+
+    def dying_save(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint: write part of it, then "die"
+            Path(output_dir, "partial.bin").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return original(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(checkpoints.Accelerator, "save_state", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TINY, f"output_dir={out}", "max_steps=6"])
+    assert [p.name for p in checkpoints.checkpoints(out / "checkpoints")] == ["step_00000002"]
+    assert (out / "checkpoints" / ".tmp-step_00000004").exists()
+    monkeypatch.undo()
+    assert main([*TINY, f"output_dir={out}", "max_steps=6"]) == 0
+    assert [r["step"] for r in read_log(out)] == list(range(1, 7))
+    assert [p.name for p in checkpoints.checkpoints(out / "checkpoints")][-1] == "step_00000006"
+
+
+def test_bad_config_is_one_line(tmp_path, capsys):
+    assert main([*TINY, f"output_dir={tmp_path}", "encoder.landmark_set=mediapipe196"]) == 2
+    assert main([*TINY, f"output_dir={tmp_path}", "resume=/nowhere"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+
+
+def test_two_processes_through_accelerate_launch(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        str(ROOT / "lafs/pretrain.py"),
+        *TINY,
+        f"output_dir={out}",
+        "max_steps=3",
+        "dump_rank_weights=true",
+        "optim.batch_size=4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
+    assert hashes[0] == hashes[1]
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+
+
+def test_teacher_verification_during_training(tmp_path):
+    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=4, images_per_identity=2, landmark_set="mediapipe49"))
+    images = [faces[i]["image"] for i in range(8)]
+    pairs = [(images[0], images[1]), (images[0], images[2]), (images[4], images[5]), (images[3], images[6])]
+    write_bin(tmp_path / "pairs.bin", pairs, [True, False, True, False])
+    out = run(tmp_path, "verified", "max_steps=2", f"eval_bin={tmp_path / 'pairs.bin'}", "eval_every=2")
+    record = read_log(out)[-1]
+    assert 0.0 <= record["verify_accuracy"] <= 1.0 and "verify_accuracy_std" in record
