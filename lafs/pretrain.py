@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_cli(argv, PretrainConfig, description=__doc__.split("\n\n")[0])
     accelerator = build_accelerator(cfg.mixed_precision, cfg.optim.grad_accum)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     run_dir = cfg.output_dir
     if accelerator.is_main_process:
         save_config(cfg, run_dir)
@@ -252,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = RunLog(run_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
     eval_set = load_bin(cfg.eval_bin, cfg.data.image_size) if cfg.eval_bin and accelerator.is_main_process else None
     bar = tqdm(
-        total=target, initial=state.step, disable=not accelerator.is_main_process, unit="step", dynamic_ncols=True
+        # A live bar on the main process's terminal; nothing in logs and on other processes.
+        total=target,
+        initial=state.step,
+        disable=None if accelerator.is_main_process else True,
+        unit="step",
+        dynamic_ncols=True,
     )
     run = Run(cfg, accelerator, dataset, loader, student, teacher, optimizer, dino_loss, schedules, state, log, bar)
     try:

@@ -1,18 +1,23 @@
 import numpy as np
 import yaml
 
+from tests.test_pretrain import TINY
 from tools.demo import main
+
+# The pretraining stage at test size: the TINY overrides minus the config file they start from.
+PRETRAIN = [arg for arg in TINY[2:] if "=" in arg] + ["max_steps=2"]
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["--config", "configs/demo.yaml", f"output_dir={out}", "data.num_identities=3", "data.images_per_identity=2"]
-    assert main([*args, "batch_size=4"]) == 0
+    args = [f"output_dir={out}", "data.num_identities=3", "data.images_per_identity=2", "verify_identities=3"]
+    assert main([*args, "verify_pairs=10", "batch_size=4", f"pretrain_overrides={PRETRAIN}"]) == 0
     printed = capsys.readouterr().out
-    assert "embeddings (6, 128)" in printed and "not built yet" in printed
+    assert "embeddings (6, 128)" in printed and "2 steps, DINO loss" in printed and "not built yet" in printed
+    assert "untrained ->" in printed and "pretrained (AUC" in printed
     assert np.load(out / "embeddings.npy").shape == (6, 128)
     assert np.load(out / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
-    assert (out / "faces.png").stat().st_size > 0
+    assert (out / "faces.png").stat().st_size > 0 and (out / "pretrain" / "encoder" / "model.safetensors").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["num_identities"] == 3
 
 

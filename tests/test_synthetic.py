@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lafs.data import SyntheticFaces, SyntheticFacesConfig, render_face, sample_identity
+from lafs.data.synthetic import synthetic_pairs
 from lafs.errors import ConfigError
 from lafs.landmarks.sets import get_face_mesh
 
@@ -212,3 +213,14 @@ def test_impossible_configs_are_config_errors(change: dict) -> None:
         cfg.validate()
     with pytest.raises(ConfigError):
         SyntheticFaces(cfg)
+
+
+def test_synthetic_pairs_alternate_same_and_different():
+    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=5, images_per_identity=3, landmark_set="mediapipe49"))
+    images, issame = synthetic_pairs(faces, 6, seed=2)
+    assert len(images) == 12 and issame.tolist() == [True, False] * 3
+    again, _ = synthetic_pairs(faces, 6, seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(images, again, strict=True))
+    identity = {faces[i]["image"].tobytes(): faces[i]["label"] for i in range(len(faces))}
+    labels = [identity[image.tobytes()] for image in images]
+    assert [labels[2 * p] == labels[2 * p + 1] for p in range(6)] == issame.tolist()

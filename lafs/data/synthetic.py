@@ -682,3 +682,21 @@ class SyntheticFaces(Dataset):
             "landmarks": landmarks,
             "landmark_valid": np.ones(len(landmarks), dtype=bool),
         }
+
+
+def synthetic_pairs(faces: SyntheticFaces, num_pairs: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """A verification set from ``faces``: 2 * num_pairs images (pair i is 2i, 2i + 1) and issame (num_pairs,) bool.
+
+    Pairs alternate same / different identity, like the standard sets' balanced folds.
+    """
+    per_identity = faces.cfg.images_per_identity
+    if faces.num_classes < 2 or per_identity < 2:
+        raise ConfigError("synthetic pairs need at least 2 identities with at least 2 images each")
+    rng = np.random.default_rng(seed)
+    images, issame = [], np.arange(num_pairs) % 2 == 0
+    for same in issame:
+        a = int(rng.integers(faces.num_classes))
+        b = a if same else int((a + rng.integers(1, faces.num_classes)) % faces.num_classes)
+        i, j = rng.choice(per_identity, size=2, replace=False)
+        images += [faces[a * per_identity + int(i)]["image"], faces[b * per_identity + int(j)]["image"]]
+    return images, issame
