@@ -128,3 +128,11 @@ def test_teacher_verification_during_training(tmp_path):
     out = run(tmp_path, "verified", "max_steps=2", f"eval_bin={tmp_path / 'pairs.bin'}", "eval_every=2")
     record = read_log(out)[-1]
     assert 0.0 <= record["verify_accuracy"] <= 1.0 and "verify_accuracy_std" in record
+
+
+def test_gradient_accumulation_counts_optimiser_steps(tmp_path):
+    # 32 images, batch 4, 2 micro-batches per step: 4 optimiser steps per epoch, schedules over 8.
+    out = run(tmp_path, "accum", "optim.batch_size=4", "optim.grad_accum=2", "max_steps=3")
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert log[0]["epoch"] == 0.25
