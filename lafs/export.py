@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from safetensors.torch import save_file
 
 from lafs.errors import DataError
@@ -85,3 +86,23 @@ def load_encoder(folder: str | os.PathLike[str]) -> LandmarkViT:
         )
     except (RuntimeError, KeyError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+
+
+def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
+    """An encoder from a run directory (its ``encoder/``), an exported encoder folder, or an ONNX file.
+
+    The result maps normalised images (batch, 3, 112, 112) to embeddings (batch, dim).
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return load_onnx_encoder(path)
+    if (path / "config.json").is_file():
+        return load_encoder(path)
+    if (path / "encoder" / "config.json").is_file():
+        return load_encoder(path / "encoder")
+    raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file")
+
+
+def load_onnx_encoder(path: Path) -> torch.nn.Module:
+    """ONNX encoder as a module (filled in with the ONNX export)."""
+    raise DataError(f"{path}: ONNX encoders cannot be loaded yet")
