@@ -12,22 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from lafs.cli import entry_point
+from lafs.cli import entry_point, int_in_range
 from lafs.data.pairs import load_pair_images, write_bin
-
-
-def _int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-
-    return parse
 
 
 @entry_point
@@ -38,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, required=True, metavar="PAIRS_FILE", help="text file of pairs")
     parser.add_argument("--output", type=Path, required=True, metavar="OUT.bin", help=".bin file to write")
     parser.add_argument(
-        "--image-size", type=_int_in_range(0), default=112, metavar="N", help="resize to N x N, 0 keeps (default 112)"
+        "--image-size", type=int_in_range(0), default=112, metavar="N", help="resize to N x N, 0 keeps (default 112)"
     )
-    parser.add_argument("--quality", type=_int_in_range(1, 100), default=95, help="JPEG quality 1..100 (default 95)")
+    parser.add_argument("--quality", type=int_in_range(1, 100), default=95, help="JPEG quality 1..100 (default 95)")
     args = parser.parse_args(argv)
 
     pairs, issame = load_pair_images(args.input, args.image_size or None)
