@@ -7,6 +7,14 @@
 `load_encoder(folder)` and ``timm.create_model(architecture, pretrained=True,
 pretrained_cfg_overlay={"file": folder/"model.safetensors"}, **model_args)`` (after ``import lafs``) give the same
 model.
+
+ONNX (`export_onnx`, `save_encoder_onnx`) adds two files beside the weights, both with a dynamic batch axis:
+
+    folder/model.onnx              images (batch, 3, 112, 112) normalised + landmarks (batch, K, 2) pixels -> embedding
+    folder/model_images_only.onnx  images -> embedding, landmarks from the template (faces aligned to ArcFace's)
+
+and config.json gains an ``"onnx"`` entry listing them with the parity and latency measured at export.
+`OnnxEncoder` runs either file with onnxruntime as a torch module.
 """
 
 from __future__ import annotations
@@ -14,9 +22,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
+import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from safetensors.torch import save_file
@@ -26,6 +39,10 @@ from lafs.models.vit import LandmarkViT
 
 EXPORT_FORMAT = "lafs-encoder"
 EXPORT_VERSION = 1
+
+ONNX_OPSET = 17  # GridSample needs opset 16 or newer
+ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # keyed by images_only
+MIN_PARITY_COSINE = 0.9999
 
 
 def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -103,6 +120,214 @@ def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
     raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file")
 
 
-def load_onnx_encoder(path: Path) -> torch.nn.Module:
-    """ONNX encoder as a module (filled in with the ONNX export)."""
-    raise DataError(f"{path}: ONNX encoders cannot be loaded yet")
+def load_onnx_encoder(path: str | os.PathLike[str]) -> OnnxEncoder:
+    """An ONNX encoder file as a torch module (`OnnxEncoder`); a missing or unreadable file is a `DataError`."""
+    return OnnxEncoder(path)
+
+
+class _ImagesOnly(torch.nn.Module):
+    """``model(images)``: landmarks from the model's template, computed inside the exported graph."""
+
+    def __init__(self, model: LandmarkViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def export_onnx(model: LandmarkViT, path: str | os.PathLike[str], images_only: bool, opset: int = ONNX_OPSET) -> Path:
+    """Write ``model`` as ONNX to ``path`` (whole or not at all) and return the path.
+
+    Inputs ``images`` (batch, 3, H, W) float32 normalised and, unless ``images_only``, ``landmarks`` (batch, K, 2)
+    float32 pixels; output ``embedding`` (batch, dim). The batch axis is dynamic for every input and the output.
+    """
+    import onnx  # optional dependencies: only exporting needs them
+
+    if opset < 16:
+        raise ValueError(f"opset {opset} has no GridSample; use 16 or newer")
+    path = Path(path)
+    height, width = model.pretrained_cfg["input_size"][1:]
+    images = torch.zeros(2, 3, height, width)
+    was_training = model.training
+    model.eval()
+    if images_only:
+        module, args, names = _ImagesOnly(model), (images,), ["images"]
+    else:
+        module, args, names = model, (images, model.default_landmarks(2).clone()), ["images", "landmarks"]
+    dynamic_axes = {name: {0: "batch"} for name in [*names, "embedding"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                module,
+                args,
+                temporary,
+                input_names=names,
+                output_names=["embedding"],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        onnx.checker.check_model(temporary, full_check=True)
+        os.replace(temporary, path)
+    finally:
+        model.train(was_training)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def _median_ms_per_image(run: Any, batch: int, repeats: int = 5, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0 / batch
+
+
+def check_onnx_parity(
+    model: LandmarkViT,
+    onnx_path: str | os.PathLike[str],
+    images: torch.Tensor,
+    landmarks: torch.Tensor | None = None,
+    latency_batch: int = 8,
+) -> dict[str, Any]:
+    """Compare the ONNX file with ``model`` on ``images`` (batch, 3, H, W) normalised (real faces, not noise).
+
+    ``landmarks`` (batch, K, 2) feed a file with a ``landmarks`` input (the template if not given); an images-only
+    file is compared with ``model(images)``. Returns the smallest per-sample cosine similarity, the largest absolute
+    difference, and the median latency per image (ms) of a batch of ``latency_batch`` for PyTorch and ONNX Runtime
+    (CPU). Cosine below `MIN_PARITY_COSINE` is a `DataError`.
+    """
+    encoder = OnnxEncoder(onnx_path)
+    images = images.detach().float().cpu()
+    if encoder.needs_landmarks and landmarks is None:
+        landmarks = model.default_landmarks(images.shape[0]).cpu()
+    if not encoder.needs_landmarks:
+        landmarks = None
+    elif landmarks is not None:
+        landmarks = landmarks.detach().float().cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(images, landmarks)
+            actual = encoder(images, landmarks)
+            cosine = torch.nn.functional.cosine_similarity(expected, actual, dim=1)
+            max_abs = (expected - actual).abs().max().item()
+            repeat = -(-latency_batch // images.shape[0])
+            batch_images = images.repeat(repeat, 1, 1, 1)[:latency_batch]
+            batch_landmarks = None if landmarks is None else landmarks.repeat(repeat, 1, 1)[:latency_batch]
+            torch_ms = _median_ms_per_image(lambda: model(batch_images, batch_landmarks), latency_batch)
+            onnx_ms = _median_ms_per_image(lambda: encoder(batch_images, batch_landmarks), latency_batch)
+    finally:
+        model.train(was_training)
+    report = {
+        "samples": images.shape[0],
+        "min_cosine": cosine.min().item(),
+        "max_abs_diff": max_abs,
+        "latency_batch": latency_batch,
+        "pytorch_ms_per_image": torch_ms,
+        "onnx_ms_per_image": onnx_ms,
+    }
+    if not report["min_cosine"] >= MIN_PARITY_COSINE:
+        raise DataError(
+            f"{onnx_path}: ONNX output differs from PyTorch (min cosine {report['min_cosine']:.6f} "
+            f"< {MIN_PARITY_COSINE})"
+        )
+    return report
+
+
+def save_encoder_onnx(
+    model: LandmarkViT,
+    folder: str | os.PathLike[str],
+    images: torch.Tensor,
+    landmarks: torch.Tensor | None = None,
+    source: dict[str, Any] | None = None,
+    opset: int = ONNX_OPSET,
+) -> dict[str, dict[str, Any]]:
+    """`save_encoder` plus both ONNX files, parity-checked on ``images``/``landmarks``; returns the report per file.
+
+    The folder is written whole or not at all: a failed export or parity check leaves it as it was.
+    """
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.onnx-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_encoder(model, staging, source)
+        reports, entries = {}, []
+        for images_only, name in ONNX_FILES.items():
+            export_onnx(model, staging / name, images_only=images_only, opset=opset)
+            report = check_onnx_parity(model, staging / name, images, None if images_only else landmarks)
+            reports[name] = report
+            inputs = ["images"] if images_only else ["images", "landmarks"]
+            entries.append({"file": name, "inputs": inputs, "output": "embedding", "parity": report})
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text())
+        config["onnx"] = {"opset": opset, "dynamic_batch": True, "files": entries}
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return reports
+
+
+class OnnxEncoder(torch.nn.Module):
+    """An exported ONNX encoder run by onnxruntime (CPU): ``encoder(images[, landmarks]) -> embedding``.
+
+    ``images`` (batch, 3, H, W) normalised; ``landmarks`` (batch, K, 2) pixels are required by a file with a
+    ``landmarks`` input (``model.onnx``) and refused by an images-only one. Returns a float32 tensor (batch, dim) on
+    the images' device. There are no parameters: it is for inference only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None) -> None:
+        super().__init__()
+        import onnxruntime  # optional dependency: only ONNX inference needs it
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such ONNX file")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable or invalid models
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{self.path}: not a readable ONNX model ({reason})") from None
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        outputs = self.session.get_outputs()
+        if self.input_names not in (["images"], ["images", "landmarks"]) or len(outputs) != 1:
+            raise DataError(
+                f"{self.path}: not a lafs encoder (inputs {self.input_names}, want images[, landmarks]; "
+                f"{len(outputs)} outputs, want 1)"
+            )
+        self.output_name = outputs[0].name
+        self.needs_landmarks = "landmarks" in self.input_names
+        dim = outputs[0].shape[-1]
+        self.num_features = dim if isinstance(dim, int) else None
+
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        if self.needs_landmarks and landmarks is None:
+            raise ValueError(f"{self.path.name} takes landmarks (batch, K, 2) as the second argument")
+        if not self.needs_landmarks and landmarks is not None:
+            raise ValueError(f"{self.path.name} is images-only (template landmarks); do not pass landmarks")
+        feed = {"images": np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)}
+        if landmarks is not None:
+            feed["landmarks"] = np.ascontiguousarray(landmarks.detach().cpu().numpy(), dtype=np.float32)
+        (embedding,) = self.session.run([self.output_name], feed)
+        return torch.from_numpy(embedding).to(images.device)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, inputs={self.input_names}"

@@ -15,9 +15,10 @@ from skimage.data import astronaut
 
 from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
+from lafs.inference import _window_starts, read_photo
 from lafs.landmarks.align import ARCFACE_TEMPLATE, estimate_alignment, transform_points
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
-from tools.align import _window_starts, find_photos, main, output_names, read_photo
+from tools.align import find_photos, main, output_names
 
 
 def place(photo: np.ndarray, rng: np.random.Generator, angle: float) -> np.ndarray:

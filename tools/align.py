@@ -51,66 +51,11 @@ from lafs.data.open import LIST_SUFFIXES
 from lafs.data.pairs import read_pairs_file, write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
-from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
-from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
+from lafs.inference import align_photo, read_photo
+from lafs.landmarks.align import ALIGNED_SIZE
+from lafs.landmarks.mediapipe import FaceMeshDetector
 
-MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful 112 x 112 crop
-WINDOW_LEVELS = 2  # window sizes tried after the whole photo: 1/2, then 1/4 of its short side
 NO_FACE, UNREADABLE = "no face", "unreadable"
-
-
-def read_photo(path: Path) -> np.ndarray:
-    """A photo as H x W x 3 uint8 RGB, turned upright by its EXIF orientation (phone photos keep it there)."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise UndecodableImage(exc.strerror or str(exc)) from None
-    # Unlike the dataset readers, no IMREAD_IGNORE_ORIENTATION: a sideways face is harder for MediaPipe to find.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
-    if image is None:
-        raise UndecodableImage("does not decode as an image")
-    return image
-
-
-def _window_starts(length: int, side: int) -> list[int]:
-    """Starts of windows of ``side`` overlapping by half and reaching the end of ``length``."""
-    return sorted({*range(0, length - side, side // 2), length - side})
-
-
-def find_face(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
-    """Mesh (478, 3) in ``image`` pixels from the whole photo or, failing that, the first window with a face."""
-    mesh = detector(image)
-    if mesh is not None:
-        return mesh
-    height, width = image.shape[:2]
-    side = min(height, width) // 2
-    for _ in range(WINDOW_LEVELS):
-        if side < MIN_WINDOW:
-            break
-        for y in _window_starts(height, side):
-            for x in _window_starts(width, side):
-                mesh = detector(image[y : y + side, x : x + side])
-                if mesh is not None:
-                    mesh[:, :2] += (x, y)  # pixel edges shift by whole pixels: the convention holds
-                    return mesh
-        side //= 2
-    return None
-
-
-def align_photo(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
-    """The 112 x 112 ArcFace crop of the face in an RGB photo, or None if MediaPipe finds none."""
-    mesh = find_face(detector, image)
-    if mesh is None:
-        return None
-    points = five_points_from_mesh(mesh)
-    scale = float(np.sqrt(abs(np.linalg.det(estimate_alignment(points)[:, :2]))))
-    if scale < 0.5:
-        # warpAffine samples bilinearly, which aliases when shrinking more than 2x: area-filter the photo down first.
-        height, width = image.shape[:2]
-        size = (max(1, round(width * 2 * scale)), max(1, round(height * 2 * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        points = points * np.array([size[0] / width, size[1] / height], dtype=np.float32)  # exact for pixel edges
-    return align_face(image, points)[0]
 
 
 _worker: dict[str, Any] = {}  # this process's detector: MediaPipe cannot batch or share one across processes

@@ -1,0 +1,204 @@
+"""What the inference commands (``tools/embed.py``, ``tools/verify.py``) share: finding and reading face images,
+aligning photos with MediaPipe, cosine similarity and thresholds taken from an evaluation report.
+
+Without alignment, images must already be aligned square crops (resized to 112 x 112 when of another size). With
+alignment, a photo of any size is read upright (EXIF orientation applied), MediaPipe's face mesh looks at the whole
+photo and then at overlapping windows of 1/2 and 1/4 of its short side (its detector misses small faces), and the
+eyes, nose tip and mouth corners map the face onto the ArcFace 112 x 112 template. Failures come back with a reason,
+never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lafs.data.folder import IMAGE_SUFFIXES
+from lafs.data.images import UndecodableImage, read_image_file, resize_square
+from lafs.errors import DataError
+from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
+from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
+
+NO_FACE, UNREADABLE, NOT_ALIGNED = "no face", "unreadable", "not an aligned crop"
+MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful crop
+WINDOW_LEVELS = 2  # window sizes tried after the whole photo: 1/2, then 1/4 of its short side
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly, plus every image under each folder (recursively, sorted); order kept."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise DataError(f"{item}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            paths += found
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return paths
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """A photo as H x W x 3 uint8 RGB, turned upright by its EXIF orientation."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise UndecodableImage(exc.strerror or str(exc)) from None
+    # Unlike the dataset readers, no IMREAD_IGNORE_ORIENTATION: a sideways face is harder for MediaPipe to find.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+    if image is None:
+        raise UndecodableImage("does not decode as an image")
+    return image
+
+
+def _window_starts(length: int, side: int) -> list[int]:
+    """Starts of windows of ``side`` overlapping by half and reaching the end of ``length``."""
+    return sorted({*range(0, length - side, side // 2), length - side})
+
+
+def find_mesh(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
+    """Mesh (478, 3) in ``image`` pixels from the whole photo or, failing that, the first window with a face."""
+    mesh = detector(image)
+    height, width = image.shape[:2]
+    side = min(height, width) // 2
+    for _ in range(WINDOW_LEVELS):
+        if mesh is not None or side < MIN_WINDOW:
+            break
+        for y in _window_starts(height, side):
+            for x in _window_starts(width, side):
+                mesh = detector(image[y : y + side, x : x + side])
+                if mesh is not None:
+                    mesh[:, :2] += (x, y)
+                    return mesh
+        side //= 2
+    return mesh
+
+
+def align_photo(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
+    """The 112 x 112 ArcFace crop of the (first) face in an RGB photo, or None if MediaPipe finds none."""
+    mesh = find_mesh(detector, image)
+    if mesh is None:
+        return None
+    points = five_points_from_mesh(mesh)
+    scale = float(np.sqrt(abs(np.linalg.det(estimate_alignment(points)[:, :2]))))
+    if scale < 0.5:  # bilinear warping aliases when shrinking more than 2x: area-filter the photo down first
+        height, width = image.shape[:2]
+        size = (max(1, round(width * 2 * scale)), max(1, round(height * 2 * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        points = points * np.array([size[0] / width, size[1] / height], dtype=np.float32)
+    return align_face(image, points)[0]
+
+
+def _aligned_crop(path: Path) -> np.ndarray:
+    image = read_image_file(path)
+    height, width = image.shape[:2]
+    if height != width:
+        raise DataError(f"{NOT_ALIGNED}: {width}x{height} is not square (photos need --align)")
+    return resize_square(image, ALIGNED_SIZE)
+
+
+def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
+    """(crop, "") or (None, reason) for one image."""
+    try:
+        if not align:
+            return _aligned_crop(path), ""
+        photo = read_photo(path)
+    except UndecodableImage as exc:
+        return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
+    except DataError as exc:
+        return None, str(exc)
+    try:
+        crop = align_photo(detector, photo)
+    except ValueError as exc:  # five points too degenerate for a similarity transform: no usable face either
+        return None, f"{NO_FACE}: {exc}"
+    return (crop, "") if crop is not None else (None, NO_FACE)
+
+
+def load_faces(
+    paths: Sequence[str | os.PathLike[str]], align: bool, detector: FaceMeshDetector | None = None
+) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
+    """(112 x 112 RGB crops, their paths, (path, reason) of every image that gave none), in input order.
+
+    ``align=False``: the images are aligned crops already. ``align=True``: faces are found with ``detector`` (one
+    made and closed here when None).
+    """
+    crops: list[np.ndarray] = []
+    kept: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    own = align and detector is None
+    if own:
+        detector = FaceMeshDetector(refine_landmarks=True)
+    try:
+        for path in map(Path, paths):
+            crop, reason = _load_one(path, align, detector)
+            if crop is None:
+                failures.append((path, reason))
+            else:
+                crops.append(crop)
+                kept.append(path)
+    finally:
+        if own:
+            detector.close()
+    return crops, kept, failures
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors, in [-1, 1]; 0 when either is zero."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0:
+        return 0.0
+    return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0))
+
+
+def far_key(far: float) -> str:
+    """The report's key for a false-accept rate: ``1e-03`` for 0.001."""
+    return f"{far:.0e}"
+
+
+def threshold_from_report(
+    report_path: str | os.PathLike[str], far: float, set_name: str | None = None
+) -> tuple[float, str]:
+    """(cosine threshold, "LFW threshold at FAR 1e-03") from ``tools/evaluate.py``'s report.json (or its folder).
+
+    ``set_name`` may be left out when the report holds one set only. A missing file, set or FAR is a `DataError`.
+    """
+    path = Path(report_path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the evaluation report ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not a JSON evaluation report ({exc})") from None
+    sets = report.get("sets") if isinstance(report, dict) else None
+    if not isinstance(sets, dict) or not sets:
+        raise DataError(f'{path}: no "sets" in this evaluation report')
+    if set_name is None:
+        if len(sets) > 1:
+            raise DataError(f"{path}: holds several sets ({', '.join(sets)}); choose one with --set")
+        name = next(iter(sets))
+    else:
+        matches = [name for name in sets if name.lower() == set_name.lower()]
+        if not matches:
+            raise DataError(f"{path}: no set {set_name!r} in this report (it has {', '.join(sets)})")
+        name = matches[0]
+    key = far_key(far)
+    thresholds = sets[name].get("threshold_at_far") if isinstance(sets[name], dict) else None
+    if not isinstance(thresholds, dict) or key not in thresholds:
+        available = ", ".join(thresholds) if isinstance(thresholds, dict) and thresholds else "none"
+        raise DataError(f"{path}: set {name!r} has no threshold at FAR {key} (available: {available})")
+    value = thresholds[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{path}: set {name!r} threshold at FAR {key} is not a number ({value!r})")
+    return float(value), f"{name.upper()} threshold at FAR {key}"

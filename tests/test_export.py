@@ -1,0 +1,219 @@
+"""Encoder folders and ONNX export: round trips, parity on synthetic faces, dynamic batch, bad inputs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import lafs  # noqa: F401  (registers the encoders with timm)
+from lafs.errors import DataError
+from lafs.export import (
+    MIN_PARITY_COSINE,
+    OnnxEncoder,
+    check_onnx_parity,
+    export_onnx,
+    load_any_encoder,
+    load_encoder,
+    save_encoder,
+)
+from tools.export import main, synthetic_faces
+
+ARCH = "lafs_vit_nano_p8_112"
+SMALL = {"landmark_set": "mediapipe49", "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return timm.create_model(ARCH, **SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return synthetic_faces("mediapipe49", 5)
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    return save_encoder(model, tmp_path_factory.mktemp("export") / "encoder", {"test": True})
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["with_landmarks", "images_only"])
+def onnx_file(request, model, tmp_path_factory):
+    name = "model_images_only.onnx" if request.param else "model.onnx"
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / name, images_only=request.param)
+
+
+def test_folder_round_trip(model, folder, faces):
+    images, landmarks = faces
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == ARCH and config["model_args"] == SMALL and config["source"] == {"test": True}
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    with torch.no_grad():
+        expected = model(images, landmarks)
+        loaded = load_encoder(folder).eval()
+        through_timm = timm.create_model(
+            ARCH, pretrained=True, pretrained_cfg_overlay={"file": str(folder / "model.safetensors")}, **SMALL
+        ).eval()
+        for other in (loaded, through_timm, load_any_encoder(folder).eval()):
+            torch.testing.assert_close(other(images, landmarks), expected, rtol=0, atol=0)
+
+
+def test_run_dir_loads_its_encoder(model, tmp_path, faces):
+    save_encoder(model, tmp_path / "run" / "encoder")
+    with torch.no_grad():
+        assert torch.equal(load_any_encoder(tmp_path / "run").eval()(faces[0]), model(faces[0]))
+
+
+def test_onnx_parity_and_dynamic_batch(model, onnx_file, faces):
+    images, landmarks = faces
+    report = check_onnx_parity(model, onnx_file, images, landmarks)
+    assert report["min_cosine"] >= MIN_PARITY_COSINE and report["max_abs_diff"] < 1e-4
+    assert report["pytorch_ms_per_image"] > 0 and report["onnx_ms_per_image"] > 0 and report["latency_batch"] == 8
+
+    encoder = load_any_encoder(onnx_file)
+    assert isinstance(encoder, OnnxEncoder) and encoder.num_features == 32
+    with torch.no_grad():
+        for batch in (1, 5):
+            points = landmarks[:batch] if encoder.needs_landmarks else None
+            out = encoder(images[:batch], points)
+            assert out.shape == (batch, 32) and out.dtype == torch.float32
+            torch.testing.assert_close(out, model(images[:batch], points), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_files_declare_a_dynamic_batch(onnx_file):
+    import onnx
+
+    graph = onnx.load(str(onnx_file)).graph
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [value.name for value in graph.output] == ["embedding"]
+
+
+def test_landmark_arguments_are_checked(tmp_path, model, faces):
+    images, landmarks = faces
+    with_landmarks = OnnxEncoder(export_onnx(model, tmp_path / "a.onnx", images_only=False))
+    images_only = OnnxEncoder(export_onnx(model, tmp_path / "b.onnx", images_only=True))
+    with pytest.raises(ValueError, match="takes landmarks"):
+        with_landmarks(images)
+    with pytest.raises(ValueError, match="images-only"):
+        images_only(images, landmarks)
+    # Moved landmarks change the embedding of the landmark form only.
+    assert not torch.allclose(with_landmarks(images, landmarks), with_landmarks(images, landmarks + 3))
+
+
+def test_parity_failure_is_a_data_error(tmp_path, faces):
+    torch.manual_seed(1)
+    model = timm.create_model(ARCH, **SMALL).eval()
+    path = export_onnx(model, tmp_path / "model_images_only.onnx", images_only=True)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight.mul_(-3.0)
+    with pytest.raises(DataError, match="differs from PyTorch"):
+        check_onnx_parity(model, path, faces[0])
+
+
+@pytest.mark.parametrize("content", [None, b"not an onnx model"], ids=["missing", "garbage"])
+def test_bad_onnx_file(tmp_path, content):
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        load_any_encoder(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _architecture_changed(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = "lafs_vit_base_p8_112"
+    config["model_args"].update(embed_dim=768, depth=12, num_heads=12)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _landmark_set_changed(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["landmark_set"] = "mediapipe196"
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _architecture_changed,
+        _landmark_set_changed,
+        lambda folder: (folder / "model.safetensors").unlink(),
+        lambda folder: (folder / "config.json").write_text("{"),
+    ],
+    ids=["architecture", "landmark_set", "no_weights", "bad_json"],
+)
+def test_corrupted_folder(model, tmp_path, corrupt, capsys):
+    folder = save_encoder(model, tmp_path / "encoder")
+    corrupt(folder)
+    with pytest.raises(DataError) as caught:
+        load_any_encoder(folder)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    out = tmp_path / "out"
+    assert main(["--input", str(folder), "--output", str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_cli_exports_with_onnx(model, tmp_path, faces, capsys):
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("model.onnx", "model_images_only.onnx"):
+        assert name in printed
+    assert printed.count("min cosine") == 2 and printed.count("ms/image PyTorch") == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_images_only.onnx",
+    ]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["input"] == str((tmp_path / "run").resolve())
+    files = {entry["file"]: entry for entry in config["onnx"]["files"]}
+    assert files["model.onnx"]["inputs"] == ["images", "landmarks"]
+    assert files["model_images_only.onnx"]["inputs"] == ["images"]
+    for entry in files.values():
+        assert entry["parity"]["min_cosine"] >= MIN_PARITY_COSINE and entry["parity"]["onnx_ms_per_image"] > 0
+
+    images, landmarks = faces
+    with torch.no_grad():
+        expected = model(images, landmarks)
+        torch.testing.assert_close(load_any_encoder(out)(images, landmarks), expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            load_any_encoder(out / "model.onnx")(images, landmarks), expected, rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            load_any_encoder(out / "model_images_only.onnx")(images), model(images), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_cli_without_onnx(model, tmp_path, capsys):
+    folder = save_encoder(model, tmp_path / "encoder")
+    assert main(["--input", str(folder), "--output", str(tmp_path / "copy")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_cli_missing_input(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_cli_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0 and "--onnx" in result.stdout
