@@ -18,6 +18,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert np.load(out / "embeddings.npy").shape == (6, 128)
     assert np.load(out / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
     assert (out / "faces.png").stat().st_size > 0 and (out / "pretrain" / "encoder" / "model.safetensors").exists()
+    assert (out / "evaluation" / "report.json").exists() and (out / "export" / "model_images_only.onnx").exists()
+    assert "min cosine" in printed and "synthetic_held_out" in printed
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["num_identities"] == 3
 
 

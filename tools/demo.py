@@ -3,8 +3,9 @@
     python -m tools.demo [--config configs/demo.yaml] [key=value ...]
 
 Draws synthetic identities with exact landmarks, pretrains the nano landmark-token encoder with LAFS (DINO over
-landmark views), embeds every face with the pretrained encoder, and verifies held-out identities with the untrained
-and the pretrained encoder. Stages that are not built yet are listed as such, never simulated.
+landmark views), embeds every face with the pretrained encoder, verifies held-out identities with the untrained and
+the pretrained encoder (report.json, report.md, roc.png), and exports the pretrained encoder (safetensors + two ONNX
+forms, parity-checked). Stages that are not built yet are listed as such, never simulated.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.errors import ConfigError
 from lafs.evaluation import evaluate_pairs
-from lafs.export import load_encoder
+from lafs.evaluation.report import build_report, encoder_info, evaluate_sets, format_table, write_report
+from lafs.export import load_encoder, save_encoder_onnx
 from lafs.models import EncoderConfig, build_encoder
 from lafs.run_log import read_log
 
-NOT_BUILT_YET = ("fine-tuning", "IJB-B/C evaluation, ONNX export")
+NOT_BUILT_YET = ("fine-tuning",)
 
 
 @dataclass
@@ -144,8 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     images, issame = synthetic_pairs(held_out, cfg.verify_pairs, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    untrained = build_encoder(cfg.encoder)
-    before, after = (evaluate_pairs(m, images, issame, batch_size=cfg.batch_size) for m in (untrained, pretrained))
+    before = evaluate_pairs(build_encoder(cfg.encoder), images, issame, batch_size=cfg.batch_size)
+    sets = evaluate_sets(pretrained, {"synthetic_held_out": (images, issame)}, batch_size=cfg.batch_size)
+    report = build_report(encoder_info(pretrain_dir), sets, flip=True)
+    write_report(report, run_dir / "evaluation")
+    after = sets["synthetic_held_out"]
+
+    sample = collate_faces(items[:8])
+    onnx = save_encoder_onnx(
+        pretrained,
+        run_dir / "export",
+        normalize_images(sample["image"]),
+        sample["landmarks"],
+        source={"stage": "demo", "run_dir": str(pretrain_dir)},
+    )
 
     size = cfg.data.image_size
     rows = [
@@ -168,12 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(AUC {before['auc']:.3f} -> {after['auc']:.3f})",
             "",
         ),
+        *(
+            (
+                "export",
+                f"{name}: min cosine {r['min_cosine']:.6f} vs PyTorch, dynamic batch",
+                f"{r['pytorch_ms_per_image']:.1f} ms/img PyTorch, {r['onnx_ms_per_image']:.1f} ms/img onnxruntime",
+            )
+            for name, r in onnx.items()
+        ),
         *((stage, "not built yet", "") for stage in NOT_BUILT_YET),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"\nlafs demo -> {run_dir}/ (config.yaml, faces.png, embeddings.npy, labels.npy, pretrain/)")
+    print(f"\nlafs demo -> {run_dir}/ (faces.png, embeddings.npy, pretrain/, evaluation/, export/)")
     for stage, what, note in rows:
         print(f"  {stage:<{width}}  {what}" + (f"  [{note}]" if note else ""))
+    print(f"\nevaluation report ({run_dir / 'evaluation'}/report.md):\n{format_table(report)}")
     return 0
 
 
