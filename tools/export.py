@@ -16,11 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lafs.cli import entry_point, int_in_range
-from lafs.data.collate import normalize_images
+from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import DataError
 from lafs.export import ONNX_OPSET, load_any_encoder, save_encoder, save_encoder_onnx
@@ -30,10 +29,8 @@ from lafs.models.vit import LandmarkViT
 def synthetic_faces(landmark_set: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` synthetic faces: normalised images (count, 3, 112, 112) and landmarks (count, K, 2) in pixels."""
     faces = SyntheticFaces(SyntheticFacesConfig(num_identities=count, images_per_identity=1, landmark_set=landmark_set))
-    items = [faces[i] for i in range(count)]
-    images = torch.from_numpy(np.stack([item["image"] for item in items])).permute(0, 3, 1, 2)
-    landmarks = torch.from_numpy(np.stack([item["landmarks"] for item in items])).float()
-    return normalize_images(images), landmarks
+    batch = collate_faces([faces[i] for i in range(count)])
+    return normalize_images(batch["image"]), batch["landmarks"].float()
 
 
 @entry_point
