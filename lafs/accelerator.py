@@ -6,6 +6,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import GradientAccumulationPlugin
 
 
 def build_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1) -> Accelerator:
@@ -18,6 +19,10 @@ def build_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: 
     return Accelerator(
         cpu=launched_distributed and not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        # Loops feed whole accumulation cycles only; a forced sync on an epoch's last, partial cycle would take an
+        # optimiser step on fewer micro-batches than the loss was scaled for.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=gradient_accumulation_steps, sync_with_dataloader=False
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )

@@ -1,7 +1,8 @@
 """Step checkpoints through `accelerator.save_state`, written atomically and rotated.
 
 Each checkpoint is built in a hidden ``.tmp-step_N`` folder and renamed to ``step_N`` only once every process has
-written its part, so a kill during a save leaves the previous checkpoint as the newest loadable one.
+written its part, so a kill during a save leaves the previous checkpoint as the newest loadable one. The run
+directory must be on a filesystem every process sees (one main process renames and rotates for all).
 """
 
 from __future__ import annotations
@@ -63,8 +64,13 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        # Re-saving a step (after a resume): move the old copy aside first, so some copy is always whole.
+        replaced = folder / f".old-{final.name}"
+        if final.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+            final.rename(replaced)
         temporary.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
         for old in checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import sys
 import time
@@ -152,6 +153,20 @@ def build_models(cfg: PretrainConfig) -> tuple[MultiViewEncoder, MultiViewEncode
     return student, teacher
 
 
+def optimizer_groups(student: MultiViewEncoder, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups: biases, norms and the backbone's no-decay names (tokenizer, positions) get no decay.
+
+    Only the decayed group follows the weight-decay schedule (``scheduled_decay``).
+    """
+    no_decay = {f"backbone.{name}" for name in student.backbone.no_weight_decay()}
+    # A positive placeholder makes timm split the groups even when the schedule starts at 0.
+    groups = param_groups_weight_decay(student, 1.0, no_weight_decay_list=no_decay)
+    for group in groups:
+        group["scheduled_decay"] = group["weight_decay"] > 0
+        group["weight_decay"] = weight_decay if group["scheduled_decay"] else 0.0
+    return groups
+
+
 def weights_hash(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -231,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(loader) < cfg.optim.grad_accum:
         raise ConfigError(f"{len(dataset)} images give fewer batches of {cfg.optim.batch_size} than optim.grad_accum")
     student, teacher = build_models(cfg)
-    groups = param_groups_weight_decay(student, cfg.optim.weight_decay, student.backbone.no_weight_decay())
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    optimizer = torch.optim.AdamW(optimizer_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr)
     dino_loss = DINOLoss(cfg.dino.out_dim, cfg.dino.student_temp, cfg.dino.center_momentum)
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     teacher.to(accelerator.device)
@@ -263,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(cfg, accelerator, dataset, loader, student, teacher, optimizer, dino_loss, schedules, state, log, bar)
     try:
         train(run, target, eval_set)
-        if eval_set is not None and not cfg.eval_every:
+        if eval_set is not None and (not cfg.eval_every or state.step % cfg.eval_every):  # unless just evaluated
             log.write(state.step, verify(teacher, eval_set, accelerator))
     finally:  # an interrupted run still flushes its log; its last checkpoint is already complete
         bar.close()
@@ -311,11 +325,12 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
         # Resuming mid-epoch: the seeded order of this epoch, minus the batches already trained on.
         skip = (state.step - epoch * steps_per_epoch) * cfg.optim.grad_accum
         batches = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
-        for batch in batches:
+        # Whole accumulation cycles only: a last, partial cycle of the epoch is left out.
+        for batch in itertools.islice(batches, steps_per_epoch * cfg.optim.grad_accum - skip):
             step = state.step
             for group in optimizer.param_groups:
                 group["lr"] = schedules.lr(step)
-                if group["weight_decay"] > 0:
+                if group["scheduled_decay"]:
                     group["weight_decay"] = schedules.weight_decay(step)
             with accelerator.accumulate(student):
                 student_out, teacher_out, num_views = forward_views(student, teacher, batch, accelerator)
@@ -331,7 +346,8 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
             images_seen += batch["global_images"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            ema_update(teacher, accelerator.unwrap_model(student), schedules.momentum(step))
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student did not move either
+                ema_update(teacher, accelerator.unwrap_model(student), schedules.momentum(step))
             state.step += 1
             run.bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == target:
@@ -342,10 +358,12 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
                     t_temp=f"{record['teacher_temp']:.3f}",
                     img_s=f"{record['images_per_second']:.0f}",
                 )
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_set is not None:
-                    record.update(verify(teacher, eval_set, accelerator))
                 run.log.write(state.step, record)
                 images_seen, clock = 0, time.perf_counter()
+            if cfg.eval_bin and cfg.eval_every and state.step % cfg.eval_every == 0:
+                if eval_set is not None:  # the main process evaluates; the others wait at the barrier below
+                    run.log.write(state.step, verify(teacher, eval_set, accelerator))
+                accelerator.wait_for_everyone()
             if state.step % cfg.checkpoint_every == 0 or state.step == target:
                 save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
             if state.step >= target:

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from lafs import checkpoints
+from lafs.config import load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.export import load_encoder
-from lafs.pretrain import main
+from lafs.pretrain import PretrainConfig, build_models, main, optimizer_groups
 from lafs.run_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +137,20 @@ def test_gradient_accumulation_counts_optimiser_steps(tmp_path):
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2, 3]
     assert log[0]["epoch"] == 0.25
+
+
+def test_uneven_accumulation_uses_whole_cycles(tmp_path):
+    # 32 images, batch 4: 8 batches per epoch, 3 per optimiser step -> 2 steps, the last 2 batches left out.
+    out = run(tmp_path, "uneven", "optim.batch_size=4", "optim.grad_accum=3", "max_steps=3")
+    assert [(r["step"], r["epoch"]) for r in read_log(out)] == [(1, 0.5), (2, 1.0), (3, 1.5)]
+
+
+def test_no_decay_for_tokenizer_positions_biases_and_norms():
+    cfg = load_config(PretrainConfig, ROOT / "configs/pretrain/demo.yaml", ["dino.out_dim=64", "dino.hidden_dim=32"])
+    student, _ = build_models(cfg)
+    names = {id(p): n for n, p in student.named_parameters()}
+    no_decay, decay = optimizer_groups(student, 0.04)
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert {"backbone.pos_embed", "backbone.cls_token", "backbone.patch_embed.proj.weight"} <= undecayed
+    assert "backbone.blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
+    assert decay["scheduled_decay"] and not no_decay["scheduled_decay"]
