@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
@@ -20,6 +19,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from lafs.errors import ConfigError
+from lafs.files import write_atomic
 
 T = TypeVar("T")
 
@@ -57,20 +57,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, run_dir: str | os.PathLike[str]) -> Path:
     """Write ``cfg`` to ``<run_dir>/config.yaml`` atomically and return that path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "config.yaml"
     # A crash mid-write must never leave a truncated config next to the checkpoints it describes.
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".config.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; run directories are often shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def parse_cli(argv: Sequence[str] | None, cls: type[T], default_config: str | None = None, description: str = "") -> T:

@@ -51,6 +51,7 @@ from lafs.data.open import LIST_SUFFIXES
 from lafs.data.pairs import read_pairs_file, write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
+from lafs.files import write_atomic
 from lafs.inference import align_photo, read_photo
 from lafs.landmarks.align import ALIGNED_SIZE
 from lafs.landmarks.mediapipe import FaceMeshDetector
@@ -205,9 +206,7 @@ def write_report(path: Path, tally: Tally) -> None:
     """One ``photo<TAB>reason`` line per photo that did not align, written under a temporary name first."""
     lines = [f"# tools.align: {tally.aligned} of {tally.photos} photos aligned; the photos below were not\n"]
     lines += [f"{photo}\t{reason}\n" for photo, reason in tally.failures]
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temporary.write_text("".join(lines), encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomic(path, "".join(lines))
 
 
 @contextlib.contextmanager

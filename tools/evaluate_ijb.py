@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,13 +23,7 @@ from typing import Any
 from lafs.cli import entry_point, int_in_range
 from lafs.errors import DataError
 from lafs.evaluation.ijb import DATASETS, IJBOptions, evaluate_ijb
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+from lafs.files import write_atomic
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -76,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = evaluate_ijb(model, args.ijb, dataset, options, batch_size=args.batch_size, device=args.device)
     report = {"input": str(args.input), "ijb": str(args.ijb), **report}
     out = args.output / "ijb_report.json"
-    write_json_atomic(out, report)
+    write_atomic(out, json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     print(f"wrote {out} ({report['num_pairs']} pairs, {report['num_templates']} templates, options {options.name})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset
 from lafs.data.bad_records import BadRecordGuard
 from lafs.data.images import read_image_file
 from lafs.errors import DataError
+from lafs.files import write_atomic
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -57,15 +59,11 @@ def read_list_file(path: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray
 
 def write_list_file(path: str | os.PathLike[str], paths: Sequence[Path], labels: Sequence[int]) -> Path:
     """Write a ``path,label`` list (absolute paths) atomically; returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows((str(Path(p).resolve()), int(label)) for p, label in zip(paths, labels, strict=True))
-    os.replace(temporary, path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "label"])
+    writer.writerows((str(Path(p).resolve()), int(label)) for p, label in zip(paths, labels, strict=True))
+    return write_atomic(path, text.getvalue())
 
 
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from lafs.data.folder import few_shot_indices, open_image_folder, open_list_file
 from lafs.data.recordio import FaceRecordDataset
 from lafs.errors import ConfigError, DataError
+from lafs.files import write_atomic
 from lafs.landmarks.cache import LandmarkCache
 from lafs.landmarks.sources import scaled_template
 
@@ -164,11 +165,8 @@ def open_dataset(
 
 
 def _write_subset(target: Path, subset: IndexSubset) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     base_index = getattr(subset.base, "positions", np.arange(len(subset.base)))[subset.positions]
-    temporary = target.with_name(f".{target.name}.tmp")
     rows = "".join(
         f"{index},{label}\n" for index, label in zip(base_index.tolist(), subset.labels.tolist(), strict=True)
     )
-    temporary.write_text("index,label\n" + rows)
-    os.replace(temporary, target)
+    write_atomic(target, "index,label\n" + rows)

@@ -12,10 +12,8 @@ these files need (numpy arrays and scalars, ``bytes`` under protocol 2) and refu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import numpy as np
 
 from lafs.data.images import UndecodableImage, decode_image, encode_jpeg, read_image_file, resize_square
 from lafs.errors import DataError
+from lafs.files import write_atomic
 
 # Protocol 4 stores bytes compactly (protocol 2 would spell them as latin-1 text) and is read by every Python 3 that
 # insightface's PyTorch and MXNet loaders run on; protocol 5 would need Python 3.8.
@@ -203,17 +202,9 @@ def write_bin(
             encoded.append(encode_jpeg(image, quality))
     labels = [bool(label) for label in issame]  # plain bools: numpy scalars would need numpy to unpickle
 
-    path = Path(path)
-    # A temporary file beside the target and os.replace: readers never see a half-written .bin.
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("xb") as file:
-            pickle.dump((encoded, labels), file, protocol=BIN_PICKLE_PROTOCOL)
-        os.replace(temporary, path)
+        write_atomic(path, pickle.dumps((encoded, labels), protocol=BIN_PICKLE_PROTOCOL))
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise DataError(f"{path}: cannot write: {error.strerror or error}") from None
 
 

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from lafs.evaluation.verification import (
     roc_curve,
     verification_report,
 )
+from lafs.files import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -259,18 +259,6 @@ def _roc_png(report: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with temporary.open("xb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-
-
 def write_report(report: Mapping[str, Any], folder: str | os.PathLike[str]) -> None:
     """Write report.json, report.md and roc.png into ``folder`` (created), each atomically.
 
@@ -286,6 +274,6 @@ def write_report(report: Mapping[str, Any], folder: str | os.PathLike[str]) -> N
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
-            _write_atomic(folder / name, data)
+            write_atomic(folder / name, data)
     except OSError as error:
         raise DataError(f"{folder}: cannot write the report: {error.strerror or error}") from None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lafs.errors import DataError
+from lafs.files import write_atomic
 from lafs.landmarks.sets import get_landmark_set
 
 CACHE_FORMAT = "lafs-landmark-cache"
@@ -137,9 +138,7 @@ class LandmarkCache:
 
     def _write_meta(self) -> None:
         meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "info": asdict(self.info)}
-        temporary = self.path / ".meta.json.tmp"
-        temporary.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(temporary, self.path / "meta.json")
+        write_atomic(self.path / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 def merge_caches(shards: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -> LandmarkCache:
