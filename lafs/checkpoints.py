@@ -15,6 +15,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from lafs.errors import ConfigError
+from lafs.files import replace_folder
 
 _NAME = re.compile(r"^step_(\d+)$")
 
@@ -64,13 +65,7 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        # Re-saving a step (after a resume): move the old copy aside first, so some copy is always whole.
-        replaced = folder / f".old-{final.name}"
-        if final.exists():
-            shutil.rmtree(replaced, ignore_errors=True)
-            final.rename(replaced)
-        temporary.rename(final)
-        shutil.rmtree(replaced, ignore_errors=True)
+        replace_folder(temporary, final)  # re-saving a step after a resume keeps a whole copy throughout
         for old in checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

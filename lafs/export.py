@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from lafs.errors import DataError
+from lafs.files import replace_folder
 from lafs.models.vit import LandmarkViT
 
 EXPORT_FORMAT = "lafs-encoder"
@@ -78,10 +79,7 @@ def save_encoder(model: LandmarkViT, folder: str | os.PathLike[str], source: dic
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
     (temporary / "config.json").write_text(json.dumps(encoder_config(model, source), indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(temporary, folder)
-    return folder
+    return replace_folder(temporary, folder)
 
 
 def load_encoder(folder: str | os.PathLike[str]) -> LandmarkViT:
@@ -274,9 +272,7 @@ def save_encoder_onnx(
         config = json.loads(config_path.read_text())
         config["onnx"] = {"opset": opset, "dynamic_batch": True, "files": entries}
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return reports

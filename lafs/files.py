@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 
@@ -23,3 +24,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_folder(staging: Path, target: Path) -> Path:
+    """Move a fully written ``staging`` folder to ``target``, replacing what is there.
+
+    One rename cannot replace a folder, so the old ``target`` is moved aside first and deleted last: at every moment
+    one whole copy exists.
+    """
+    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
+    return target

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
-import os
 import secrets
 import shutil
 import sys
@@ -51,7 +50,7 @@ from lafs.data.open import LIST_SUFFIXES
 from lafs.data.pairs import read_pairs_file, write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
-from lafs.files import write_atomic
+from lafs.files import replace_folder, write_atomic
 from lafs.inference import align_photo, read_photo
 from lafs.landmarks.align import ALIGNED_SIZE
 from lafs.landmarks.mediapipe import FaceMeshDetector
@@ -220,15 +219,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = None
-    if target.exists():  # --overwrite: a folder cannot replace another in one rename, so move the old one aside
-        old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None and old.is_dir():
-        shutil.rmtree(old)
-    elif old is not None:
-        old.unlink()
+    replace_folder(staging, target)  # --overwrite: the old output stays whole until the new one is in place
 
 
 def write_folder(output: Path, photos: Photos, tally: Tally, source: Path, workers: int) -> None:
