@@ -6,14 +6,18 @@ import os
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
 
 
-def build_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1) -> Accelerator:
+def build_accelerator(
+    mixed_precision: str = "no", gradient_accumulation_steps: int = 1, broadcast_buffers: bool = True
+) -> Accelerator:
     """An Accelerator with a seedable sampler (resumable data order).
 
     Launched as several processes on a machine without CUDA, accelerate would fall back to independent
-    single-process runs unless told to use the CPU; then it joins the processes with gloo.
+    single-process runs unless told to use the CPU; then it joins the processes with gloo. ``broadcast_buffers=False``
+    stops DDP from copying the main process's buffers to the others before every forward (large memory banks that
+    every process keeps identical on its own).
     """
     launched_distributed = int(os.environ.get("LOCAL_RANK", -1)) != -1
     return Accelerator(
@@ -25,4 +29,5 @@ def build_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: 
             num_steps=gradient_accumulation_steps, sync_with_dataloader=False
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=broadcast_buffers)],
     )

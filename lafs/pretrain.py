@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import logging
 import sys
 import time
@@ -33,7 +32,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lafs.accelerator import build_accelerator
 from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views
@@ -51,6 +49,7 @@ from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
 from lafs.run_log import RunLog
+from lafs.training import progress_bar, training_batches
 
 logger = logging.getLogger("lafs.pretrain")
 SYNTHETIC = "synthetic"
@@ -266,14 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = schedules.total if cfg.max_steps is None else min(cfg.max_steps, schedules.total)
     log = RunLog(run_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
     eval_set = load_bin(cfg.eval_bin, cfg.data.image_size) if cfg.eval_bin and accelerator.is_main_process else None
-    bar = tqdm(
-        # A live bar on the main process's terminal; nothing in logs and on other processes.
-        total=target,
-        initial=state.step,
-        disable=None if accelerator.is_main_process else True,
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(accelerator, target, state.step)
     run = Run(cfg, accelerator, dataset, loader, student, teacher, optimizer, dino_loss, schedules, state, log, bar)
     try:
         train(run, target, eval_set)
@@ -318,56 +310,53 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
     student, teacher, optimizer = run.student, run.teacher, run.optimizer
     steps_per_epoch = schedules.steps_per_epoch
     images_seen, clock = 0, time.perf_counter()
-    while state.step < target:
-        epoch = state.step // steps_per_epoch
-        run.dataset.set_epoch(epoch)
-        run.loader.set_epoch(epoch)
-        # Resuming mid-epoch: the seeded order of this epoch, minus the batches already trained on.
-        skip = (state.step - epoch * steps_per_epoch) * cfg.optim.grad_accum
-        batches = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
-        # Whole accumulation cycles only: a last, partial cycle of the epoch is left out.
-        for batch in itertools.islice(batches, steps_per_epoch * cfg.optim.grad_accum - skip):
-            step = state.step
-            for group in optimizer.param_groups:
-                group["lr"] = schedules.lr(step)
-                if group["scheduled_decay"]:
-                    group["weight_decay"] = schedules.weight_decay(step)
-            with accelerator.accumulate(student):
-                student_out, teacher_out, num_views = forward_views(student, teacher, batch, accelerator)
-                losses = run.dino_loss(student_out, teacher_out, schedules.teacher_temp(step), num_views)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    if cfg.optim.clip_grad > 0:
-                        accelerator.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
-                    if schedules.last_layer_frozen(step):
-                        accelerator.unwrap_model(student).head.cancel_last_layer_gradients()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            images_seen += batch["global_images"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student did not move either
-                ema_update(teacher, accelerator.unwrap_model(student), schedules.momentum(step))
-            state.step += 1
-            run.bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == target:
-                record = log_step(state.step, losses, schedules, images_seen / (time.perf_counter() - clock))
-                run.bar.set_postfix(
-                    loss=f"{record['loss']:.4f}",
-                    lr=f"{record['lr']:.2e}",
-                    t_temp=f"{record['teacher_temp']:.3f}",
-                    img_s=f"{record['images_per_second']:.0f}",
-                )
-                run.log.write(state.step, record)
-                images_seen, clock = 0, time.perf_counter()
-            if cfg.eval_bin and cfg.eval_every and state.step % cfg.eval_every == 0:
-                if eval_set is not None:  # the main process evaluates; the others wait at the barrier below
-                    run.log.write(state.step, verify(teacher, eval_set, accelerator))
-                accelerator.wait_for_everyone()
-            if state.step % cfg.checkpoint_every == 0 or state.step == target:
-                save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
-            if state.step >= target:
-                return
+    if state.step >= target:
+        return
+    batches = training_batches(
+        accelerator, run.loader, state.step, steps_per_epoch, cfg.optim.grad_accum, run.dataset.set_epoch
+    )
+    for _, batch in batches:
+        step = state.step
+        for group in optimizer.param_groups:
+            group["lr"] = schedules.lr(step)
+            if group["scheduled_decay"]:
+                group["weight_decay"] = schedules.weight_decay(step)
+        with accelerator.accumulate(student):
+            student_out, teacher_out, num_views = forward_views(student, teacher, batch, accelerator)
+            losses = run.dino_loss(student_out, teacher_out, schedules.teacher_temp(step), num_views)
+            accelerator.backward(losses["loss"])
+            if accelerator.sync_gradients:
+                if cfg.optim.clip_grad > 0:
+                    accelerator.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
+                if schedules.last_layer_frozen(step):
+                    accelerator.unwrap_model(student).head.cancel_last_layer_gradients()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        images_seen += batch["global_images"].shape[0] * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student did not move either
+            ema_update(teacher, accelerator.unwrap_model(student), schedules.momentum(step))
+        state.step += 1
+        run.bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == target:
+            record = log_step(state.step, losses, schedules, images_seen / (time.perf_counter() - clock))
+            run.bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{record['lr']:.2e}",
+                t_temp=f"{record['teacher_temp']:.3f}",
+                img_s=f"{record['images_per_second']:.0f}",
+            )
+            run.log.write(state.step, record)
+            images_seen, clock = 0, time.perf_counter()
+        if cfg.eval_bin and cfg.eval_every and state.step % cfg.eval_every == 0:
+            if eval_set is not None:  # the main process evaluates; the others wait at the barrier below
+                run.log.write(state.step, verify(teacher, eval_set, accelerator))
+            accelerator.wait_for_everyone()
+        if state.step % cfg.checkpoint_every == 0 or state.step == target:
+            save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
+        if state.step >= target:
+            return
 
 
 def log_step(
