@@ -21,16 +21,18 @@ _NAME = re.compile(r"^step_(\d+)$")
 
 
 class TrainState:
-    """The loop position a checkpoint must restore (optimiser steps done); registered for checkpointing."""
+    """What a checkpoint must restore besides weights: optimiser steps done and the best validation score so far."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.best_score = float("-inf")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        return {"step": self.step, "best_score": self.best_score}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        self.best_score = float(state.get("best_score", float("-inf")))
 
 
 def checkpoints(folder: Path) -> list[Path]:

@@ -82,8 +82,11 @@ def save_encoder(model: LandmarkViT, folder: str | os.PathLike[str], source: dic
     return replace_folder(temporary, folder)
 
 
-def load_encoder(folder: str | os.PathLike[str]) -> LandmarkViT:
-    """Rebuild an exported encoder through timm; a missing or mismatched folder is a one-line `DataError`."""
+def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:
+    """Rebuild an exported encoder through timm; a missing or mismatched folder is a one-line `DataError`.
+
+    ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
+    """
     folder = Path(folder)
     weights, config_path = folder / "model.safetensors", folder / "config.json"
     try:
@@ -98,6 +101,7 @@ def load_encoder(folder: str | os.PathLike[str]) -> LandmarkViT:
             pretrained=True,
             pretrained_cfg_overlay={"file": str(weights)},
             **config["model_args"],
+            **overrides,
         )
     except (RuntimeError, KeyError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None

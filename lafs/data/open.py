@@ -158,10 +158,16 @@ def open_dataset(
         cache = None if landmarks == "template" else _open_cache(landmarks, dataset, landmark_set, image_size)
         dataset = WithLandmarks(dataset, landmark_set, image_size, cache, missing_landmarks)
     if shots is not None:
-        dataset = IndexSubset(dataset, few_shot_indices(dataset.labels, shots, seed))
-        if run_dir is not None:
-            _write_subset(Path(run_dir) / "few_shot.csv", dataset)
+        dataset = few_shot_subset(dataset, shots, seed, run_dir)
     return dataset
+
+
+def few_shot_subset(dataset: Any, shots: int, seed: int, run_dir: str | os.PathLike[str] | None = None) -> IndexSubset:
+    """``shots`` seeded images of every identity of ``dataset``; with ``run_dir``, the list goes to few_shot.csv."""
+    subset = IndexSubset(dataset, few_shot_indices(np.asarray(dataset.labels), shots, seed))
+    if run_dir is not None:
+        _write_subset(Path(run_dir) / "few_shot.csv", subset)
+    return subset
 
 
 def _write_subset(target: Path, subset: IndexSubset) -> None:

@@ -657,6 +657,11 @@ class SyntheticFaces(Dataset):
         return self.cfg.num_identities
 
     @property
+    def labels(self) -> np.ndarray:
+        """(N,) the identity of every item, as the file-backed datasets expose it."""
+        return np.repeat(np.arange(self.cfg.num_identities), self.cfg.images_per_identity)
+
+    @property
     def landmark_set(self) -> LandmarkSet:
         return self._landmarks
 

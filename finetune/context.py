@@ -1,0 +1,51 @@
+"""What one fine-tuning step hands to every regulariser: `LossContext`, and `Communicator` for cross-process state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from finetune.heads import MarginHead
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+@dataclass
+class Communicator:
+    """Collective operations a regulariser may need; the defaults are those of a single process."""
+
+    is_main: bool = True  # the process that runs once-per-run jobs (clustering)
+    gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenates every process's tensor along dim 0
+    broadcast: Callable[[torch.Tensor], torch.Tensor] = _same  # returns the main process's tensor on every process
+
+
+@dataclass
+class LossContext:
+    """The tensors of one step. ``V`` embedding views (1 unless a regulariser asks for more), batch ``B``,
+    embedding width ``d``, ``C`` classes, ``K`` landmarks."""
+
+    features: torch.Tensor  # (B, d) encoder embeddings, before any embedding-level dropout
+    embeddings: torch.Tensor  # (V, B, d) the views the margin cross-entropy was computed on
+    labels: torch.Tensor  # (B,) int64 hard labels (the dominant label of a mixed image)
+    cosines: torch.Tensor  # (V, B, C) cos(theta) of each view to every class centre, clamped, before any margin
+    logits: torch.Tensor  # (V, B, C) the margin head's scaled logits (margins applied), as the cross-entropy saw them
+    head: MarginHead  # the class centres (head.weight, C x d) and the scale (head.scale)
+    epoch: float = 0.0  # fractional epoch: step / steps_per_epoch
+    step: int = 0  # optimiser steps taken before this one
+    soft_labels: torch.Tensor | None = None  # (B, C) mixup targets, None when the batch was not mixed
+    indices: torch.Tensor | None = None  # (B,) int64 dataset indices (memory banks key on them)
+    landmarks: torch.Tensor | None = None  # (B, K, 2) pixels the encoder sampled at (a trainable predictor's output)
+    reference_landmarks: torch.Tensor | None = None  # (B, K, 2) the frozen reference (cache or frozen predictor)
+    image_size: int = 112  # side of the square input, in pixels
+    comm: Communicator = field(default_factory=Communicator)
+
+    @property
+    def mixed(self) -> bool:
+        """Mixup changed this batch (pair and contrastive terms skip such batches)."""
+        return self.soft_labels is not None

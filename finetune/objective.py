@@ -1,0 +1,129 @@
+"""The fine-tuning loss: margin cross-entropy plus ``sum_r lambda_r(t) * R_r``, as a dict of named terms.
+
+    terms = objective(features, labels, epoch=..., step=..., ...)
+    terms["loss"].backward(); objective.update()
+
+Rules (../shared/spec/losses.md section 9): a regulariser whose lambda(t) is 0 is not computed at all, so the loss
+is bit-identical to the base; the fields a regulariser ``requires`` are checked on the first call; every term is
+returned unweighted (``*_loss``) and ``lambdas(epoch)`` gives the weights for the log.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from finetune.context import Communicator, LossContext
+from finetune.heads import MarginHead, margin_cross_entropy
+from finetune.regularisers import Regulariser, RegularisersConfig
+from finetune.schedules import WeightSchedule
+from lafs.errors import ConfigError
+from lafs.registry import REGULARISERS
+
+
+class Objective(nn.Module):
+    """The margin head and the regularisers; owns their parameters and state (so checkpoints capture both)."""
+
+    def __init__(
+        self, head: MarginHead, regularisers: dict[str, Regulariser], weights: dict[str, WeightSchedule]
+    ) -> None:
+        super().__init__()
+        if set(regularisers) != set(weights):
+            raise ValueError("one weight schedule per regulariser")
+        self.head = head
+        self.regularisers = nn.ModuleDict(regularisers)
+        self.weights = weights
+        self._checked = False
+        self._context: LossContext | None = None
+
+    def lambdas(self, epoch: float) -> dict[str, float]:
+        """lambda_r(epoch) of every regulariser."""
+        return {name: schedule(epoch) for name, schedule in self.weights.items()}
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        epoch: float = 0.0,
+        step: int = 0,
+        soft_labels: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        reference_landmarks: torch.Tensor | None = None,
+        image_size: int = 112,
+        comm: Communicator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named terms for features (B, d) and labels (B,): ``margin_loss``, each regulariser's, and ``loss``."""
+        embeddings = features[None]
+        class_margins = None
+        for regulariser in self.regularisers.values():
+            views = regulariser.embedding_views(features, epoch)
+            embeddings = views if views is not None else embeddings
+            margins = regulariser.class_margins()
+            class_margins = margins if class_margins is None else class_margins
+        cosines = self.head.cosines(embeddings)
+        logits = self.head.logits(cosines, labels, soft_labels, class_margins)
+        ctx = LossContext(
+            features=features,
+            embeddings=embeddings,
+            labels=labels,
+            cosines=cosines,
+            logits=logits,
+            head=self.head,
+            epoch=epoch,
+            step=step,
+            soft_labels=soft_labels,
+            indices=indices,
+            landmarks=landmarks,
+            reference_landmarks=reference_landmarks,
+            image_size=image_size,
+            comm=comm or Communicator(),
+        )
+        if not self._checked:
+            self._check_requirements(ctx)
+        terms = {"margin_loss": margin_cross_entropy(logits, labels, soft_labels)}
+        loss = terms["margin_loss"]
+        for name, weight in self.lambdas(epoch).items():
+            if weight == 0:
+                continue
+            for term_name, value in self.regularisers[name](ctx).items():
+                terms[term_name] = value
+                loss = loss + weight * value
+        terms["loss"] = loss
+        self._context = ctx
+        return terms
+
+    def _check_requirements(self, ctx: LossContext) -> None:
+        for name, regulariser in self.regularisers.items():
+            missing = sorted(field for field in regulariser.requires if getattr(ctx, field) is None)
+            if missing:
+                raise ConfigError(f"regularisers.{name} needs {', '.join(missing)}, which this run does not provide")
+        self._checked = True
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Regulariser state updates after the step (memory banks, clustering) from the last call's tensors."""
+        ctx = self._context
+        if ctx is None:
+            return
+        detached = {
+            name: value.detach() if torch.is_tensor(value) else value
+            for name, value in vars(ctx).items()
+            if name != "head"
+        }
+        for regulariser in self.regularisers.values():
+            regulariser.update(LossContext(head=ctx.head, **detached))
+        self._context = None
+
+
+def build_objective(
+    head: MarginHead, cfg: RegularisersConfig, *, num_classes: int, embed_dim: int, num_samples: int
+) -> Objective:
+    """The objective with every enabled regulariser of ``cfg``."""
+    enabled = cfg.enabled()
+    regularisers = {
+        name: REGULARISERS.get(name)(options, num_classes=num_classes, embed_dim=embed_dim, num_samples=num_samples)
+        for name, options in enabled.items()
+    }
+    return Objective(head, regularisers, {name: options.weight for name, options in enabled.items()})

@@ -1,0 +1,30 @@
+"""Fine-tuning regularisers, one file per method; importing this package registers them all in REGULARISERS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from finetune.regularisers.base import Regulariser, RegulariserConfig
+from finetune.regularisers.cluster import ClusterConfig
+from finetune.regularisers.coreface import CoReFaceConfig
+from finetune.regularisers.intraloss import IntraLossConfig
+from finetune.regularisers.landmark import LandmarkConfig
+from finetune.regularisers.unpg import UNPGConfig
+
+
+@dataclass
+class RegularisersConfig:
+    """One entry per registered regulariser; each is off until ``<name>.enabled=true``."""
+
+    unpg: UNPGConfig = field(default_factory=UNPGConfig)  # in-batch negative pairs (arXiv 2203.11593)
+    coreface: CoReFaceConfig = field(default_factory=CoReFaceConfig)  # dropout-view contrast (arXiv 2304.11668)
+    intraloss: IntraLossConfig = field(default_factory=IntraLossConfig)  # intra-class pull (arXiv 2107.03352)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster-guided margin + SCC (arXiv 2312.04029)
+    landmark: LandmarkConfig = field(default_factory=LandmarkConfig)  # LAFS landmark positions (arXiv 2403.08161)
+
+    def enabled(self) -> dict[str, RegulariserConfig]:
+        """Name -> config of the switched-on regularisers, in a fixed order."""
+        return {name: cfg for name, cfg in vars(self).items() if cfg.enabled}
+
+
+__all__ = ["Regulariser", "RegulariserConfig", "RegularisersConfig"]

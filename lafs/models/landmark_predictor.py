@@ -1,0 +1,158 @@
+"""A learned landmark predictor: a small timm CNN regressing the K landmarks of an aligned face.
+
+    images (B, 3, H, W) normalised to [-1, 1]  ->  landmarks (B, K, 2) float pixels (x, y), pixel j spans [j, j+1)
+
+Architecture (LAFS, after Part-fViT): a timm backbone (MobileNetV3-large by default, built with
+``pretrained=False``) pooled to one feature vector, Dropout 0.5, then one Linear layer to K * 2 numbers.
+
+Departure from LAFS: LAFS min-max rescales the raw 2K-vector into [0, 111] per image, which forces every face's
+landmarks to touch both image borders and is not a pixel regression at all. Here the output is parametrised as
+**template + offset**: ``landmarks = template + scale * linear(features)``, where ``template`` is the landmark set's
+mean aligned face (`scaled_template`, a buffer) and the Linear layer starts at zero. An untrained predictor
+therefore returns exactly the template, which is what the tokenizer would use anyway: a sane starting point for
+end-to-end fine-tuning through the grid_sample tokenizer, and a plain pixel regression target for distillation.
+``scale`` is ``image_size / 8`` pixels per output unit (14 px at 112): ArcFace-aligned faces deviate from the
+template by a few to ~15 px (pose, expression, alignment error), so the regression targets are O(1) numbers, the
+range standard initialisations and learning rates are made for.
+
+One consequence of the zero start: at the very first step only the Linear layer gets a gradient (the backbone's
+gradient flows through the Linear weights, which are zero); from the second step on everything trains.
+
+Stand-alone folders (`save_landmark_predictor`, `load_landmark_predictor`) hold ``model.safetensors`` and
+``config.json``, written whole or not at all, like exported encoders (`lafs.export`). No ``.cuda()`` and no numpy
+in ``forward``, so the model moves with ``.to(device)`` / accelerate and exports to ONNX with a dynamic batch.
+
+Not registered as a landmark source (`lafs.registry.LANDMARK_SOURCES`): sources are built from a landmark set name
+alone (``LANDMARK_SOURCES.get(name)(landmark_set)``), and a predictor is useless without its trained weights folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lafs.errors import ConfigError, DataError
+from lafs.files import replace_folder
+from lafs.landmarks.sets import get_landmark_set
+from lafs.landmarks.sources import scaled_template
+
+PREDICTOR_FORMAT = "lafs-landmark-predictor"
+PREDICTOR_VERSION = 1
+OFFSET_DIVISOR = 8  # scale = image_size / 8 px per output unit: typical offsets from the template become O(1)
+
+
+@dataclass
+class LandmarkPredictorConfig:
+    backbone: str = "mobilenetv3_large_100"  # timm CNN, built with pretrained=False (LAFS: MobileNetV3-large)
+    landmark_set: str = "mediapipe196"  # the K points to predict; must match the encoder that consumes them
+    image_size: int = 112  # square input (and pixel frame of the output): the ArcFace crop the encoders take
+    dropout: float = 0.5  # before the regression layer (LAFS)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for a predictor that cannot be built."""
+        if not timm.is_model(self.backbone):
+            raise ConfigError(f"landmark predictor backbone '{self.backbone}' is not a timm model")
+        if self.image_size < 32:
+            # timm CNNs downsample by 32; smaller inputs leave no spatial extent to pool.
+            raise ConfigError(f"landmark predictor image_size must be at least 32 pixels, got {self.image_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"landmark predictor dropout must lie in [0, 1), got {self.dropout}")
+        get_landmark_set(self.landmark_set)  # raises ConfigError for an unknown name
+
+
+class LandmarkPredictor(nn.Module):
+    """timm backbone -> pooled features -> Dropout -> Linear(features, K * 2), read as offsets from the template."""
+
+    def __init__(self, cfg: LandmarkPredictorConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.num_landmarks = get_landmark_set(cfg.landmark_set).num_landmarks
+        self.scale = cfg.image_size / OFFSET_DIVISOR
+        self.backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        # MobileNetV3 and friends add a conv head after pooling: its width, not num_features, is what comes out.
+        features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(features, self.num_landmarks * 2)
+        # Zero start: an untrained predictor returns exactly the template.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        template = torch.from_numpy(scaled_template(cfg.landmark_set, cfg.image_size, cfg.image_size))
+        self.register_buffer("template", template, persistent=True)  # (K, 2) pixels
+
+    @property
+    def landmark_set(self) -> str:
+        return self.cfg.landmark_set
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (batch, 3, H, W) in [-1, 1] -> landmarks (batch, K, 2) float pixels (x, y)."""
+        features = self.dropout(self.backbone(images))
+        offsets = self.head(features).reshape(-1, self.num_landmarks, 2)
+        return self.template + self.scale * offsets
+
+
+def build_landmark_predictor(cfg: LandmarkPredictorConfig) -> LandmarkPredictor:
+    """An untrained predictor (it returns the template until trained); bad options are a one-line `ConfigError`."""
+    return LandmarkPredictor(cfg)
+
+
+def save_landmark_predictor(
+    model: LandmarkPredictor, folder: str | os.PathLike[str], source: dict[str, Any] | None = None
+) -> Path:
+    """Write ``folder`` (model.safetensors + config.json) whole or not at all: built beside it, then renamed."""
+    folder = Path(folder)
+    temporary = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "format": PREDICTOR_FORMAT,
+        "version": PREDICTOR_VERSION,
+        "config": dataclasses.asdict(model.cfg),
+        "num_landmarks": model.num_landmarks,
+        "scale": model.scale,
+        "input": "images (batch, 3, H, W) float32 in [-1, 1] (pixel / 127.5 - 1), RGB",
+        "output": "landmarks (batch, K, 2) float32 pixels (x, y); pixel j spans [j, j + 1)",
+        "source": source or {},
+    }
+    (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return replace_folder(temporary, folder)
+
+
+def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor:
+    """Rebuild a saved predictor (in eval mode); a missing or mismatched folder is a one-line `DataError`."""
+    folder = Path(folder)
+    weights, config_path = folder / "model.safetensors", folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: not a saved landmark predictor ({config_path.name}: {exc})") from None
+    if not isinstance(config, dict) or config.get("format") != PREDICTOR_FORMAT or not weights.is_file():
+        raise DataError(f"{folder}: not a {PREDICTOR_FORMAT} folder (needs config.json and model.safetensors)")
+    if config.get("version") != PREDICTOR_VERSION:
+        raise DataError(f"{folder}: {PREDICTOR_FORMAT} version {config.get('version')}, expected {PREDICTOR_VERSION}")
+    try:
+        cfg = LandmarkPredictorConfig(**config["config"])
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{folder}: config.json has no usable 'config' entry ({exc})") from None
+    try:
+        model = LandmarkPredictor(cfg)
+    except ConfigError as exc:
+        raise DataError(f"{folder}: config.json: {exc}") from None
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, SafetensorError) as exc:
+        raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,199 @@
+"""The fine-tuning entry point: configs, layer decay, few-shot, init, validation, resume, augmentation."""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from finetune.augment import AugmentConfig, BatchMixup, random_flip
+from finetune.heads import MarginHead
+from finetune.model import FinetuneModel
+from finetune.objective import build_objective
+from finetune.regularisers import RegularisersConfig
+from finetune.train import OptimConfig, Schedule, build_optimizer, main
+from lafs.data.pairs import write_bin
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
+from lafs.export import save_encoder
+from lafs.landmarks import get_landmark_set
+from lafs.models import EncoderConfig, build_encoder
+from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
+from lafs.run_log import read_log
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
+# Any config of configs/finetune shrunk to seconds on CPU: tiny synthetic data, the nano encoder, 2 steps.
+TINY = [
+    "init=''",
+    "data.path=synthetic",
+    "data.landmarks=template",
+    "data.landmark_set=mediapipe49",
+    "data.shots=null",
+    "synthetic.num_identities=8",
+    "synthetic.images_per_identity=4",
+    "encoder.name=lafs_vit_nano_p8_112",
+    "encoder.landmark_set=mediapipe49",
+    "landmarks.predictor=''",
+    "landmarks.predictor_backbone=mobilenetv3_small_050",
+    "eval_bins=[]",
+    "optim.batch_size=8",
+    "optim.grad_accum=1",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "max_steps=2",
+    "mixed_precision='no'",
+    "num_workers=0",
+    "log_every=1",
+    "checkpoint_every=2",
+]
+DEMO = ["--config", str(ROOT / "configs/finetune/demo.yaml"), *TINY]
+
+
+def run(out: Path, *extra: str, config: list[str] = DEMO) -> Path:
+    assert main([*config, f"output_dir={out}", *extra]) == 0
+    return out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_runs_two_steps(tmp_path, config):
+    out = run(tmp_path / config.stem, config=["--config", str(config), *TINY])
+    log = read_log(out)
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+    assert (out / "encoder" / "model.safetensors").is_file()
+
+
+def test_layer_decay_groups():
+    encoder = build_encoder(EncoderConfig(name="lafs_vit_nano_p8_112", landmark_set="mediapipe49"))
+    predictor = build_landmark_predictor(
+        LandmarkPredictorConfig(backbone="mobilenetv3_small_050", landmark_set="mediapipe49")
+    )
+    objective = build_objective(
+        MarginHead(4, encoder.num_features),
+        RegularisersConfig(),
+        num_classes=4,
+        embed_dim=encoder.num_features,
+        num_samples=8,
+    )
+    model = FinetuneModel(encoder, objective, predictor)
+    optimizer = build_optimizer(model, OptimConfig(layer_decay=0.58, weight_decay=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    depth = len(encoder.blocks)
+    last = depth + 1  # the stem, the blocks, then the head
+    assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.58**last)
+    assert scale["encoder.pos_embed"] == scale["encoder.cls_token"] == scale["encoder.patch_embed.proj.weight"]
+    assert all(scale[n] == pytest.approx(0.58**last) for n in scale if n.startswith("landmark_predictor."))
+    assert scale["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.58 ** (last - 1))
+    assert scale[f"encoder.blocks.{depth - 1}.mlp.fc1.weight"] == pytest.approx(0.58)
+    assert scale["objective.head.weight"] == 1.0  # unmatched: the full rate, like timm's classifier
+    assert scale["encoder.norm.weight"] == pytest.approx(0.58)  # timm ranks the final norm with the last block
+    assert decay["encoder.pos_embed"] == decay["encoder.patch_embed.proj.weight"] == decay["encoder.norm.weight"] == 0
+    assert decay["encoder.blocks.0.attn.qkv.weight"] == decay["objective.head.weight"] == 0.1
+    assert set(scale) == set(names.values())
+
+
+def test_warmup_cosine_per_step_and_batch_scaling():
+    schedule = Schedule(OptimConfig(epochs=10, warmup_epochs=2, lr=1e-3, lr_reference_batch=100, min_lr=0), 5, 400)
+    assert schedule.base_lr == pytest.approx(2e-3)  # sqrt(400 / 100) = 2
+    assert schedule.lr(0) == 0.0 and schedule.lr(9) == pytest.approx(2e-3)
+    assert schedule.lr(10) == pytest.approx(2e-3) and schedule.lr(50) == pytest.approx(0.0)
+    assert schedule.lr(30) == pytest.approx(1e-3)  # half-way through the cosine
+    linear = Schedule(OptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
+    assert linear.base_lr == pytest.approx(4e-3)
+
+
+def test_few_shot_list_is_saved(tmp_path):
+    out = run(tmp_path / "shots", "data.shots=2")
+    with open(out / "few_shot.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = [int(r["label"]) for r in rows]
+    assert len(rows) == 16 and all(labels.count(i) == 2 for i in range(8))
+    again = run(tmp_path / "again", "data.shots=2")
+    assert (again / "few_shot.csv").read_text() == (out / "few_shot.csv").read_text()
+
+
+def test_init_from_an_encoder_folder_or_a_pretraining_run(tmp_path):
+    encoder = build_encoder(EncoderConfig(name="lafs_vit_nano_p8_112", landmark_set="mediapipe49"))
+    torch.nn.init.normal_(encoder.pos_embed, std=0.5)
+    save_encoder(encoder, tmp_path / "pretrain" / "encoder")
+    for init in (tmp_path / "pretrain", tmp_path / "pretrain" / "encoder"):
+        out = run(tmp_path / f"from_{init.name}", f"init={init}", "max_steps=0")
+        final, start = weights(out / "encoder"), weights(tmp_path / "pretrain" / "encoder")
+        assert all(torch.equal(final[k], start[k]) for k in start)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    whole = run(tmp_path / "whole", "max_steps=4", "checkpoint_every=100")
+    part = run(tmp_path / "part", "max_steps=2", "checkpoint_every=2")
+    run(part, "max_steps=4", "checkpoint_every=100")
+    assert [r["step"] for r in read_log(part) if "loss" in r] == [1, 2, 3, 4]
+    a, b = weights(whole / "encoder"), weights(part / "encoder")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_keeps_the_best_encoder(tmp_path):
+    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=6, images_per_identity=3, landmark_set="mediapipe49"))
+    images, issame = synthetic_pairs(faces, 20)
+    write_bin(tmp_path / "held_out.bin", list(zip(images[0::2], images[1::2], strict=True)), issame)
+    out = run(tmp_path / "run", f"eval_bins=[{tmp_path / 'held_out.bin'}]", "eval_every=1")
+    records = [r for r in read_log(out) if "mean_accuracy" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    best = max(r["mean_accuracy"] for r in records)
+    assert records[-1]["best_mean_accuracy"] == best
+    assert (out / "best" / "encoder" / "model.safetensors").is_file()
+    assert '"held_out_accuracy"' in (out / "best" / "best.json").read_text()
+
+
+def test_trainable_predictor_and_landmark_regulariser_are_saved(tmp_path):
+    out = run(tmp_path / "lafs", "landmarks.source=predictor", "regularisers.landmark.enabled=true")
+    log = [r for r in read_log(out) if "loss" in r]
+    assert log[0]["lambda_landmark"] == 1000 and "landmark_loss" in log[0]
+    assert (out / "landmark_predictor" / "model.safetensors").is_file()
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert main([*DEMO, f"output_dir={tmp_path}", f"init={tmp_path / 'nowhere'}"]) == 2
+    assert main([*DEMO, f"output_dir={tmp_path}", "regularisers.landmark.enabled=true"]) == 2
+    assert main([*DEMO, f"output_dir={tmp_path}", "head.name=sphereface"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+
+
+def test_flip_moves_landmarks_with_the_image():
+    item = SyntheticFaces(SyntheticFacesConfig(num_identities=1, images_per_identity=1, landmark_set="mediapipe49"))[0]
+    image = torch.from_numpy(item["image"]).permute(2, 0, 1)[None].float()
+    landmarks = torch.from_numpy(item["landmarks"])[None].float()
+    permutation = torch.tensor(get_landmark_set("mediapipe49").flip_permutation)
+    flipped, moved = random_flip(image, landmarks, permutation, probability=1.0)
+
+    def colours(img: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        grid = points * 2 / img.shape[-1] - 1
+        return F.grid_sample(img, grid[:, :, None], align_corners=False)[0, :, :, 0]
+
+    assert torch.allclose(colours(flipped, moved), colours(image, landmarks)[:, permutation], atol=1e-3)
+    same, unmoved = random_flip(image, landmarks, permutation, probability=0.0)
+    assert torch.equal(same, image) and torch.equal(unmoved, landmarks)
+
+
+def test_mixup_targets_and_dominant_labels():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    mixup = BatchMixup(AugmentConfig(mixup_prob=1.0, mixup_alpha=0.2), num_classes=4)
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    landmarks = torch.arange(4.0)[:, None, None].expand(4, 2, 2)
+    _, soft, dominant, kept = mixup(images, labels, landmarks)
+    assert soft is not None and torch.allclose(soft.sum(1), torch.ones(4))
+    assert torch.equal(dominant, soft.argmax(1))
+    assert torch.equal(kept[:, 0, 0].long(), dominant)  # each image keeps its dominant face's landmarks
+    off = BatchMixup(AugmentConfig(mixup_prob=0.0), num_classes=4)
+    assert off(images, labels, landmarks)[1] is None

@@ -1,0 +1,86 @@
+"""The combined objective: named terms, lambda = 0 bit-identity, requirement checks, state updates."""
+
+import pytest
+import torch
+
+from finetune.heads import MarginHead, margin_cross_entropy
+from finetune.objective import Objective, build_objective
+from finetune.regularisers import RegularisersConfig
+from finetune.schedules import WeightSchedule
+from lafs.errors import ConfigError
+
+CLASSES, DIM, BATCH = 5, 8, 6
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64, requires_grad=True)
+    return features, torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def all_enabled(weight: float) -> RegularisersConfig:
+    cfg = RegularisersConfig()
+    for name, options in vars(cfg).items():
+        if name == "landmark":
+            continue
+        options.enabled = True
+        options.weight = WeightSchedule(value=weight)
+    cfg.coreface.phase2_epoch = 0.0  # two dropout views, and the contrast, from the start
+    return cfg
+
+
+def objective(cfg: RegularisersConfig) -> Objective:
+    torch.manual_seed(0)
+    head = MarginHead(CLASSES, DIM, margins=(1.0, 0.5, 0.0)).double()
+    return build_objective(head, cfg, num_classes=CLASSES, embed_dim=DIM, num_samples=32).double().eval()
+
+
+def test_terms_dict_and_weighted_sum():
+    obj = objective(all_enabled(0.5))
+    features, labels = inputs()
+    terms = obj(features, labels, indices=torch.arange(BATCH), epoch=10.0)
+    assert set(terms) >= {"margin_loss", "unpg_loss", "intraloss_loss", "coreface_loss", "loss"}
+    parts = sum(value for name, value in terms.items() if name not in ("loss", "margin_loss"))
+    assert terms["loss"].item() == pytest.approx(terms["margin_loss"].item() + 0.5 * parts.item())
+    assert all(name == "loss" or name.endswith("_loss") for name in terms)
+    assert obj.lambdas(10.0) == {name: 0.5 for name in ("unpg", "coreface", "intraloss", "cluster")}
+
+
+def test_zero_weights_give_the_base_loss_bit_for_bit():
+    features, labels = inputs()
+    base = objective(RegularisersConfig())
+    expected = base(features, labels)["loss"]
+    (grad_expected,) = torch.autograd.grad(expected, features)
+    off = objective(all_enabled(0.0))
+    terms = off(features, labels, indices=torch.arange(BATCH), epoch=10.0)
+    (grad,) = torch.autograd.grad(terms["loss"], features)
+    assert set(terms) == {"margin_loss", "loss"}
+    assert torch.equal(terms["loss"], expected) and torch.equal(grad, grad_expected)
+    direct = margin_cross_entropy(base.head(features, labels), labels, None)
+    assert torch.equal(direct, expected)
+
+
+def test_missing_requirements_fail_on_the_first_step():
+    cfg = RegularisersConfig()
+    cfg.landmark.enabled = True
+    with pytest.raises(ConfigError, match=r"regularisers\.landmark needs landmarks, reference_landmarks"):
+        objective(cfg)(*inputs())
+    cfg = RegularisersConfig()
+    cfg.cluster.enabled = True
+    with pytest.raises(ConfigError, match=r"regularisers\.cluster needs indices"):
+        objective(cfg)(*inputs())
+
+
+def test_update_feeds_state_with_detached_tensors():
+    cfg = RegularisersConfig()
+    cfg.cluster.enabled = True
+    obj = objective(cfg)
+    features, labels = inputs()
+    terms = obj(features, labels, indices=torch.arange(BATCH) + 3)
+    terms["loss"].backward()
+    obj.update()
+    cluster = obj.regularisers["cluster"]
+    filled = [name for name, buffer in cluster.named_buffers() if buffer.dtype == torch.bool and buffer.ndim == 1]
+    assert filled, "the cluster regulariser keeps a filled mask for its memory bank"
+    assert any(getattr(cluster, name)[3 : 3 + BATCH].all() for name in filled)
+    obj.update()  # a second call without a new step is a no-op
