@@ -60,15 +60,3 @@ class FinetuneModel(nn.Module):
             "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)|^landmark_predictor\.",
             "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))],
         }
-
-
-class ImageEncoder(nn.Module):
-    """Images (B, 3, H, W) -> embeddings (B, d): the encoder at its predictor's landmarks, or at its template."""
-
-    def __init__(self, encoder: LandmarkViT, landmark_predictor: LandmarkPredictor | None = None) -> None:
-        super().__init__()
-        self.encoder, self.landmark_predictor = encoder, landmark_predictor
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        landmarks = None if self.landmark_predictor is None else self.landmark_predictor(images)
-        return self.encoder(images, landmarks)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from finetune.augment import AugmentConfig, BatchMixup, random_flip
 from finetune.context import Communicator
 from finetune.heads import HeadConfig, build_head
-from finetune.model import FinetuneModel, ImageEncoder
+from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
 from lafs.accelerator import build_accelerator
@@ -53,10 +53,11 @@ from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.dino import cosine_schedule
 from lafs.errors import ConfigError, DataError
 from lafs.evaluation.verification import evaluate_pairs
-from lafs.export import load_encoder, save_encoder
+from lafs.export import PREDICTOR_FOLDER, load_encoder, save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
+from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import (
     LandmarkPredictor,
     LandmarkPredictorConfig,
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = {"stage": "finetune", "run_dir": str(run_dir), "step": state.step, "init": cfg.init}
         save_encoder(final.encoder, run_dir / "encoder", source)
         if final.landmark_predictor is not None:
-            save_landmark_predictor(final.landmark_predictor, run_dir / "landmark_predictor", source)
+            save_landmark_predictor(final.landmark_predictor, run_dir / PREDICTOR_FOLDER, source)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
@@ -444,7 +445,7 @@ def save_best(run: Run, model: FinetuneModel, record: dict[str, float]) -> None:
     source = {"stage": "finetune-best", "run_dir": str(run.cfg.output_dir), "step": run.state.step, **record}
     save_encoder(model.encoder, best / "encoder", source)
     if model.landmark_predictor is not None:
-        save_landmark_predictor(model.landmark_predictor, best / "landmark_predictor", source)
+        save_landmark_predictor(model.landmark_predictor, best / PREDICTOR_FOLDER, source)
     write_atomic(best / "best.json", json.dumps({"step": run.state.step, **record}, indent=2) + "\n")
 
 

@@ -36,6 +36,8 @@ from safetensors.torch import save_file
 
 from lafs.errors import DataError
 from lafs.files import replace_folder
+from lafs.models.image_encoder import ImageEncoder
+from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
 from lafs.models.vit import LandmarkViT
 
 EXPORT_FORMAT = "lafs-encoder"
@@ -44,6 +46,7 @@ EXPORT_VERSION = 1
 ONNX_OPSET = 17  # GridSample needs opset 16 or newer
 ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # keyed by images_only
 MIN_PARITY_COSINE = 0.9999
+PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
 
 
 def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -116,10 +119,17 @@ def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
     if path.suffix == ".onnx":
         return load_onnx_encoder(path)
     if (path / "config.json").is_file():
-        return load_encoder(path)
+        return with_predictor(load_encoder(path), path / PREDICTOR_FOLDER)
     if (path / "encoder" / "config.json").is_file():
-        return load_encoder(path / "encoder")
+        return with_predictor(load_encoder(path / "encoder"), path / PREDICTOR_FOLDER)
     raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file")
+
+
+def with_predictor(encoder: LandmarkViT, predictor_folder: Path) -> torch.nn.Module:
+    """``encoder``, or an `ImageEncoder` with the landmark predictor saved beside it (fine-tuned LAFS runs)."""
+    if not (predictor_folder / "config.json").is_file():
+        return encoder
+    return ImageEncoder(encoder, load_landmark_predictor(predictor_folder))
 
 
 def load_onnx_encoder(path: str | os.PathLike[str]) -> OnnxEncoder:
@@ -127,22 +137,19 @@ def load_onnx_encoder(path: str | os.PathLike[str]) -> OnnxEncoder:
     return OnnxEncoder(path)
 
 
-class _ImagesOnly(torch.nn.Module):
-    """``model(images)``: landmarks from the model's template, computed inside the exported graph."""
-
-    def __init__(self, model: LandmarkViT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-
-def export_onnx(model: LandmarkViT, path: str | os.PathLike[str], images_only: bool, opset: int = ONNX_OPSET) -> Path:
+def export_onnx(
+    model: LandmarkViT,
+    path: str | os.PathLike[str],
+    images_only: bool,
+    opset: int = ONNX_OPSET,
+    landmark_predictor: LandmarkPredictor | None = None,
+) -> Path:
     """Write ``model`` as ONNX to ``path`` (whole or not at all) and return the path.
 
     Inputs ``images`` (batch, 3, H, W) float32 normalised and, unless ``images_only``, ``landmarks`` (batch, K, 2)
     float32 pixels; output ``embedding`` (batch, dim). The batch axis is dynamic for every input and the output.
+    An images-only graph computes the landmarks inside: with ``landmark_predictor`` (a fine-tuned LAFS model),
+    else the template.
     """
     import onnx  # optional dependencies: only exporting needs them
 
@@ -154,7 +161,7 @@ def export_onnx(model: LandmarkViT, path: str | os.PathLike[str], images_only: b
     was_training = model.training
     model.eval()
     if images_only:
-        module, args, names = _ImagesOnly(model), (images,), ["images"]
+        module, args, names = ImageEncoder(model, landmark_predictor).eval(), (images,), ["images"]
     else:
         module, args, names = model, (images, model.default_landmarks(2).clone()), ["images", "landmarks"]
     dynamic_axes = {name: {0: "batch"} for name in [*names, "embedding"]}
@@ -255,20 +262,28 @@ def save_encoder_onnx(
     landmarks: torch.Tensor | None = None,
     source: dict[str, Any] | None = None,
     opset: int = ONNX_OPSET,
+    landmark_predictor: LandmarkPredictor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`save_encoder` plus both ONNX files, parity-checked on ``images``/``landmarks``; returns the report per file.
 
-    The folder is written whole or not at all: a failed export or parity check leaves it as it was.
+    With a ``landmark_predictor``, the images-only file runs it inside the graph and the folder keeps it in
+    ``landmark_predictor/``. The folder is written whole or not at all: a failed export or parity check leaves it
+    as it was.
     """
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.onnx-staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         save_encoder(model, staging, source)
+        if landmark_predictor is not None:
+            save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
         reports, entries = {}, []
         for images_only, name in ONNX_FILES.items():
-            export_onnx(model, staging / name, images_only=images_only, opset=opset)
-            report = check_onnx_parity(model, staging / name, images, None if images_only else landmarks)
+            export_onnx(
+                model, staging / name, images_only=images_only, opset=opset, landmark_predictor=landmark_predictor
+            )
+            reference = ImageEncoder(model, landmark_predictor) if images_only else model
+            report = check_onnx_parity(reference, staging / name, images, None if images_only else landmarks)
             reports[name] = report
             inputs = ["images"] if images_only else ["images", "landmarks"]
             entries.append({"file": name, "inputs": inputs, "output": "embedding", "parity": report})

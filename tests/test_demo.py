@@ -1,19 +1,25 @@
 import numpy as np
 import yaml
 
+from tests.test_finetune import TINY as FINETUNE_TINY
 from tests.test_pretrain import TINY
 from tools.demo import main
 
-# The pretraining stage at test size: the TINY overrides minus the config file they start from.
+# The training stages at test size: the TINY overrides minus the config file they start from (and its init).
 PRETRAIN = [arg for arg in TINY[2:] if "=" in arg] + ["max_steps=2"]
+FINETUNE = [arg for arg in FINETUNE_TINY if not arg.startswith("init=")]
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     args = [f"output_dir={out}", "data.num_identities=3", "data.images_per_identity=2", "verify_identities=3"]
-    assert main([*args, "verify_pairs=10", "batch_size=4", f"pretrain_overrides={PRETRAIN}"]) == 0
+    stages = [f"pretrain_overrides={PRETRAIN}", f"finetune_overrides={FINETUNE}"]
+    assert main([*args, "verify_pairs=10", "batch_size=4", *stages]) == 0
     printed = capsys.readouterr().out
-    assert "embeddings (6, 128)" in printed and "2 steps, DINO loss" in printed and "not built yet" in printed
+    assert "embeddings (6, 128)" in printed and "2 steps, DINO loss" in printed and "not built yet" not in printed
+    assert printed.count("2 steps, margin loss") == 2 and "from scratch ->" in printed
+    assert (out / "finetune_pretrained" / "config.yaml").read_text().count(str(out / "pretrain")) == 1
+    assert (out / "finetune_scratch" / "encoder" / "model.safetensors").exists()
     assert "untrained ->" in printed and "pretrained (AUC" in printed
     assert np.load(out / "embeddings.npy").shape == (6, 128)
     assert np.load(out / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]

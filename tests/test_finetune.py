@@ -197,3 +197,19 @@ def test_mixup_targets_and_dominant_labels():
     assert torch.equal(kept[:, 0, 0].long(), dominant)  # each image keeps its dominant face's landmarks
     off = BatchMixup(AugmentConfig(mixup_prob=0.0), num_classes=4)
     assert off(images, labels, landmarks)[1] is None
+
+
+def test_predictor_run_exports_an_images_only_model(tmp_path):
+    from lafs.export import OnnxEncoder, load_any_encoder
+    from lafs.models.image_encoder import ImageEncoder
+    from tools.export import main as export_main
+
+    out = run(tmp_path / "lafs", "landmarks.source=predictor", "max_steps=1")
+    model = load_any_encoder(out)
+    assert isinstance(model, ImageEncoder) and model.landmark_predictor is not None
+    assert export_main(["--input", str(out), "--output", str(tmp_path / "export"), "--onnx", "--faces", "2"]) == 0
+    onnx = OnnxEncoder(tmp_path / "export" / "model_images_only.onnx")
+    images = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(onnx(images), model.eval()(images), atol=1e-4)
+    assert isinstance(load_any_encoder(tmp_path / "export"), ImageEncoder)

@@ -4,8 +4,9 @@
 
 --input is a training run directory (its ``encoder/`` is used) or an exported encoder folder. The output folder
 loads with ``lafs.export.load_encoder`` and with ``timm.create_model`` (see ``lafs/export.py``). With --onnx it also
-holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (template landmarks, aligned faces), each
-checked against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
+holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (landmarks inside the graph: the learned
+predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), each checked
+against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
 recorded in config.json. The output is written whole or not at all.
 """
 
@@ -22,7 +23,9 @@ from lafs.cli import entry_point, int_in_range
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import DataError
-from lafs.export import ONNX_OPSET, load_any_encoder, save_encoder, save_encoder_onnx
+from lafs.export import ONNX_OPSET, PREDICTOR_FOLDER, load_any_encoder, save_encoder, save_encoder_onnx
+from lafs.models.image_encoder import ImageEncoder
+from lafs.models.landmark_predictor import save_landmark_predictor
 from lafs.models.vit import LandmarkViT
 
 
@@ -47,18 +50,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.input.suffix == ".onnx":
         raise DataError(f"{args.input}: an ONNX file cannot be re-exported; give a run directory or encoder folder")
-    model = load_any_encoder(args.input)
+    model, predictor = load_any_encoder(args.input), None
+    if isinstance(model, ImageEncoder):  # a fine-tuned model with its learned landmark predictor
+        model, predictor = model.encoder, model.landmark_predictor
     if not isinstance(model, LandmarkViT):
         raise DataError(f"{args.input}: not a LandmarkViT encoder ({type(model).__name__})")
     model.eval()
     source = {"input": str(args.input.resolve())}
     if not args.onnx:
         save_encoder(model, args.output, source)
+        if predictor is not None:
+            save_landmark_predictor(predictor, args.output / PREDICTOR_FOLDER, source)
         print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
         return 0
 
     images, landmarks = synthetic_faces(model.landmark_set, args.faces)
-    reports = save_encoder_onnx(model, args.output, images, landmarks, source=source, opset=args.opset)
+    reports = save_encoder_onnx(
+        model, args.output, images, landmarks, source=source, opset=args.opset, landmark_predictor=predictor
+    )
     print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
     print(f"parity on {args.faces} synthetic faces ({model.landmark_set}), latency at batch 8 on CPU:")
     for name, report in reports.items():
