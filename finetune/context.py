@@ -21,6 +21,7 @@ class Communicator:
     """Collective operations a regulariser may need; the defaults are those of a single process."""
 
     is_main: bool = True  # the process that runs once-per-run jobs (clustering)
+    rank: int = 0  # this process's index: its chunk of a gathered tensor starts at rank * local batch
     gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenates every process's tensor along dim 0
     broadcast: Callable[[torch.Tensor], torch.Tensor] = _same  # returns the main process's tensor on every process
 

@@ -67,7 +67,7 @@ from lafs.models.landmark_predictor import (
 )
 from lafs.models.vit import LandmarkViT
 from lafs.run_log import RunLog
-from lafs.training import progress_bar, training_batches
+from lafs.training import progress_bar, training_batches, write_weights_hash
 
 logger = logging.getLogger("lafs.finetune")
 SYNTHETIC = "synthetic"
@@ -131,6 +131,7 @@ class FinetuneConfig:
     eval_bins: list[str] = field(default_factory=list)  # .bin pair sets (LFW, CFP-FP, ...) validated during training
     eval_every: int = 0  # optimiser steps between validations (0 = only at the end, if eval_bins is set)
     eval_batch_size: int = 256  # images per forward during validation
+    dump_rank_weights: bool = False  # each process writes a hash of its encoder and head (to check DDP sync)
 
     def validate(self) -> None:
         if self.encoder.landmark_set != self.data.landmark_set:
@@ -272,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = cfg.output_dir
     if accelerator.is_main_process:
         save_config(cfg, run_dir)
-    set_seed(cfg.seed)  # identical initial weights on every process
+    # Identical initial weights on every process, and identical mixup decisions later: a mixed batch skips the
+    # pair terms, whose all-gathers every process must then skip together.
+    set_seed(cfg.seed)
 
     dataset = build_dataset(cfg, record_subset=accelerator.is_main_process)
     loader = DataLoader(
@@ -286,8 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         collate_fn=collate_faces,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    if len(loader) < cfg.optim.grad_accum:
-        raise ConfigError(f"{len(dataset)} images give fewer batches of {cfg.optim.batch_size} than optim.grad_accum")
     encoder, predictor = initial_encoder(cfg), initial_predictor(cfg)
     head = build_head(cfg.head, dataset.num_classes, encoder.num_features)
     objective = build_objective(
@@ -312,7 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from} at step {state.step}")
 
-    steps_per_epoch = len(loader) // cfg.optim.grad_accum
+    steps_per_epoch = len(loader) // cfg.optim.grad_accum  # the loader is this process's shard by now
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{len(dataset)} images give each of {accelerator.num_processes} processes fewer batches of "
+            f"{cfg.optim.batch_size} than optim.grad_accum={cfg.optim.grad_accum}"
+        )
     total_batch = cfg.optim.batch_size * cfg.optim.grad_accum * accelerator.num_processes
     schedule = Schedule(cfg.optim, steps_per_epoch, total_batch)
     target = schedule.total if cfg.max_steps is None else min(cfg.max_steps, schedule.total)
@@ -326,8 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(cfg, accelerator, loader, model, reference, optimizer, schedule, state, log, bar, flip, mixup, eval_sets)
     try:
         train(run, target)
-        if cfg.eval_bins and (not cfg.eval_every or state.step % cfg.eval_every):  # unless just validated
-            validate(run)
     finally:  # an interrupted run still flushes its log; its last checkpoint is already complete
         bar.close()
         log.close()
@@ -338,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_encoder(final.encoder, run_dir / "encoder", source)
         if final.landmark_predictor is not None:
             save_landmark_predictor(final.landmark_predictor, run_dir / PREDICTOR_FOLDER, source)
+    if cfg.dump_rank_weights:
+        final = accelerator.unwrap_model(model)
+        trained = nn.ModuleDict({"encoder": final.encoder, "head": final.objective.head})
+        write_weights_hash(trained, run_dir, accelerator.process_index)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
@@ -348,7 +356,12 @@ def train(run: Run, target: int) -> None:
     cfg, accelerator, state, schedule = run.cfg, run.accelerator, run.state, run.schedule
     model, optimizer = run.model, run.optimizer
     objective = accelerator.unwrap_model(model).objective
-    comm = Communicator(accelerator.is_main_process, accelerator.gather, lambda t: broadcast(t, from_process=0))
+    comm = Communicator(
+        accelerator.is_main_process,
+        accelerator.process_index,
+        accelerator.gather,
+        lambda t: broadcast(t, from_process=0),
+    )
     if state.step >= target:
         return
     images_seen, clock = 0, time.perf_counter()
@@ -377,7 +390,8 @@ def train(run: Run, target: int) -> None:
             run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             run.log.write(state.step, record)
             images_seen, clock = 0, time.perf_counter()
-        if cfg.eval_bins and cfg.eval_every and state.step % cfg.eval_every == 0:
+        # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
+        if cfg.eval_bins and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == target):
             validate(run)
         if state.step % cfg.checkpoint_every == 0 or state.step == target:
             save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
@@ -436,7 +450,8 @@ def validate(run: Run) -> None:
         record["best_mean_accuracy"] = state.best_score
         run.log.write(state.step, record)
     # Every process holds the same best score, so a checkpoint written by any of them agrees.
-    state.best_score = float(broadcast(torch.tensor([state.best_score], device=accelerator.device))[0])
+    best = torch.tensor([state.best_score], dtype=torch.float64, device=accelerator.device)
+    state.best_score = float(broadcast(best, from_process=0)[0])
     accelerator.wait_for_everyone()
 
 

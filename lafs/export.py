@@ -119,7 +119,9 @@ def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
     if path.suffix == ".onnx":
         return load_onnx_encoder(path)
     if (path / "config.json").is_file():
-        return with_predictor(load_encoder(path), path / PREDICTOR_FOLDER)
+        # An exported folder keeps its predictor inside; a run's encoder/ has it beside, in the run directory.
+        inside = path / PREDICTOR_FOLDER
+        return with_predictor(load_encoder(path), inside if inside.is_dir() else path.parent / PREDICTOR_FOLDER)
     if (path / "encoder" / "config.json").is_file():
         return with_predictor(load_encoder(path / "encoder"), path / PREDICTOR_FOLDER)
     raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file")

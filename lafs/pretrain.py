@@ -13,7 +13,6 @@ backbone as a stand-alone encoder).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sys
 import time
@@ -49,7 +48,7 @@ from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
 from lafs.run_log import RunLog
-from lafs.training import progress_bar, training_batches
+from lafs.training import progress_bar, training_batches, write_weights_hash
 
 logger = logging.getLogger("lafs.pretrain")
 SYNTHETIC = "synthetic"
@@ -166,14 +165,6 @@ def optimizer_groups(student: MultiViewEncoder, weight_decay: float) -> list[dic
     return groups
 
 
-def weights_hash(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class Schedules:
     """LR, weight decay, teacher temperature and momentum as pure functions of the optimiser step."""
 
@@ -279,8 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = {"stage": "lafs-pretrain", "run_dir": str(run_dir), "step": state.step, "weights": "teacher"}
         save_encoder(teacher.backbone, run_dir / "encoder", source)
     if cfg.dump_rank_weights:
-        digest = weights_hash(accelerator.unwrap_model(student))
-        (run_dir / f"weights_rank{accelerator.process_index}.sha256").write_text(digest + "\n")
+        write_weights_hash(accelerator.unwrap_model(student), run_dir, accelerator.process_index)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

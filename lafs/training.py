@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
@@ -46,3 +49,14 @@ def progress_bar(accelerator: Accelerator, total: int, initial: int) -> tqdm:
         unit="step",
         dynamic_ncols=True,
     )
+
+
+def write_weights_hash(module: torch.nn.Module, run_dir: Path, rank: int) -> Path:
+    """Write the SHA-256 of ``module``'s state to ``run_dir/weights_rank<rank>.sha256`` (processes must agree)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = run_dir / f"weights_rank{rank}.sha256"
+    path.write_text(digest.hexdigest() + "\n")
+    return path

@@ -2,6 +2,9 @@
 
 import csv
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,35 @@ def test_predictor_run_exports_an_images_only_model(tmp_path):
     with torch.no_grad():
         assert torch.allclose(onnx(images), model.eval()(images), atol=1e-4)
     assert isinstance(load_any_encoder(tmp_path / "export"), ImageEncoder)
+
+
+def test_two_processes_with_every_cross_process_regulariser(tmp_path):
+    """gloo on the CPU: DDP keeps encoder and head in step; UNPG gathers pairs and clustering broadcasts its tables."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        str(ROOT / "finetune/train.py"),
+        "--config",
+        str(ROOT / "configs/finetune/arcface_cluster.yaml"),
+        *TINY,
+        f"output_dir={out}",
+        "max_steps=4",
+        "optim.batch_size=4",
+        "dump_rank_weights=true",
+        "regularisers.unpg.enabled=true",
+        "regularisers.unpg.gather=true",
+        "regularisers.cluster.recluster_every_epochs=0.5",
+        "regularisers.cluster.min_fill=0.1",
+        "regularisers.cluster.weight.start_epoch=0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
+    assert hashes[0] == hashes[1]
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and "unpg_loss" in log[0] and "scc_loss" in log[-1]

@@ -291,9 +291,10 @@ def test_gather_uses_every_process_pairs_with_local_gradient() -> None:
     xn = F.normalize(x, dim=-1)
     # A fake three-process all-gather: this process is the middle chunk.
     comm = Communicator(
+        rank=1,
         gather=lambda t: (
             torch.cat([xn[:4], t, xn[8:]]) if t.is_floating_point() else torch.cat([labels[:4], t, labels[8:]])
-        )
+        ),
     )
     x_local = x[local].clone().requires_grad_(True)
     ctx = make_ctx(x_local, labels[local], head, comm=comm)

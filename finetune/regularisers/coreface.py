@@ -14,7 +14,9 @@ Caveats. The code's running margin ``m_t = 0.99 m_b + 0.01 m_{t-1}`` puts weight
 it is almost the raw batch margin; the paper presumably means an EMA. ``ema_weight_on_new`` keeps 0.99 for
 parity; 0.01 gives a true EMA. The "remove" mask (-inf) follows a community port, not the official code.
 The reverse direction (``reverse_weight``, the code's wC2 / wC) is 0 in the released config and shares the
-forward direction's running margin here (one update per step); that sharing is our choice.
+forward direction's running margin here (one update per step); that sharing is our choice. As in the authors'
+code the batch margin is per process (no all-gather), so processes hold slightly different running margins; a
+checkpoint keeps the main process's, so a resumed multi-process run restarts the others from it.
 """
 
 from __future__ import annotations

@@ -115,21 +115,19 @@ class UNPG(Regulariser):
         values = values[tukey_keep(values, self.whisker)]
         # Rows labelled -1 are ignored by the hard-label CE, so they must not count here either.
         valid = None if ctx.soft_labels is not None else ctx.labels >= 0
-        return {"unpg_loss": unpg_addon(logits, values, ctx.head.scale, valid)}
+        # The margin loss averages its views (CoReFace makes two); the pairs join view 0's denominator only.
+        views = ctx.logits.shape[0]
+        return {"unpg_loss": unpg_addon(logits, values, ctx.head.scale, valid) / views}
 
     @staticmethod
     def _gathered(local: torch.Tensor, labels: torch.Tensor, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Every process's normalised embeddings (N, d) and labels (N,), this process's rows live (with gradient)."""
         gathered = ctx.comm.gather(local.detach())
         gathered_labels = ctx.comm.gather(labels)
-        b = local.shape[0]
-        # The Communicator has no rank, so find this process's chunk; all-gather copies bits, so equality is exact.
-        if gathered.shape[0] % b == 0:
-            for start in range(0, gathered.shape[0], b):
-                if torch.equal(gathered[start : start + b], local.detach()):
-                    rows = torch.cat([gathered[:start], local, gathered[start + b :]])
-                    return rows, gathered_labels
-        raise ConfigError("unpg.gather: this process's rows are not a chunk of the gathered batch (uneven batches?)")
+        start, b = ctx.comm.rank * local.shape[0], local.shape[0]
+        if gathered.shape[0] < start + b or not torch.equal(gathered[start : start + b], local.detach()):
+            raise ConfigError("unpg.gather: this process's rows are not its chunk of the gathered batch")
+        return torch.cat([gathered[:start], local, gathered[start + b :]]), gathered_labels
 
     def extra_repr(self) -> str:
         return f"whisker={self.whisker}, gather={self.gather}, mixed_batches={self.mixed_batches}"
