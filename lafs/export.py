@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from safetensors.torch import save_file
 
 from lafs.errors import DataError
-from lafs.files import replace_folder
+from lafs.files import replace_folder, save_weights_folder
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
 from lafs.models.vit import LandmarkViT
@@ -75,14 +74,7 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
 
 def save_encoder(model: LandmarkViT, folder: str | os.PathLike[str], source: dict[str, Any] | None = None) -> Path:
     """Write ``folder`` whole or not at all (built beside it, then renamed into place)."""
-    folder = Path(folder)
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
-    (temporary / "config.json").write_text(json.dumps(encoder_config(model, source), indent=2) + "\n")
-    return replace_folder(temporary, folder)
+    return save_weights_folder(model, folder, encoder_config(model, source))
 
 
 def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:

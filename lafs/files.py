@@ -1,11 +1,16 @@
-"""Writing a file whole or not at all."""
+"""Writing a file, or a folder of weights, whole or not at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -41,3 +46,15 @@ def replace_folder(staging: Path, target: Path) -> Path:
     elif old.exists():
         old.unlink()
     return target
+
+
+def save_weights_folder(module: torch.nn.Module, folder: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Write ``folder`` holding model.safetensors (``module``'s state) and config.json, whole or not at all."""
+    folder = Path(folder)
+    temporary = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+    (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return replace_folder(temporary, folder)

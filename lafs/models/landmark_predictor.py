@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,11 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from lafs.errors import ConfigError, DataError
-from lafs.files import replace_folder
+from lafs.files import save_weights_folder
 from lafs.landmarks.sets import get_landmark_set
 from lafs.landmarks.sources import scaled_template
 
@@ -111,12 +110,6 @@ def save_landmark_predictor(
     model: LandmarkPredictor, folder: str | os.PathLike[str], source: dict[str, Any] | None = None
 ) -> Path:
     """Write ``folder`` (model.safetensors + config.json) whole or not at all: built beside it, then renamed."""
-    folder = Path(folder)
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
     config = {
         "format": PREDICTOR_FORMAT,
         "version": PREDICTOR_VERSION,
@@ -127,8 +120,7 @@ def save_landmark_predictor(
         "output": "landmarks (batch, K, 2) float32 pixels (x, y); pixel j spans [j, j + 1)",
         "source": source or {},
     }
-    (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return replace_folder(temporary, folder)
+    return save_weights_folder(model, folder, config)
 
 
 def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor:
