@@ -148,6 +148,9 @@ class FinetuneConfig:
         for key in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        missing = [path for path in self.eval_bins if not Path(path).is_file()]
+        if missing:  # checked on every process, so none waits for a main process that stopped
+            raise ConfigError(f"eval_bins: no such file {missing[0]}")
         if self.augment.mixup_prob > 0 and self.optim.batch_size % 2:
             raise ConfigError("augment.mixup_prob > 0 needs an even optim.batch_size (timm pairs images)")
 

@@ -168,8 +168,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main([*DEMO, f"output_dir={tmp_path}", f"init={tmp_path / 'nowhere'}"]) == 2
     assert main([*DEMO, f"output_dir={tmp_path}", "regularisers.landmark.enabled=true"]) == 2
     assert main([*DEMO, f"output_dir={tmp_path}", "head.name=sphereface"]) == 2
+    assert main([*DEMO, f"output_dir={tmp_path}", f"eval_bins=[{tmp_path / 'lfw.bin'}]"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+    assert len(errors) == 4 and all(e.startswith("error: ") for e in errors)
 
 
 def test_flip_moves_landmarks_with_the_image():
