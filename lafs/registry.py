@@ -47,6 +47,6 @@ class Registry(Generic[T]):
 
 
 ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
-HEADS: Registry[Callable[..., Any]] = Registry("head")
+HEADS: Registry[tuple[float, float, float]] = Registry("head")  # default (m1, m2, m3) per named margin head
 REGULARISERS: Registry[Callable[..., Any]] = Registry("regulariser")
 LANDMARK_SOURCES: Registry[Callable[..., Any]] = Registry("landmark source")
