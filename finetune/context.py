@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,22 @@ class LossContext:
     reference_landmarks: torch.Tensor | None = None  # (B, K, 2) the frozen reference (cache or frozen predictor)
     image_size: int = 112  # side of the square input, in pixels
     comm: Communicator = field(default_factory=Communicator)
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        head: MarginHead,
+        features: torch.Tensor,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        soft_labels: torch.Tensor | None = None,
+        class_margins: torch.Tensor | None = None,
+        **fields: Any,
+    ) -> LossContext:
+        """A context whose cosines and logits ``head`` computes from embeddings (V, B, d), as the objective does."""
+        cosines = head.cosines(embeddings)
+        logits = head.logits(cosines, labels, soft_labels, class_margins)
+        return cls(features, embeddings, labels, cosines, logits, head, soft_labels=soft_labels, **fields)
 
     @property
     def mixed(self) -> bool:

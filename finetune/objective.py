@@ -62,18 +62,15 @@ class Objective(nn.Module):
             embeddings = views if views is not None else embeddings
             margins = regulariser.class_margins()
             class_margins = margins if class_margins is None else class_margins
-        cosines = self.head.cosines(embeddings)
-        logits = self.head.logits(cosines, labels, soft_labels, class_margins)
-        ctx = LossContext(
-            features=features,
-            embeddings=embeddings,
-            labels=labels,
-            cosines=cosines,
-            logits=logits,
-            head=self.head,
+        ctx = LossContext.from_embeddings(
+            self.head,
+            features,
+            embeddings,
+            labels,
+            soft_labels,
+            class_margins,
             epoch=epoch,
             step=step,
-            soft_labels=soft_labels,
             indices=indices,
             landmarks=landmarks,
             reference_landmarks=reference_landmarks,
@@ -82,7 +79,7 @@ class Objective(nn.Module):
         )
         if not self._checked:
             self._check_requirements(ctx)
-        terms = {"margin_loss": margin_cross_entropy(logits, labels, soft_labels)}
+        terms = {"margin_loss": margin_cross_entropy(ctx.logits, labels, soft_labels)}
         loss = terms["margin_loss"]
         for name, weight in self.lambdas(epoch).items():
             if weight == 0:

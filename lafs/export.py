@@ -34,7 +34,7 @@ import timm
 import torch
 
 from lafs.errors import DataError
-from lafs.files import replace_folder, save_weights_folder
+from lafs.files import read_weights_folder, replace_folder, save_weights_folder
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
 from lafs.models.vit import LandmarkViT
@@ -82,14 +82,7 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
 
     ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
     """
-    folder = Path(folder)
-    weights, config_path = folder / "model.safetensors", folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder}: not an exported encoder ({config_path.name}: {exc})") from None
-    if config.get("format") != EXPORT_FORMAT or not weights.is_file():
-        raise DataError(f"{folder}: not a {EXPORT_FORMAT} folder (needs config.json and model.safetensors)")
+    config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
     try:
         return timm.create_model(
             config["architecture"],

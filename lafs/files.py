@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from lafs.errors import DataError
+
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file beside it and `os.replace`.
@@ -58,3 +60,19 @@ def save_weights_folder(module: torch.nn.Module, folder: str | os.PathLike[str],
     save_file(state, str(temporary / "model.safetensors"), metadata={"format": "pt"})
     (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return replace_folder(temporary, folder)
+
+
+def read_weights_folder(folder: str | os.PathLike[str], format_name: str, what: str) -> tuple[dict[str, Any], Path]:
+    """(config.json as a dict, path of model.safetensors) of a `save_weights_folder` folder of ``format_name``.
+
+    A missing or foreign folder is a one-line `DataError` naming ``what`` was expected.
+    """
+    folder = Path(folder)
+    weights, config_path = folder / "model.safetensors", folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: not {what} ({config_path.name}: {exc})") from None
+    if not isinstance(config, dict) or config.get("format") != format_name or not weights.is_file():
+        raise DataError(f"{folder}: not a {format_name} folder (needs config.json and model.safetensors)")
+    return config, weights

@@ -43,18 +43,8 @@ def make_ctx(
     comm: Communicator | None = None,
     soft_labels: torch.Tensor | None = None,
 ) -> LossContext:
-    cos = head.cosines(features[None])
-    return LossContext(
-        features=features,
-        embeddings=features[None],
-        labels=labels,
-        cosines=cos,
-        logits=head.logits(cos, labels, soft_labels),
-        head=head,
-        epoch=epoch,
-        indices=indices,
-        soft_labels=soft_labels,
-        comm=comm or Communicator(),
+    return LossContext.from_embeddings(
+        head, features, features[None], labels, soft_labels, epoch=epoch, indices=indices, comm=comm or Communicator()
     )
 
 

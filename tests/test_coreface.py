@@ -27,16 +27,7 @@ def make_ctx(
     views: torch.Tensor, labels: torch.Tensor, head: MarginHead, soft_labels: torch.Tensor | None = None
 ) -> LossContext:
     """A context as the objective builds it from views (V, B, d)."""
-    cosines = head.cosines(views)
-    return LossContext(
-        features=views[0],
-        embeddings=views,
-        labels=labels,
-        cosines=cosines,
-        logits=head.logits(cosines, labels, soft_labels),
-        head=head,
-        soft_labels=soft_labels,
-    )
+    return LossContext.from_embeddings(head, views[0], views, labels, soft_labels)
 
 
 def unit(degrees: list[float]) -> torch.Tensor:

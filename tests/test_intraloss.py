@@ -37,16 +37,7 @@ def ctx_from_cosines(cosines: torch.Tensor, labels: torch.Tensor, head: MarginHe
 
 def ctx_from_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, head: MarginHead) -> LossContext:
     """A one-view context as the objective builds it from embeddings (B, d)."""
-    views = embeddings[None]
-    cosines = head.cosines(views)
-    return LossContext(
-        features=embeddings,
-        embeddings=views,
-        labels=labels,
-        cosines=cosines,
-        logits=head.logits(cosines, labels),
-        head=head,
-    )
+    return LossContext.from_embeddings(head, embeddings, embeddings[None], labels)
 
 
 def arcface(scale: float = 64.0) -> MarginHead:

@@ -10,19 +10,9 @@ from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landma
 
 
 def context(student: torch.Tensor, reference: torch.Tensor) -> LossContext:
-    head = MarginHead(2, 3)
-    features = torch.zeros(student.shape[0], 3)
-    cos = head.cosines(features[None])
-    return LossContext(
-        features=features,
-        embeddings=features[None],
-        labels=torch.zeros(student.shape[0], dtype=torch.long),
-        cosines=cos,
-        logits=cos,
-        head=head,
-        landmarks=student,
-        reference_landmarks=reference,
-        image_size=112,
+    features, labels = torch.zeros(student.shape[0], 3), torch.zeros(student.shape[0], dtype=torch.long)
+    return LossContext.from_embeddings(
+        MarginHead(2, 3), features, features[None], labels, landmarks=student, reference_landmarks=reference
     )
 
 

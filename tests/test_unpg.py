@@ -24,18 +24,8 @@ def make_ctx(
     comm: Communicator | None = None,
 ) -> LossContext:
     """A one-view context as the objective builds it from embeddings (B, d)."""
-    views = embeddings[None]
-    cosines = head.cosines(views)
-    logits = head.logits(cosines, labels, soft_labels)
-    return LossContext(
-        features=embeddings,
-        embeddings=views,
-        labels=labels,
-        cosines=cosines,
-        logits=logits,
-        head=head,
-        soft_labels=soft_labels,
-        comm=comm or Communicator(),
+    return LossContext.from_embeddings(
+        head, embeddings, embeddings[None], labels, soft_labels, comm=comm or Communicator()
     )
 
 

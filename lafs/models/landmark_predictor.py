@@ -29,7 +29,6 @@ alone (``LANDMARK_SOURCES.get(name)(landmark_set)``), and a predictor is useless
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lafs.errors import ConfigError, DataError
-from lafs.files import save_weights_folder
+from lafs.files import read_weights_folder, save_weights_folder
 from lafs.landmarks.sets import get_landmark_set
 from lafs.landmarks.sources import scaled_template
 
@@ -125,14 +124,7 @@ def save_landmark_predictor(
 
 def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor:
     """Rebuild a saved predictor (in eval mode); a missing or mismatched folder is a one-line `DataError`."""
-    folder = Path(folder)
-    weights, config_path = folder / "model.safetensors", folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder}: not a saved landmark predictor ({config_path.name}: {exc})") from None
-    if not isinstance(config, dict) or config.get("format") != PREDICTOR_FORMAT or not weights.is_file():
-        raise DataError(f"{folder}: not a {PREDICTOR_FORMAT} folder (needs config.json and model.safetensors)")
+    config, weights = read_weights_folder(folder, PREDICTOR_FORMAT, "a saved landmark predictor")
     if config.get("version") != PREDICTOR_VERSION:
         raise DataError(f"{folder}: {PREDICTOR_FORMAT} version {config.get('version')}, expected {PREDICTOR_VERSION}")
     try:
