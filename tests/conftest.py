@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,6 +12,24 @@ import numpy as np
 import pytest
 
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch_two_processes(script: str, *arguments: str) -> None:
+    """Run ``script`` (relative to the repository) as 2 real gloo processes through ``accelerate launch``."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        str(ROOT / script),
+        *arguments,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def write_face_folder(root: Path, identities: int = 3, per_identity: int = 4, seed: int = 0) -> tuple[Path, list]:

@@ -2,9 +2,6 @@
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
 from lafs.run_log import read_log
+from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
@@ -222,13 +220,8 @@ def test_predictor_run_exports_an_images_only_model(tmp_path):
 def test_two_processes_with_every_cross_process_regulariser(tmp_path):
     """gloo on the CPU: DDP keeps encoder and head in step; UNPG gathers pairs and clustering broadcasts its tables."""
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
-        str(ROOT / "finetune/train.py"),
+    launch_two_processes(
+        "finetune/train.py",
         "--config",
         str(ROOT / "configs/finetune/arcface_cluster.yaml"),
         *TINY,
@@ -241,10 +234,7 @@ def test_two_processes_with_every_cross_process_regulariser(tmp_path):
         "regularisers.cluster.recluster_every_epochs=0.5",
         "regularisers.cluster.min_fill=0.1",
         "regularisers.cluster.weight.start_epoch=0",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
     hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
     assert hashes[0] == hashes[1]
     log = [r for r in read_log(out) if "loss" in r]

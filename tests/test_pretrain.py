@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.export import load_encoder
 from lafs.pretrain import PretrainConfig, build_models, main, optimizer_groups
 from lafs.run_log import read_log
+from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -100,22 +98,14 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 def test_two_processes_through_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
-        str(ROOT / "lafs/pretrain.py"),
+    launch_two_processes(
+        "lafs/pretrain.py",
         *TINY,
         f"output_dir={out}",
         "max_steps=3",
         "dump_rank_weights=true",
         "optim.batch_size=4",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
     hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
     assert hashes[0] == hashes[1]
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
