@@ -44,14 +44,17 @@ from torch.utils.data import Dataset
 
 from lafs.errors import ConfigError
 from lafs.landmarks.align import transform_points, warp_image
-from lafs.landmarks.sets import get_landmark_set
+from lafs.landmarks.sets import LandmarkSet, get_landmark_set
+from lafs.photometric import BRIGHTNESS, GREY, HUE, IDENTITY, JITTER, ORDER, SIGMA, SOLARIZE
 
 # albumentations asks PyPI for a newer version on import (a 2 s timeout on offline training machines): skip that.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 
 NUM_GLOBAL = 2
-_SEED_BOUND = 2**63  # albumentations' generators are seeded from one draw below this, per view
+_SEED_BOUND = 2**62  # seeds are drawn below this (torch.randint needs an int64 bound)
+COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)  # DINO's ColorJitter strengths: brightness, contrast, saturation, hue
+BLUR_SIGMA = (0.1, 2.0)  # DINO's Gaussian blur sigma range, pixels
 
 
 @dataclass
@@ -110,47 +113,54 @@ def _probability(name: str, p: float) -> None:
 # ---------------------------------------------------------------------------------------------------------- geometry
 
 
-def sample_crop_box(
-    height: int, width: int, rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float]
-) -> tuple[float, float, float, float]:
-    """RandomResizedCrop's box ``(x0, y0, w, h)`` in project pixels of an ``height x width`` image.
+def _uniform(
+    low: torch.Tensor | float, high: torch.Tensor | float, shape: tuple[int, ...], generator: torch.Generator
+) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
 
-    torchvision's sampler (10 tries of area fraction ~ U(scale) and log aspect ~ U(log ratio), then a centre crop
-    clamped to the ratio range), with continuous rather than whole-pixel boxes, since the warp is continuous anyway.
+
+def sample_crop_boxes(
+    height: int, width: int, scale: torch.Tensor, ratio: Sequence[float], generator: torch.Generator
+) -> torch.Tensor:
+    """RandomResizedCrop boxes ``(x0, y0, w, h)`` (..., 4) in project pixels of an ``height x width`` image.
+
+    ``scale`` (..., 2) holds each box's (low, high) area-fraction range. torchvision's sampler, vectorised: per box,
+    the first of 10 tries of area fraction ~ U(scale) and log aspect ~ U(log ratio) that fits, else a centre crop
+    clamped to the ratio range; boxes are continuous rather than whole-pixel, since the warp is continuous.
     """
-    area = float(height * width)
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = math.sqrt(target * aspect)
-        h = math.sqrt(target / aspect)
-        if 0 < w <= width * (1 + 1e-9) and 0 < h <= height * (1 + 1e-9):
-            w, h = min(w, float(width)), min(h, float(height))
-            return float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), w, h
+    shape = (*scale.shape[:-1], 10)
+    target = height * width * _uniform(scale[..., :1], scale[..., 1:], shape, generator)
+    aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), shape, generator))
+    w, h = torch.sqrt(target * aspect), torch.sqrt(target / aspect)
+    fits = (w <= width * (1 + 1e-6)) & (h <= height * (1 + 1e-6))
+    first = fits.to(torch.uint8).argmax(-1, keepdim=True)  # the first try that fits (0 when none does)
+    found = fits.any(-1)
+    w = torch.gather(w, -1, first).squeeze(-1).clamp(max=width)
+    h = torch.gather(h, -1, first).squeeze(-1).clamp(max=height)
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = float(width), width / ratio[0]
+        fallback = (float(width), width / ratio[0])
     elif in_ratio > ratio[1]:
-        w, h = height * ratio[1], float(height)
+        fallback = (height * ratio[1], float(height))
     else:
-        w, h = float(width), float(height)
-    return (width - w) / 2, (height - h) / 2, w, h
+        fallback = (float(width), float(height))
+    w, h = torch.where(found, w, fallback[0]), torch.where(found, h, fallback[1])
+    where = torch.rand((*found.shape, 2), generator=generator, device=generator.device)
+    where = torch.where(found[..., None], where, 0.5)  # the fallback is centred
+    return torch.stack([where[..., 0] * (width - w), where[..., 1] * (height - h), w, h], -1)
 
 
-def crop_map(box: Sequence[float], size: int) -> np.ndarray:
-    """2 x 3 map of the box ``(x0, y0, w, h)`` onto ``[0, size]^2``: (x0, y0) -> (0, 0), far corner -> (size, size)."""
-    x0, y0, w, h = (float(v) for v in box)
+def view_maps(boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """2 x 3 maps (..., 2, 3) of boxes (..., 4) onto ``[0, size]^2``, each followed by x -> size - x if flipped.
+
+    A box's corner (x0, y0) goes to (0, 0) and its far corner to (size, size), or mirrored along x when flipped.
+    """
+    x0, y0, w, h = boxes.unbind(-1)
     sx, sy = size / w, size / h
-    return np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]], dtype=np.float64)
-
-
-def flip_map(matrix: np.ndarray, size: int) -> np.ndarray:
-    """``matrix`` followed by the horizontal flip of a ``size``-wide view, x -> size - x (project convention)."""
-    flipped = np.array(matrix, dtype=np.float64)
-    flipped[0] = -flipped[0]
-    flipped[0, 2] += size
-    return flipped
+    zero = torch.zeros_like(sx)
+    sign = 1.0 - 2.0 * flips.to(sx.dtype)
+    row_x = torch.stack([sign * sx, zero, sign * -x0 * sx + flips.to(sx.dtype) * size], -1)
+    return torch.stack([row_x, torch.stack([zero, sy, -y0 * sy], -1)], -2)
 
 
 def is_flipping(matrix: np.ndarray) -> bool:
@@ -175,10 +185,10 @@ def move_landmarks(
 
 def _photometric(blur_prob: float, solarize_prob: float, cfg: ViewConfig) -> A.Compose:
     ops: list[Any] = [
-        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=cfg.color_jitter_prob),
+        A.ColorJitter(*COLOR_JITTER, p=cfg.color_jitter_prob),
         A.ToGray(num_output_channels=3, method="weighted_average", p=cfg.grayscale_prob),
         # blur_limit=0: kernel size int(3.5 σ) * 2 + 1, matching PIL's GaussianBlur(radius=σ) that DINO uses.
-        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=blur_prob),
+        A.GaussianBlur(blur_limit=0, sigma_limit=BLUR_SIGMA, p=blur_prob),
     ]
     if solarize_prob > 0:
         ops.append(A.Solarize(threshold_range=(0.5, 0.5), p=solarize_prob))  # PIL's solarize(threshold=128)
@@ -186,6 +196,88 @@ def _photometric(blur_prob: float, solarize_prob: float, cfg: ViewConfig) -> A.C
 
 
 # ------------------------------------------------------------------------------------------------------------ views
+
+
+@dataclass
+class ViewDraws:
+    """The random numbers of the V = 2 + N views of a batch of images, globals first (see `draw_views`)."""
+
+    maps: torch.Tensor  # (B, V, 2, 3) image-to-view maps: crop box -> S x S, then maybe a flip
+    jitter: torch.Tensor  # (B, V, K, 2) landmark jitter in view pixels
+    local_ids: torch.Tensor  # (B, N, k) int64 landmark ids of the local views
+    seeds: torch.Tensor  # (B, V) int64 seeds of each view's albumentations draws (the loader-worker path)
+    photometric: torch.Tensor  # (B, V, NUM_PARAMS) per-view parameters of `lafs.photometric` (accelerator path)
+
+
+def check_face(
+    image: np.ndarray, landmarks: np.ndarray, valid: np.ndarray | None, landmark_set: LandmarkSet
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An H x W x 3 uint8 image, its (K, 2) float32 landmarks and (K,) bool mask (all valid when None), checked."""
+    num_landmarks = landmark_set.num_landmarks
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be H x W x 3 uint8 RGB, got shape {image.shape} and dtype {image.dtype}")
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    if landmarks.shape != (num_landmarks, 2):
+        raise ValueError(f"landmarks must be ({num_landmarks}, 2) for set '{landmark_set.name}', got {landmarks.shape}")
+    valid = np.ones(num_landmarks, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != (num_landmarks,):
+        raise ValueError(f"valid must be ({num_landmarks},), got {valid.shape}")
+    return image, landmarks, valid
+
+
+def draw_views(
+    cfg: ViewConfig, num_landmarks: int, size_in: tuple[int, int], count: int, generator: torch.Generator
+) -> ViewDraws:
+    """The random numbers of every view of ``count`` images of ``size_in = (height, width)``, on the generator's device.
+
+    A dozen vectorised draws whatever the number of views, in a fixed order (crop boxes, flips, jitter, local ids,
+    albumentations seeds, photometric parameters) whatever the options, so switching photometry or jitter off leaves
+    every other number unchanged. Both view paths (`LandmarkViews` in the loader workers, one image at a time, and
+    `lafs.device_views` on the accelerator, a batch at a time) take their numbers from here.
+    """
+    device = generator.device
+    height, width = size_in
+    views = NUM_GLOBAL + cfg.num_local
+    scale = torch.tensor([cfg.global_scale] * NUM_GLOBAL + [cfg.local_scale] * cfg.num_local, device=device)
+    boxes = sample_crop_boxes(height, width, scale.expand(count, views, 2), cfg.ratio, generator)
+    flips = torch.rand((count, views), generator=generator, device=device) < cfg.flip_prob
+    jitter = torch.randn((count, views, num_landmarks, 2), generator=generator, device=device) * cfg.jitter_std
+    local_ids = torch.randint(
+        num_landmarks, (count, cfg.num_local, cfg.local_landmarks), generator=generator, device=device
+    )
+    seeds = torch.randint(_SEED_BOUND, (count, views), generator=generator, device=device)
+    photometric = draw_photometric(cfg, count, generator)
+    return ViewDraws(view_maps(boxes, flips, cfg.image_size), jitter, local_ids, seeds, photometric)
+
+
+def draw_photometric(cfg: ViewConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-view parameters (count, V, `NUM_PARAMS`) of the DINO/LAFS photometric recipe for `apply_photometric`.
+
+    Views 0 and 1 are the globals (blur p ``blur_prob[0]`` / ``[1]``, only view 1 may be solarised), then locals.
+    """
+    device = generator.device
+    views = NUM_GLOBAL + cfg.num_local
+    shape = (count, views)
+    coins = torch.rand((*shape, 4), generator=generator, device=device)  # colour jitter, grey, blur, solarize
+    strength = torch.tensor(COLOR_JITTER, device=device)
+    low = torch.cat([1 - strength[:3], -strength[3:]])
+    factors = _uniform(low, torch.cat([1 + strength[:3], strength[3:]]), (*shape, 4), generator)
+    order = torch.rand((*shape, 4), generator=generator, device=device).argsort(-1)  # a random permutation per view
+    sigma = _uniform(BLUR_SIGMA[0], BLUR_SIGMA[1], shape, generator)
+    params = torch.tensor(IDENTITY, device=device).expand(*shape, -1).clone()
+    if not cfg.photometric:
+        return params
+    jittered = coins[..., 0] < cfg.color_jitter_prob
+    params[..., JITTER] = jittered.float()
+    params[..., BRIGHTNESS : HUE + 1] = torch.where(jittered[..., None], factors, params[..., BRIGHTNESS : HUE + 1])
+    params[..., ORDER] = torch.where(jittered[..., None], order.float(), params[..., ORDER])
+    params[..., GREY] = (coins[..., 1] < cfg.grayscale_prob).float()
+    blur_prob = torch.tensor(cfg.blur_prob[:NUM_GLOBAL] + (cfg.blur_prob[NUM_GLOBAL],) * cfg.num_local, device=device)
+    params[..., SIGMA] = torch.where(coins[..., 2] < blur_prob[:views], sigma, 0.0)
+    second_global = torch.arange(views, device=device) == 1  # DINO solarises the second global view only
+    params[..., SOLARIZE] = ((coins[..., 3] < cfg.solarize_prob) & second_global).float()
+    return params
 
 
 class LandmarkViews:
@@ -209,18 +301,6 @@ class LandmarkViews:
     def num_landmarks(self) -> int:
         return self.landmark_set.num_landmarks
 
-    def geometric(self, size_in: tuple[int, int], rng: np.random.Generator, scale: Sequence[float]) -> np.ndarray:
-        """Draw one view's 2 x 3 map from an image of ``size_in = (height, width)``: crop box -> S x S, then maybe flip.
-
-        Whether it flipped is ``is_flipping(map)``. Draws the crop, then the flip coin, from ``rng``.
-        """
-        height, width = size_in
-        size = self.cfg.image_size
-        matrix = crop_map(sample_crop_box(height, width, rng, scale, self.cfg.ratio), size)
-        if rng.random() < self.cfg.flip_prob:
-            matrix = flip_map(matrix, size)
-        return matrix
-
     def __call__(
         self,
         image: np.ndarray,
@@ -234,56 +314,47 @@ class LandmarkViews:
         bool, ``local_images`` (N, S, S, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
         (landmark ids, for position embeddings), ``local_valid`` (N, k) bool.
         """
+        # One draw from the caller's generator seeds the torch generator of all the view numbers.
+        generator = torch.Generator().manual_seed(int(rng.integers(_SEED_BOUND)))
+        draws = draw_views(self.cfg, self.num_landmarks, np.shape(image)[:2], 1, generator)
+        return self.render(image, landmarks, draws, valid)
+
+    def render(
+        self, image: np.ndarray, landmarks: np.ndarray, draws: ViewDraws, valid: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The views of one image given its numbers (`draw_views` with a count of 1); see `__call__`."""
         cfg = self.cfg
         num_landmarks = self.num_landmarks
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be H x W x 3 uint8 RGB, got shape {image.shape} and dtype {image.dtype}")
-        landmarks = np.asarray(landmarks, dtype=np.float32)
-        if landmarks.shape != (num_landmarks, 2):
-            raise ValueError(
-                f"landmarks must be ({num_landmarks}, 2) for set '{self.landmark_set.name}', got {landmarks.shape}"
-            )
-        if valid is None:
-            valid = np.ones(num_landmarks, dtype=bool)
-        valid = np.asarray(valid, dtype=bool)
-        if valid.shape != (num_landmarks,):
-            raise ValueError(f"valid must be ({num_landmarks},), got {valid.shape}")
-
+        image, landmarks, valid = check_face(image, landmarks, valid, self.landmark_set)
         size, num_local, subset = cfg.image_size, cfg.num_local, cfg.local_landmarks
+        maps, jitter = draws.maps[0].double().cpu().numpy(), draws.jitter[0].cpu().numpy()
+        local_ids, seeds = draws.local_ids[0].cpu().numpy(), draws.seeds[0].tolist()
         out = {
             "global_images": np.empty((NUM_GLOBAL, size, size, 3), dtype=np.uint8),
             "global_landmarks": np.empty((NUM_GLOBAL, num_landmarks, 2), dtype=np.float32),
             "global_valid": np.empty((NUM_GLOBAL, num_landmarks), dtype=bool),
             "local_images": np.empty((num_local, size, size, 3), dtype=np.uint8),
             "local_landmarks": np.empty((num_local, subset, 2), dtype=np.float32),
-            "local_ids": np.empty((num_local, subset), dtype=np.int64),
+            "local_ids": local_ids,
             "local_valid": np.empty((num_local, subset), dtype=bool),
         }
-        size_in = image.shape[:2]
         for view in range(NUM_GLOBAL + num_local):
-            is_global = view < NUM_GLOBAL
-            # Draw order per view is fixed (crop, flip, jitter, [ids], photometric seed) whatever the options, so
-            # switching photometry or jitter off leaves every other draw unchanged.
-            matrix = self.geometric(size_in, rng, cfg.global_scale if is_global else cfg.local_scale)
+            matrix = maps[view]
             view_image = warp_image(image, matrix, size)
             points, point_valid = move_landmarks(landmarks, valid, matrix, self.flip_permutation)
-            points = (points + rng.normal(0.0, cfg.jitter_std, size=points.shape)).astype(np.float32)
-            if is_global:
+            points = (points + jitter[view]).astype(np.float32)
+            if view < NUM_GLOBAL:
                 out["global_landmarks"][view] = points
                 out["global_valid"][view] = point_valid
             else:
-                ids = rng.integers(0, num_landmarks, size=subset, dtype=np.int64)
-                local = view - NUM_GLOBAL
-                out["local_ids"][local] = ids
-                out["local_landmarks"][local] = points[ids]
-                out["local_valid"][local] = point_valid[ids]
-            seed = int(rng.integers(_SEED_BOUND))
+                ids = local_ids[view - NUM_GLOBAL]
+                out["local_landmarks"][view - NUM_GLOBAL] = points[ids]
+                out["local_valid"][view - NUM_GLOBAL] = point_valid[ids]
             if self._pipelines is not None:
                 pipeline = self._pipelines[min(view, NUM_GLOBAL)]
-                pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+                pipeline.set_random_state(np.random.default_rng(seeds[view]), random.Random(seeds[view]))
                 view_image = pipeline(image=view_image)["image"]
-            if is_global:
+            if view < NUM_GLOBAL:
                 out["global_images"][view] = view_image
             else:
                 out["local_images"][view - NUM_GLOBAL] = view_image

@@ -14,11 +14,11 @@ from lafs.augment import (
     PretrainViews,
     ViewConfig,
     collate_views,
-    crop_map,
-    flip_map,
+    draw_views,
     is_flipping,
     move_landmarks,
-    sample_crop_box,
+    sample_crop_boxes,
+    view_maps,
 )
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import ConfigError
@@ -177,40 +177,41 @@ def test_zero_jitter_and_identity_geometry_give_back_the_input(face: dict) -> No
 # --------------------------------------------------------------------------------------------------------- geometry
 
 
-def test_crop_map_sends_the_box_corners_to_the_view_corners() -> None:
-    box = (13.25, 7.5, 61.0, 80.5)
-    matrix = crop_map(box, S)
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_view_maps_send_the_box_corners_to_the_view_corners() -> None:
+    box = [13.25, 7.5, 61.0, 80.5]
+    maps = view_maps(torch.tensor([box, box], dtype=torch.float64), torch.tensor([False, True]), S).numpy()
     corners = np.array([[13.25, 7.5], [13.25 + 61.0, 7.5 + 80.5], [13.25 + 30.5, 7.5 + 40.25]])
-    np.testing.assert_allclose(transform_points(corners, matrix), [[0, 0], [S, S], [S / 2, S / 2]], atol=1e-4)
-    flipped = flip_map(matrix, S)
-    np.testing.assert_allclose(transform_points(corners, flipped), [[S, 0], [0, S], [S / 2, S / 2]], atol=1e-4)
-    assert is_flipping(flipped) and not is_flipping(matrix)
-    np.testing.assert_allclose(flip_map(flipped, S), matrix, atol=1e-12)  # flipping twice is the identity
+    np.testing.assert_allclose(transform_points(corners, maps[0]), [[0, 0], [S, S], [S / 2, S / 2]], atol=1e-4)
+    np.testing.assert_allclose(transform_points(corners, maps[1]), [[S, 0], [0, S], [S / 2, S / 2]], atol=1e-4)
+    assert is_flipping(maps[1]) and not is_flipping(maps[0])
 
 
 @pytest.mark.parametrize("height, width", [(112, 112), (150, 90), (60, 200)])
 def test_crop_boxes_follow_the_random_resized_crop_recipe(height: int, width: int) -> None:
-    rng = np.random.default_rng(8)
-    for _ in range(300):
-        x0, y0, w, h = sample_crop_box(height, width, rng, (0.4, 1.0), (0.75, 4 / 3))
-        assert x0 >= 0 and y0 >= 0 and x0 + w <= width + 1e-9 and y0 + h <= height + 1e-9
-        if (height, width) == (112, 112):  # a square image never needs the fallback
-            assert 0.4 - 1e-9 <= w * h / (height * width) <= 1 + 1e-9
-            assert 0.75 - 1e-9 <= w / h <= 4 / 3 + 1e-9
+    scale = torch.tensor([0.4, 1.0], dtype=torch.float64).expand(300, 2)
+    x0, y0, w, h = sample_crop_boxes(height, width, scale, (0.75, 4 / 3), _generator(8)).T.numpy()
+    assert np.all((x0 >= 0) & (y0 >= 0) & (x0 + w <= width + 1e-9) & (y0 + h <= height + 1e-9))
+    if (height, width) == (112, 112):  # a square image never needs the fallback
+        assert np.all((w * h / (height * width) >= 0.4 - 1e-6) & (w * h / (height * width) <= 1 + 1e-6))
+        assert np.all((w / h >= 0.75 - 1e-6) & (w / h <= 4 / 3 + 1e-6))
+    # An impossible ratio range falls back to the centred crop clamped to it, as torchvision does.
+    scale = torch.tensor([[0.99, 1.0]], dtype=torch.float64)
+    x0, y0, w, h = sample_crop_boxes(100, 100, scale, (3.0, 4.0), _generator(0))[0].tolist()
+    assert (w, h) == (100.0, pytest.approx(100 / 3)) and (x0, y0) == (0.0, pytest.approx((100 - 100 / 3) / 2))
 
 
-def test_geometric_map_is_a_crop_then_maybe_a_flip() -> None:
-    views = make_views(flip_prob=1.0)
-    rng = np.random.default_rng(9)
-    for _ in range(20):
-        matrix = views.geometric((112, 112), rng, (0.4, 1.0))
-        assert is_flipping(matrix)
-        assert matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[1, 1] >= 1 and -matrix[0, 0] >= 1
-    views = make_views(flip_prob=0.0)
-    assert not any(is_flipping(views.geometric((90, 150), rng, (0.4, 1.0))) for _ in range(20))
-    views = make_views()
-    flips = [is_flipping(views.geometric((112, 112), rng, (0.4, 1.0))) for _ in range(400)]
-    assert 0.4 < np.mean(flips) < 0.6
+def test_view_maps_are_crops_then_maybe_flips() -> None:
+    maps = draw_views(ViewConfig(flip_prob=1.0), K, (112, 112), 20, _generator(9)).maps.flatten(0, 1).numpy()
+    assert all(is_flipping(m) for m in maps)
+    assert np.all((maps[:, 0, 1] == 0) & (maps[:, 1, 0] == 0) & (maps[:, 1, 1] >= 1) & (-maps[:, 0, 0] >= 1))
+    maps = draw_views(ViewConfig(flip_prob=0.0), K, (90, 150), 20, _generator(9)).maps.flatten(0, 1).numpy()
+    assert not any(is_flipping(m) for m in maps)
+    maps = draw_views(ViewConfig(), K, (112, 112), 40, _generator(9)).maps.flatten(0, 1).numpy()
+    assert 0.4 < np.mean([is_flipping(m) for m in maps]) < 0.6
 
 
 def _dot_image(centre: np.ndarray, size: int = S, sigma: float = 1.5) -> np.ndarray:
@@ -281,7 +282,8 @@ def test_flipping_the_symmetric_template_gives_back_the_template() -> None:
     out = views(np.zeros((S, S, 3), dtype=np.uint8), template, np.random.default_rng(14))
     np.testing.assert_allclose(out["global_landmarks"][0], template, atol=1e-4)
     # Without the id permutation the mirrored template would be far off (left and right swapped).
-    moved, _ = move_landmarks(template, np.ones(K, dtype=bool), flip_map(np.eye(2, 3), S), np.arange(K))
+    mirror = view_maps(torch.tensor([[0.0, 0.0, S, S]], dtype=torch.float64), torch.tensor([True]), S)[0].numpy()
+    moved, _ = move_landmarks(template, np.ones(K, dtype=bool), mirror, np.arange(K))
     assert np.abs(moved - template).max() > 10
 
 
@@ -343,8 +345,9 @@ def test_worker_processes_make_the_same_views(faces: list[dict]) -> None:
 def test_photometry_off_leaves_exactly_the_warped_image(face: dict) -> None:
     views = make_views(photometric=False)
     out = views(face["image"], face["landmarks"], np.random.default_rng(17))
-    # The first draws of a call are global 1's crop and flip, so replaying them gives its map.
-    matrix = views.geometric(face["image"].shape[:2], np.random.default_rng(17), (0.4, 1.0))
+    # The call seeds its torch generator with the first draw of the caller's: replaying that gives global 1's map.
+    generator = _generator(int(np.random.default_rng(17).integers(2**62)))
+    matrix = draw_views(views.cfg, K, face["image"].shape[:2], 1, generator).maps[0, 0].double().numpy()
     np.testing.assert_array_equal(out["global_images"][0], warp_image(face["image"], matrix, S))
     # Running every albumentations op at p = 0 is the same as switching photometry off.
     assert_same_views(make_views(**NO_PIXEL_OPS)(face["image"], face["landmarks"], np.random.default_rng(17)), out)
