@@ -74,6 +74,9 @@ class ViewConfig:
     blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)  # Gaussian blur for global 1, global 2, locals (DINO)
     solarize_prob: float = 0.2  # solarisation of global 2 only (DINO/LAFS asymmetric recipe)
     photometric: bool = True  # False switches every photometric op off (geometry only), for tests and debugging
+    # True: loader workers only decode and the training device makes all views in batches (lafs.device_views);
+    # False: each worker makes its images' views with OpenCV + albumentations (LandmarkViews, the reference path).
+    on_accelerator: bool = True
 
     def validate(self) -> None:
         """Raise `ConfigError` for values no view can be made with."""

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
     # where lafs/data, lafs/config.py ... would shadow top-level modules: put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -37,10 +38,11 @@ from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views
 from lafs.checkpoints import TrainState, find_resume_point, save_checkpoint
 from lafs.cli import entry_point
 from lafs.config import parse_cli, save_config
-from lafs.data.collate import normalize_images
+from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import DatasetConfig, open_dataset
 from lafs.data.pairs import load_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
+from lafs.device_views import DeviceViews
 from lafs.dino import DINOHead, DINOLoss, collapse_warning, cosine_schedule, ema_update, teacher_temperature
 from lafs.errors import ConfigError
 from lafs.evaluation.verification import evaluate_pairs
@@ -123,14 +125,24 @@ class PretrainConfig:
             raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.optim.warmup_epochs}")
 
 
-def build_dataset(cfg: PretrainConfig, record_subset: bool) -> PretrainViews:
-    """The view dataset; ``record_subset``: this process writes a few-shot selection into the run directory."""
+def build_dataset(cfg: PretrainConfig, record_subset: bool) -> Any:
+    """What the loader reads; ``record_subset``: this process writes a few-shot selection into the run directory.
+
+    With ``views.on_accelerator`` the faces themselves (views are made per batch on the device), else `PretrainViews`.
+    """
     if cfg.data.path == SYNTHETIC:
         base = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
     else:
         options = dataclasses.asdict(cfg.data)
         base = open_dataset(options.pop("path"), run_dir=cfg.output_dir if record_subset else None, **options)
+    if cfg.views.on_accelerator:
+        return base
     return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)
+
+
+def view_seed(seed: int, process: int, step: int, micro_batch: int) -> int:
+    """Seed of the device views of one micro-batch: resumed runs replay it, and processes draw different views."""
+    return int(np.random.SeedSequence([seed, process, step, micro_batch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def build_models(cfg: PretrainConfig) -> tuple[MultiViewEncoder, MultiViewEncoder]:
@@ -193,16 +205,21 @@ class Schedules:
         return step < self.cfg.dino.freeze_last_layer_epochs * self.steps_per_epoch
 
 
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    # Loader-made views arrive as uint8; device-made views are already normalised floats.
+    return normalize_images(images) if images.dtype == torch.uint8 else images
+
+
 def forward_views(
     student: torch.nn.Module, teacher: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Accelerator
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(student outputs for all views, teacher outputs for the globals, number of views), view-major."""
     views = {
-        "global_images": normalize_images(batch["global_images"]),
+        "global_images": _pixels(batch["global_images"]),
         "global_landmarks": batch["global_landmarks"],
     }
     locals_ = {
-        "local_images": normalize_images(batch["local_images"]),
+        "local_images": _pixels(batch["local_images"]),
         "local_landmarks": batch["local_landmarks"],
         "local_ids": batch["local_ids"],
     }
@@ -230,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shuffle=True,
         drop_last=True,
         num_workers=cfg.num_workers,
-        collate_fn=collate_views,
+        collate_fn=collate_faces if cfg.views.on_accelerator else collate_views,
+        pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     if len(loader) < cfg.optim.grad_accum:
@@ -257,7 +275,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = RunLog(run_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
     eval_set = load_bin(cfg.eval_bin, cfg.data.image_size) if cfg.eval_bin and accelerator.is_main_process else None
     bar = progress_bar(accelerator, target, state.step)
-    run = Run(cfg, accelerator, dataset, loader, student, teacher, optimizer, dino_loss, schedules, state, log, bar)
+    device_views = DeviceViews(cfg.views, cfg.data.landmark_set) if cfg.views.on_accelerator else None
+    run = Run(
+        cfg,
+        accelerator,
+        dataset,
+        loader,
+        device_views,
+        student,
+        teacher,
+        optimizer,
+        dino_loss,
+        schedules,
+        state,
+        log,
+        bar,
+    )
     try:
         train(run, target, eval_set)
         if eval_set is not None and (not cfg.eval_every or state.step % cfg.eval_every):  # unless just evaluated
@@ -282,8 +315,9 @@ class Run:
 
     cfg: PretrainConfig
     accelerator: Accelerator
-    dataset: PretrainViews
+    dataset: Any
     loader: Any
+    device_views: DeviceViews | None  # makes each batch's views on the device; None when the loader made them
     student: Any
     teacher: MultiViewEncoder
     optimizer: Any
@@ -302,11 +336,15 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
     images_seen, clock = 0, time.perf_counter()
     if state.step >= target:
         return
-    batches = training_batches(
-        accelerator, run.loader, state.step, steps_per_epoch, cfg.optim.grad_accum, run.dataset.set_epoch
-    )
+    set_epoch = getattr(run.dataset, "set_epoch", None)
+    batches = training_batches(accelerator, run.loader, state.step, steps_per_epoch, cfg.optim.grad_accum, set_epoch)
+    micro_batch = 0  # within the accumulation cycle: with the step, it seeds the device views
     for _, batch in batches:
         step = state.step
+        if run.device_views is not None:
+            seed = view_seed(cfg.seed, accelerator.process_index, step, micro_batch)
+            batch = run.device_views(batch, torch.Generator(accelerator.device).manual_seed(seed))
+        micro_batch += 1
         for group in optimizer.param_groups:
             group["lr"] = schedules.lr(step)
             if group["scheduled_decay"]:
@@ -325,6 +363,7 @@ def train(run: Run, target: int, eval_set: tuple[Any, Any] | None) -> None:
         images_seen += batch["global_images"].shape[0] * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
+        micro_batch = 0
         if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student did not move either
             ema_update(teacher, accelerator.unwrap_model(student), schedules.momentum(step))
         state.step += 1

@@ -43,8 +43,9 @@ def losses(run_dir: Path) -> list[float]:
     return [record["loss"] for record in read_log(run_dir)]
 
 
-def test_two_steps_in_process(tmp_path):
-    out = run(tmp_path, "run", "max_steps=2")
+@pytest.mark.parametrize("on_accelerator", ["true", "false"])  # views made on the device / in the loader
+def test_two_steps_in_process(tmp_path, on_accelerator):
+    out = run(tmp_path, "run", "max_steps=2", f"views.on_accelerator={on_accelerator}")
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2]
     assert {"dino_loss", "lr", "teacher_temp", "momentum", "teacher_entropy", "images_per_second"} <= set(log[0])
