@@ -36,7 +36,7 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -74,9 +74,11 @@ class ViewConfig:
     blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)  # Gaussian blur for global 1, global 2, locals (DINO)
     solarize_prob: float = 0.2  # solarisation of global 2 only (DINO/LAFS asymmetric recipe)
     photometric: bool = True  # False switches every photometric op off (geometry only), for tests and debugging
-    # True: loader workers only decode and the training device makes all views in batches (lafs.device_views);
-    # False: each worker makes its images' views with OpenCV + albumentations (LandmarkViews, the reference path).
-    on_accelerator: bool = True
+    # "accelerator": loader workers only decode and the training device makes all views in batches
+    # (lafs.device_views); "loader": each worker makes its images' views with OpenCV + albumentations
+    # (LandmarkViews). "auto": the accelerator on a GPU; the loader on a CPU, where worker processes make the views
+    # in parallel with the training step and uint8 OpenCV is faster than float tensor ops.
+    make_on: Literal["auto", "accelerator", "loader"] = "auto"
 
     def validate(self) -> None:
         """Raise `ConfigError` for values no view can be made with."""
@@ -95,10 +97,17 @@ class ViewConfig:
         low, high = _pair(self, "ratio", 2)
         if not (0 < low <= high and math.isfinite(high)):
             raise ConfigError(f"views.ratio must satisfy 0 < low <= high, got {self.ratio}")
+        if self.make_on not in ("auto", "accelerator", "loader"):
+            raise ConfigError(f"views.make_on must be auto, accelerator or loader, got {self.make_on!r}")
         for name in ("flip_prob", "color_jitter_prob", "grayscale_prob", "solarize_prob"):
             _probability(name, getattr(self, name))
         for i, p in enumerate(_pair(self, "blur_prob", 3)):
             _probability(f"blur_prob[{i}]", p)
+
+
+def views_on_accelerator(cfg: ViewConfig, device: torch.device) -> bool:
+    """Whether the views are made on ``device`` in batches (`lafs.device_views`) rather than in the loader workers."""
+    return cfg.make_on == "accelerator" or (cfg.make_on == "auto" and device.type != "cpu")
 
 
 def _pair(cfg: ViewConfig, name: str, length: int) -> tuple[float, ...]:

@@ -127,18 +127,20 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 def _apply_where(
     images: torch.Tensor, chosen: torch.Tensor, op: Callable[..., torch.Tensor], *args: torch.Tensor
 ) -> torch.Tensor:
-    """``op`` on the images where ``chosen`` (N,) is true, with the matching rows of ``args``."""
+    """``op`` on the images where ``chosen`` (N,) is true, with the matching rows of ``args``; writes in place."""
     index = chosen.nonzero().squeeze(1)
     if index.numel() == 0:
         return images
-    return images.index_copy(0, index, op(images[index], *(a[index] for a in args)))
+    return images.index_copy_(0, index, op(images[index], *(a[index] for a in args)))
 
 
 def apply_photometric(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The DINO/LAFS photometric recipe on (N, 3, H, W) images in [0, 1] with per-image params (N, `NUM_PARAMS`).
 
     Colour jitter's four ops run in each image's own order (torchvision's ColorJitter), then grey, blur, solarize.
+    Returns a new tensor; ``images`` is left as it was.
     """
+    images = images.clone()
     jittered = params[:, JITTER] > 0
     order = params[:, ORDER].long()
     for stage in range(4):

@@ -34,7 +34,7 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader
 
 from lafs.accelerator import build_accelerator
-from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views
+from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 from lafs.checkpoints import TrainState, find_resume_point, save_checkpoint
 from lafs.cli import entry_point
 from lafs.config import parse_cli, save_config
@@ -125,17 +125,17 @@ class PretrainConfig:
             raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.optim.warmup_epochs}")
 
 
-def build_dataset(cfg: PretrainConfig, record_subset: bool) -> Any:
+def build_dataset(cfg: PretrainConfig, record_subset: bool, views_on_device: bool) -> Any:
     """What the loader reads; ``record_subset``: this process writes a few-shot selection into the run directory.
 
-    With ``views.on_accelerator`` the faces themselves (views are made per batch on the device), else `PretrainViews`.
+    With ``views_on_device`` the faces themselves (views are made per batch on the device), else `PretrainViews`.
     """
     if cfg.data.path == SYNTHETIC:
         base = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
     else:
         options = dataclasses.asdict(cfg.data)
         base = open_dataset(options.pop("path"), run_dir=cfg.output_dir if record_subset else None, **options)
-    if cfg.views.on_accelerator:
+    if views_on_device:
         return base
     return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)
 
@@ -240,14 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_config(cfg, run_dir)
     set_seed(cfg.seed)  # identical initial weights on every process
 
-    dataset = build_dataset(cfg, record_subset=accelerator.is_main_process)
+    on_device = views_on_accelerator(cfg.views, accelerator.device)
+    dataset = build_dataset(cfg, record_subset=accelerator.is_main_process, views_on_device=on_device)
     loader = DataLoader(
         dataset,
         batch_size=cfg.optim.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=cfg.num_workers,
-        collate_fn=collate_faces if cfg.views.on_accelerator else collate_views,
+        collate_fn=collate_faces if on_device else collate_views,
         pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed),
     )
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = RunLog(run_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
     eval_set = load_bin(cfg.eval_bin, cfg.data.image_size) if cfg.eval_bin and accelerator.is_main_process else None
     bar = progress_bar(accelerator, target, state.step)
-    device_views = DeviceViews(cfg.views, cfg.data.landmark_set) if cfg.views.on_accelerator else None
+    device_views = DeviceViews(cfg.views, cfg.data.landmark_set) if on_device else None
     run = Run(
         cfg,
         accelerator,

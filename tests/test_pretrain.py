@@ -43,9 +43,9 @@ def losses(run_dir: Path) -> list[float]:
     return [record["loss"] for record in read_log(run_dir)]
 
 
-@pytest.mark.parametrize("on_accelerator", ["true", "false"])  # views made on the device / in the loader
-def test_two_steps_in_process(tmp_path, on_accelerator):
-    out = run(tmp_path, "run", "max_steps=2", f"views.on_accelerator={on_accelerator}")
+@pytest.mark.parametrize("make_on", ["accelerator", "loader"])
+def test_two_steps_in_process(tmp_path, make_on):
+    out = run(tmp_path, "run", "max_steps=2", f"views.make_on={make_on}")
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2]
     assert {"dino_loss", "lr", "teacher_temp", "momentum", "teacher_entropy", "images_per_second"} <= set(log[0])
@@ -57,11 +57,13 @@ def test_two_steps_in_process(tmp_path, on_accelerator):
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    whole = run(tmp_path, "whole", "max_steps=6")
-    part = run(tmp_path, "part", "max_steps=3")
+@pytest.mark.parametrize("make_on", ["accelerator", "loader"])  # device views are seeded by step: replayed too
+def test_resumed_run_equals_uninterrupted_run(tmp_path, make_on):
+    views = f"views.make_on={make_on}"
+    whole = run(tmp_path, "whole", "max_steps=6", views)
+    part = run(tmp_path, "part", "max_steps=3", views)
     assert len(losses(part)) == 3
-    run(tmp_path, "part", "max_steps=6")  # resume=auto continues from the end-of-run checkpoint at step 3
+    run(tmp_path, "part", "max_steps=6", views)  # resume=auto continues from the end-of-run checkpoint at step 3
     assert losses(part) == losses(whole)
     a, b = load_file(whole / "encoder" / "model.safetensors"), load_file(part / "encoder" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
