@@ -222,10 +222,13 @@ def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
     return predictor
 
 
-def build_optimizer(model: FinetuneModel, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``."""
+def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``.
+
+    ``fused``: torch's single-kernel AdamW (CUDA parameters only).
+    """
     return create_optimizer_v2(
-        model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, fused=fused
     )
 
 
@@ -305,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = None
     if predictor is not None and cfg.landmarks.reference == "frozen":
         reference = copy.deepcopy(predictor).eval().requires_grad_(False)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, fused=accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if reference is not None:
         reference.to(accelerator.device)

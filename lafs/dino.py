@@ -298,8 +298,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError(
             f"ema_update: teacher parameters must not require grad (call requires_grad_(False)): {trainable[:5]}"
         )
-    for name, t in teacher_params.items():
-        t.mul_(momentum).add_(student_params[name].detach().to(t.dtype), alpha=1.0 - momentum)
+    # Multi-tensor ops: two kernel launches for all parameters instead of two per parameter (~300 at ViT-B).
+    targets = list(teacher_params.values())
+    sources = [student_params[name].detach().to(t.dtype) for name, t in teacher_params.items()]
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, sources, alpha=1.0 - momentum)
 
     student_buffers = {_strip_wrappers(n): b for n, b in student.named_buffers()}
     for name, t in teacher.named_buffers():

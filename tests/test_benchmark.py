@@ -15,6 +15,7 @@ FIGURES = {
     "tokenizer": {"tokenizer_vs_patch_embed", "tokenizer_share_of_step"},
     "evaluation": {"evaluation_no_flip", "evaluation_flip"},
     "predictor": {"predictor_vs_encoder"},
+    "data": {"worker_vs_decode", "worker_views_vs_decode", "worker_views_growth", "device_views_vs_decode"},
 }
 FIGURE_KEYS = {"name", "candidate", "reference", "unit", "ratio", "target", "target_op", "met"}
 
@@ -24,6 +25,8 @@ def test_sub_command_writes_json(command: str, tmp_path: Path, capsys: pytest.Ca
     extra = ["--batches", "1"] if command == "evaluation" else []
     if command == "predictor":
         extra = ["--backbone", "mobilenetv3_small_050"]  # a smaller timm CNN keeps the test quick
+    if command == "data":
+        extra = ["--images", "4", "--num-local", "3"]
     output = tmp_path / "out" / f"{command}.json"
     assert main([command, *TINY, *extra, "--threads", "1", "--json", str(output)]) == 0
     result = json.loads(output.read_text())

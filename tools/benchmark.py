@@ -3,6 +3,13 @@
     python -m tools.benchmark tokenizer  [--encoder NAME] [--batch 32] [--repeats 10] [--warmup 2] [--json OUT.json]
     python -m tools.benchmark evaluation [...same options...] [--batches 2]
     python -m tools.benchmark predictor  [...same options...] [--backbone mobilenetv3_large_100]
+    python -m tools.benchmark landmarks  [...same options...] [--images 640] [--workers ALL_CORES]
+    python -m tools.benchmark pretrain-step [...same options...] [--num-local 8] [--local-landmarks 36] [--out-dim 4096]
+                                          [--precision auto|fp32|bf16]
+    python -m tools.benchmark finetune-step [...same options...] [--classes 1000] [--precision auto|fp32|bf16]
+    python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
+    python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
+                                          [--precision ...] [--matmul-size N] [--peak-tflops T] [--out-dim 65536]
 
 Candidate and reference runs are interleaved (A B A B ...) so shared-machine noise hits both, and the medians are
 compared; on CUDA the device is synchronised around every timed run. One line per figure is printed: candidate,
@@ -18,6 +25,30 @@ Figures:
                                         (the same number of forwards, so the ratio is the path's overhead; >= 0.8)
   predictor   predictor_vs_encoder      images/s of the learned landmark predictor / the encoder's inference rate on
                                         the same batch (a reference, no target)
+  landmarks   mediapipe_per_process     images/s of the tool's MediaPipe extraction in one process / bare decoding of
+                                        the same JPEGs (no target; the ratio is decoding's share of the time)
+              mediapipe_scaling         images/s with --workers W processes / with one: the speed-up (target >= 0.9 W)
+  pretrain-step pretrain_step_vs_plain_vit  images/s of a LAFS pretraining step (student over 2 globals of K landmarks
+                                        + N locals of k ids, teacher over the globals, DINO loss, backward, clip 3,
+                                        AdamW, EMA) / the same step with a plain timm ViT of the same shape on grid
+                                        images of K and k patches (target >= 0.9). --out-dim: DINO prototypes, 4096 by
+                                        default so CPU runs stay short (LAFS: 65536 to 100000)
+  finetune-step finetune_step_vs_plain_vit  images/s of a LAFS fine-tuning step (encoder, CosFace margin loss over
+                                        --classes, backward, AdamW with layer decay) / the same with a plain timm ViT
+                                        on a grid of K patches (target >= 0.9)
+  data        worker_vs_decode          images/s of what a loader worker does per pretraining image when the views
+                                        are made on the accelerator (read + decode + resize + landmarks) / bare OpenCV
+                                        decoding of the same JPEG files, one thread (target >= 0.5)
+              worker_views_vs_decode    the same with all 2 + N views made in the worker (views.make_on=loader): no
+                                        target, it shows what moving the views off the workers saves
+              worker_views_growth       ms/image of worker-made views at --num-local / at 2 locals (no target; the
+                                        device path's worker code does not depend on the number of views)
+              device_views_vs_decode    images/s of DeviceViews making a batch's 2 + N views on --device / bare
+                                        decoding (no target)
+  gpu         finetune_mfu              achieved FLOP/s of a LAFS fine-tuning step (FlopCounterMode FLOPs / median
+                                        step seconds) / peak FLOP/s of a large bf16 matmul (fp32 on CPU) (>= 0.40)
+              pretrain_mfu              the same for a pretraining step at 2 x K + 8 x 36 tokens (target >= 0.35);
+                                        images/s and peak memory of both steps are in the JSON
 """
 
 from __future__ import annotations
@@ -34,8 +65,8 @@ from typing import Any
 import torch
 
 from lafs.cli import entry_point, int_in_range
-from tools.benchmarks import model_figures
-from tools.benchmarks.timing import DEFAULT_ENCODER, format_figure
+from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, training_step
+from tools.benchmarks.common import DEFAULT_ENCODER, format_figure
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,7 @@ class SubCommand:
     run: Callable[..., dict[str, Any]]
     help: str
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
+    encoder: str = DEFAULT_ENCODER  # the --encoder default
 
 
 def _evaluation_options(parser: argparse.ArgumentParser) -> None:
@@ -55,28 +87,90 @@ def _predictor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="mobilenetv3_large_100", help="timm backbone of the predictor")
 
 
+def _landmarks_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int_in_range(1), default=640, help="synthetic JPEG faces (default 640)")
+    parser.add_argument("--workers", type=int_in_range(1), default=None, help="processes (default: all cores)")
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int_in_range(1), default=128, help="synthetic JPEG faces (default 128)")
+    parser.add_argument("--num-local", type=int_in_range(0), default=8, help="local views (default 8, LAFS)")
+
+
+def _precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="autocast (auto: bf16 on CUDA, else fp32)"
+    )
+
+
+def _views_options(parser: argparse.ArgumentParser, out_dim: int) -> None:
+    parser.add_argument("--num-local", type=int_in_range(0), default=8, help="local views (default 8, LAFS)")
+    parser.add_argument("--local-landmarks", type=int_in_range(1), default=36, help="ids per local view (default 36)")
+    parser.add_argument("--out-dim", type=int_in_range(1), default=out_dim, help=f"DINO prototypes (default {out_dim})")
+
+
+def _pretrain_step_options(parser: argparse.ArgumentParser) -> None:
+    _precision_option(parser)
+    _views_options(parser, out_dim=4096)  # 4096, not LAFS's 65536+: the prototype layer would dominate CPU runs
+
+
+def _finetune_step_options(parser: argparse.ArgumentParser) -> None:
+    _precision_option(parser)
+    parser.add_argument("--classes", type=int_in_range(2), default=1000, help="margin-head classes (default 1000)")
+
+
+def _gpu_options(parser: argparse.ArgumentParser) -> None:
+    _finetune_step_options(parser)
+    _views_options(parser, out_dim=65536)  # DINO's default prototype count: the real pretraining head
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models (FLOPs are counted eagerly)")
+    size_help = "side of the peak matmul (CUDA 8192, CPU 1024)"
+    parser.add_argument("--matmul-size", type=int_in_range(1), default=None, help=size_help)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="use this peak (e.g. a datasheet's) instead")
+
+
 SUB_COMMANDS: dict[str, SubCommand] = {
     "tokenizer": SubCommand(model_figures.bench_tokenizer, "landmark tokenizer vs timm PatchEmbed; share of step"),
     "evaluation": SubCommand(model_figures.bench_evaluation, "embed_images vs bare inference", _evaluation_options),
     "predictor": SubCommand(model_figures.bench_predictor, "landmark predictor vs encoder", _predictor_options),
+    "landmarks": SubCommand(
+        landmark_extraction.bench_landmarks,
+        "MediaPipe extraction: one process, and W workers vs one (CPU; --encoder, --batch, --device unused)",
+        _landmarks_options,
+    ),
+    "pretrain-step": SubCommand(
+        training_step.bench_pretrain_step, "LAFS pretraining step vs plain timm ViT", _pretrain_step_options
+    ),
+    "finetune-step": SubCommand(
+        training_step.bench_finetune_step, "LAFS fine-tuning step vs plain timm ViT", _finetune_step_options
+    ),
+    "gpu": SubCommand(
+        gpu.bench_gpu, "MFU of the LAFS training steps; images/s and peak memory", _gpu_options, gpu.GPU_ENCODER
+    ),
+    "data": SubCommand(
+        data_pipeline.bench_data_pipeline, "loader worker images/s vs bare JPEG decoding; device views", _data_options
+    ),
 }
+
+
+def _common_options(parser: argparse.ArgumentParser, encoder: str) -> None:
+    # Added to each sub-command's own parser (not shared through parents=): a per-command default stays its own.
+    parser.add_argument("--encoder", default=encoder, help=f"registered encoder (default {encoder})")
+    parser.add_argument("--batch", type=int_in_range(1), default=32, help="images per batch (default 32)")
+    parser.add_argument("--repeats", type=int_in_range(1), default=10, help="timed runs of each side (default 10)")
+    parser.add_argument("--warmup", type=int_in_range(0), default=2, help="untimed runs of each side (default 2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--threads", type=int_in_range(1), default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the results dict here")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"registered encoder (default {DEFAULT_ENCODER})")
-    common.add_argument("--batch", type=int_in_range(1), default=32, help="images per batch (default 32)")
-    common.add_argument("--repeats", type=int_in_range(1), default=10, help="timed runs of each side (default 10)")
-    common.add_argument("--warmup", type=int_in_range(0), default=2, help="untimed runs of each side (default 2)")
-    common.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
-    common.add_argument("--threads", type=int_in_range(1), default=None, help="torch CPU threads (default: torch's)")
-    common.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the results dict here")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, sub in SUB_COMMANDS.items():
-        sub_parser = commands.add_parser(name, parents=[common], help=sub.help)
+        sub_parser = commands.add_parser(name, help=sub.help)
+        _common_options(sub_parser, sub.encoder)
         if sub.add_options is not None:
             sub.add_options(sub_parser)
     return parser

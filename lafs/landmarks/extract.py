@@ -39,13 +39,14 @@ class ExtractionReport:
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(dataset_path: str, bgr: bool, landmark_set: str, image_size: int) -> None:
+def start_worker(dataset_path: str, bgr: bool, landmark_set: str, image_size: int) -> None:
+    """Open this process's dataset handle and MediaPipe detector (a pool initialiser, or the one-process path)."""
     _worker["dataset"] = open_dataset(dataset_path, bgr=bgr, image_size=None, landmarks="none")
     _worker["source"] = MediaPipeLandmarks(landmark_set)
     _worker["image_size"] = image_size
 
 
-def _process(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def process_chunk(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Landmarks (n, K, 2) in model pixels and found flags (n,) for dataset items ``indices``."""
     dataset, source, size = _worker["dataset"], _worker["source"], _worker["image_size"]
     landmarks = np.zeros((len(indices), len(source.mesh_indices), 2), dtype=np.float32)
@@ -60,6 +61,13 @@ def _process(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             scale = np.array([size / image.shape[1], size / image.shape[0]], dtype=np.float32)
             landmarks[row], found[row] = points * scale, True
     return np.asarray(indices, dtype=np.int64), landmarks, found
+
+
+def stop_worker() -> None:
+    """Close this process's detector and forget its dataset (after the one-process path)."""
+    if "source" in _worker:
+        _worker.pop("source").close()
+    _worker.clear()
 
 
 def extract_landmarks(
@@ -88,11 +96,11 @@ def extract_landmarks(
         # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        pool = context.Pool(workers, initializer=_start_worker, initargs=start_args)
-        results = pool.imap_unordered(_process, chunks)
+        pool = context.Pool(workers, initializer=start_worker, initargs=start_args)
+        results = pool.imap_unordered(process_chunk, chunks)
     else:
-        _start_worker(*start_args)
-        results = map(_process, chunks)
+        start_worker(*start_args)
+        results = map(process_chunk, chunks)
     processed = found = first_chunk = 0
     start = last_flush = first_time = time.perf_counter()
     # disable=None: a bar on a terminal, silence in logs.
@@ -118,9 +126,8 @@ def extract_landmarks(
         bar.close()
         if pool is not None:
             pool.terminate()
-        elif "source" in _worker:
-            _worker.pop("source").close()
-        _worker.clear()
+        else:
+            stop_worker()
     end = time.perf_counter()
     remaining = int(np.count_nonzero(~cache.done[block.start : block.stop]))
     rate = (processed - first_chunk) / (end - first_time) if end > first_time else 0.0

@@ -1,1 +1,1 @@
-"""The figures of `tools.benchmark`, one module per stage; `timing` holds what they share."""
+"""The figures of `tools.benchmark`, one module per stage; `common` holds what they share."""

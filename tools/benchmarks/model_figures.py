@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lafs.errors import ConfigError
-from tools.benchmarks.timing import (
+from tools.benchmarks.common import (
     DEFAULT_ENCODER,
     IMAGE_SIZE,
     PATCH_SIZE,

@@ -1,19 +1,24 @@
-"""Shared pieces of the benchmarks: devices, interleaved timing, figures and the result dict."""
+"""Shared pieces of the benchmarks: devices, interleaved timing, figures, the result dict and synthetic inputs."""
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lafs.data.images import encode_jpeg
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import ConfigError
 
 DEFAULT_ENCODER = "lafs_vit_nano_p8_112"
 IMAGE_SIZE = 112
+FACES_PER_IDENTITY = 10  # images per synthetic identity of write_jpeg_faces, as SyntheticFacesConfig's default
 PATCH_SIZE = 8
 
 
@@ -123,3 +128,17 @@ def result(
         **extra,
         "figures": figures,
     }
+
+
+def write_jpeg_faces(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` synthetic 112 x 112 faces as root/<identity>/<n>.jpg (quality 95, RGB), the layout of a face folder."""
+    identities = math.ceil(count / FACES_PER_IDENTITY)
+    faces = SyntheticFaces(
+        SyntheticFacesConfig(num_identities=identities, images_per_identity=FACES_PER_IDENTITY, seed=seed)
+    )
+    for index in range(count):
+        label, number = divmod(index, FACES_PER_IDENTITY)
+        folder = root / f"person_{label:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{number:02d}.jpg").write_bytes(encode_jpeg(faces[index]["image"]))
+    return root
