@@ -22,10 +22,13 @@ Photometry. The DINO/LAFS recipe, with albumentations' own pixel transforms: Col
 ToGray p 0.2, GaussianBlur with sigma in (0.1, 2) and PIL's kernel size (p 1.0 global 1, 0.1 global 2, 0.5 locals),
 Solarize at 128 with p 0.2 for global 2 only. Photometry never touches landmarks.
 
-Randomness comes only from the ``np.random.Generator`` passed in. albumentations keeps its own generators; before
-each view its pipelines are given fresh ones seeded from a number drawn from the caller's generator, so equal
-generator states give bit-identical views. That per-call reseeding mutates the pipelines: use one `LandmarkViews`
-per process (DataLoader workers are processes, so the usual setup is fine), not one shared across threads.
+Randomness. All numbers of all views (crop boxes, flips, jitter, local ids, photometric seeds and parameters) come
+from `draw_views`, a dozen vectorised torch draws per image or per batch, shared with `lafs.device_views`, which makes
+the same views on the accelerator for whole batches (``views.make_on``). `LandmarkViews` seeds those draws with one
+number from the ``np.random.Generator`` passed in. albumentations keeps its own generators; before each view its
+pipelines are given fresh ones seeded from that view's drawn seed, so equal generator states give bit-identical
+views. That per-call reseeding mutates the pipelines: use one `LandmarkViews` per process (DataLoader workers are
+processes, so the usual setup is fine), not one shared across threads.
 """
 
 from __future__ import annotations
@@ -173,6 +176,14 @@ def view_maps(boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tens
     sign = 1.0 - 2.0 * flips.to(sx.dtype)
     row_x = torch.stack([sign * sx, zero, sign * -x0 * sx + flips.to(sx.dtype) * size], -1)
     return torch.stack([row_x, torch.stack([zero, sy, -y0 * sy], -1)], -2)
+
+
+def flip_map(matrix: np.ndarray, size: int) -> np.ndarray:
+    """A 2 x 3 ``matrix`` followed by the horizontal flip of a ``size``-wide image, x -> size - x."""
+    flipped = np.array(matrix, dtype=np.float64)
+    flipped[0] = -flipped[0]
+    flipped[0, 2] += size
+    return flipped
 
 
 def is_flipping(matrix: np.ndarray) -> bool:
