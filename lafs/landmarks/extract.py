@@ -32,7 +32,7 @@ class ExtractionReport:
     found: int  # of those, images where MediaPipe found a face
     remaining: int  # images of this shard still to do (a capped or stopped run)
     seconds: float  # wall time of the run, worker start-up included
-    images_per_second: float  # once running: from the first finished chunk to the last, start-up excluded
+    images_per_second: float  # once running: after each worker's first chunk (start-up excluded) to the last
     cache: LandmarkCache
 
 
@@ -101,7 +101,9 @@ def extract_landmarks(
     else:
         start_worker(*start_args)
         results = map(process_chunk, chunks)
-    processed = found = first_chunk = 0
+    # The rate counts from when every worker has returned its first chunk (each of those includes its start-up).
+    warm_results = min(max(workers, 1), len(chunks))
+    processed = found = first_chunk = results_seen = 0
     start = last_flush = first_time = time.perf_counter()
     # disable=None: a bar on a terminal, silence in logs.
     bar = tqdm(
@@ -109,8 +111,9 @@ def extract_landmarks(
     )
     try:
         for indices, landmarks, hits in results:
-            if not first_chunk:
-                first_chunk, first_time = len(indices), time.perf_counter()
+            results_seen += 1
+            if results_seen <= warm_results:
+                first_chunk, first_time = first_chunk + len(indices), time.perf_counter()
             cache.write(indices, landmarks, hits)
             processed, found = processed + len(indices), found + int(hits.sum())
             bar.update(len(indices))

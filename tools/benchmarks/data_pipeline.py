@@ -56,9 +56,11 @@ def bench_data_pipeline(
             root = Path(tmp) / "faces"
             paths = sorted(write_jpeg_faces(root, images).rglob("*.jpg"))
             figures, extra = _measure(root, paths, dev, batch, repeats, warmup, num_local)
+        return result(
+            "data", encoder, batch, repeats, warmup, dev, figures, images=images, num_local=num_local, **extra
+        )
     finally:
         torch.set_num_threads(threads)
-    return result("data", encoder, batch, repeats, warmup, dev, figures, images=images, num_local=num_local, **extra)
 
 
 def _measure(
