@@ -42,7 +42,7 @@ from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from lafs.accelerator import build_accelerator
+from lafs.accelerator import build_accelerator, use_fused_adamw
 from lafs.checkpoints import TrainState, find_resume_point, save_checkpoint
 from lafs.cli import entry_point
 from lafs.config import parse_cli, save_config
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = None
     if predictor is not None and cfg.landmarks.reference == "frozen":
         reference = copy.deepcopy(predictor).eval().requires_grad_(False)
-    optimizer = build_optimizer(model, cfg.optim, fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.optim, fused=use_fused_adamw(accelerator))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if reference is not None:
         reference.to(accelerator.device)

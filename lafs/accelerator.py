@@ -28,6 +28,13 @@ def build_accelerator(
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=gradient_accumulation_steps, sync_with_dataloader=False
         ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: copies from pinned host memory overlap with compute instead of waiting for it.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=broadcast_buffers)],
     )
+
+
+def use_fused_adamw(accelerator: Accelerator) -> bool:
+    """Fused (single-kernel) AdamW on CUDA, except under fp16: its scaler then always calls the fused step, which skips
+    overflows inside the kernel, so accelerate would report no skipped step and the EMA teacher would move anyway."""
+    return accelerator.device.type == "cuda" and accelerator.mixed_precision != "fp16"

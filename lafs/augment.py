@@ -79,8 +79,8 @@ class ViewConfig:
     photometric: bool = True  # False switches every photometric op off (geometry only), for tests and debugging
     # "accelerator": loader workers only decode and the training device makes all views in batches
     # (lafs.device_views); "loader": each worker makes its images' views with OpenCV + albumentations
-    # (LandmarkViews). "auto": the accelerator on a GPU; the loader on a CPU, where worker processes make the views
-    # in parallel with the training step and uint8 OpenCV is faster than float tensor ops.
+    # (LandmarkViews). "auto": the accelerator on a CUDA GPU; the loader elsewhere (on a CPU, worker processes make
+    # the views in parallel with the training step and uint8 OpenCV is faster than float tensor ops).
     make_on: Literal["auto", "accelerator", "loader"] = "auto"
 
     def validate(self) -> None:
@@ -110,7 +110,7 @@ class ViewConfig:
 
 def views_on_accelerator(cfg: ViewConfig, device: torch.device) -> bool:
     """Whether the views are made on ``device`` in batches (`lafs.device_views`) rather than in the loader workers."""
-    return cfg.make_on == "accelerator" or (cfg.make_on == "auto" and device.type != "cpu")
+    return cfg.make_on == "accelerator" or (cfg.make_on == "auto" and device.type == "cuda")
 
 
 def _pair(cfg: ViewConfig, name: str, length: int) -> tuple[float, ...]:
@@ -296,8 +296,9 @@ def draw_photometric(cfg: ViewConfig, count: int, generator: torch.Generator) ->
     params[..., BRIGHTNESS : HUE + 1] = torch.where(jittered[..., None], factors, params[..., BRIGHTNESS : HUE + 1])
     params[..., ORDER] = torch.where(jittered[..., None], order.float(), params[..., ORDER])
     params[..., GREY] = (coins[..., 1] < cfg.grayscale_prob).float()
-    blur_prob = torch.tensor(cfg.blur_prob[:NUM_GLOBAL] + (cfg.blur_prob[NUM_GLOBAL],) * cfg.num_local, device=device)
-    params[..., SIGMA] = torch.where(coins[..., 2] < blur_prob[:views], sigma, 0.0)
+    blur = tuple(cfg.blur_prob)
+    blur_prob = torch.tensor(blur[:NUM_GLOBAL] + blur[NUM_GLOBAL:] * cfg.num_local, device=device)
+    params[..., SIGMA] = torch.where(coins[..., 2] < blur_prob, sigma, 0.0)
     second_global = torch.arange(views, device=device) == 1  # DINO solarises the second global view only
     params[..., SOLARIZE] = ((coins[..., 3] < cfg.solarize_prob) & second_global).float()
     return params
@@ -337,9 +338,10 @@ class LandmarkViews:
         bool, ``local_images`` (N, S, S, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
         (landmark ids, for position embeddings), ``local_valid`` (N, k) bool.
         """
+        image, landmarks, valid = check_face(image, landmarks, valid, self.landmark_set)
         # One draw from the caller's generator seeds the torch generator of all the view numbers.
         generator = torch.Generator().manual_seed(int(rng.integers(_SEED_BOUND)))
-        draws = draw_views(self.cfg, self.num_landmarks, np.shape(image)[:2], 1, generator)
+        draws = draw_views(self.cfg, self.num_landmarks, image.shape[:2], 1, generator)
         return self.render(image, landmarks, draws, valid)
 
     def render(

@@ -6,13 +6,11 @@ formulas (tested against ``torchvision.transforms.v2.functional`` image by image
 blends with the image's mean grey level, saturation blends with the grey image, hue rotates H in HSV, grey uses
 ITU-R 601 weights, blur is a separable Gaussian with reflect padding, solarize inverts values at or above 0.5.
 
-Images are float (N, 3, H, W) in [0, 1]. The parameters of the DINO/LAFS recipe are drawn per view on the CPU by
-`lafs.device_views` into a (N, `NUM_PARAMS`) table; `apply_photometric` reads that table.
+Images are float (N, 3, H, W) in [0, 1]. The parameters of the DINO/LAFS recipe are drawn per view by
+`lafs.augment.draw_photometric` into a (N, `NUM_PARAMS`) table; `apply_photometric` reads that table.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +98,14 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur (N, C, H, W) images with sigma (N,) > 0 pixels, kernel radius int(3.5 sigma) (PIL's size), reflect pad."""
+    """Blur (N, C, H, W) images with sigma (N,) pixels in [0, 2] (clamped there); sigma 0 leaves an image as it is.
+
+    Kernel radius int(3.5 sigma) (albumentations' kernel size for DINO's PIL blur), reflect padding, separable.
+    """
     count, channels, height, width = images.shape
     pad = int(BLUR_RADIUS_PER_SIGMA * MAX_BLUR_SIGMA)
-    if sigma.numel() and float(sigma.max()) > MAX_BLUR_SIGMA:
-        raise ValueError(f"blur sigma must be at most {MAX_BLUR_SIGMA}, got {float(sigma.max())}")
-    sigma = sigma.to(images.dtype).reshape(-1, 1)
+    # A tiny sigma turns the kernel into an exact delta (radius 0), so unblurred images need no mask and no sync.
+    sigma = sigma.to(images.dtype).clamp(1e-3, MAX_BLUR_SIGMA).reshape(-1, 1)
     taps = torch.arange(-pad, pad + 1, device=images.device, dtype=images.dtype)
     radius = torch.floor(BLUR_RADIUS_PER_SIGMA * sigma)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2) * (taps.abs() <= radius)  # taps past the radius weigh nothing
@@ -124,30 +124,23 @@ def solarize(images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def _apply_where(
-    images: torch.Tensor, chosen: torch.Tensor, op: Callable[..., torch.Tensor], *args: torch.Tensor
-) -> torch.Tensor:
-    """``op`` on the images where ``chosen`` (N,) is true, with the matching rows of ``args``; writes in place."""
-    index = chosen.nonzero().squeeze(1)
-    if index.numel() == 0:
-        return images
-    return images.index_copy_(0, index, op(images[index], *(a[index] for a in args)))
+def _where(chosen: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.where(chosen[:, None, None, None], changed, images)
 
 
 def apply_photometric(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The DINO/LAFS photometric recipe on (N, 3, H, W) images in [0, 1] with per-image params (N, `NUM_PARAMS`).
 
     Colour jitter's four ops run in each image's own order (torchvision's ColorJitter), then grey, blur, solarize.
-    Returns a new tensor; ``images`` is left as it was.
+    Every op runs on the whole batch and images it does not apply to are selected back unchanged: no data-dependent
+    shapes, so no host-device synchronisation on an accelerator.
     """
-    images = images.clone()
     jittered = params[:, JITTER] > 0
     order = params[:, ORDER].long()
     for stage in range(4):
         for op_index, op in enumerate(_JITTER_OPS):
-            images = _apply_where(
-                images, jittered & (order[:, stage] == op_index), op, params[:, BRIGHTNESS + op_index]
-            )
-    images = _apply_where(images, params[:, GREY] > 0, lambda x: grey(x).expand(-1, 3, -1, -1))
-    images = _apply_where(images, params[:, SIGMA] > 0, gaussian_blur, params[:, SIGMA])
-    return _apply_where(images, params[:, SOLARIZE] > 0, solarize)
+            chosen = jittered & (order[:, stage] == op_index)
+            images = _where(chosen, op(images, params[:, BRIGHTNESS + op_index]), images)
+    images = _where(params[:, GREY] > 0, grey(images).expand(-1, 3, -1, -1), images)
+    images = gaussian_blur(images, params[:, SIGMA])
+    return _where(params[:, SOLARIZE] > 0, solarize(images), images)

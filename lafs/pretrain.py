@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader
 
-from lafs.accelerator import build_accelerator
+from lafs.accelerator import build_accelerator, use_fused_adamw
 from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 from lafs.checkpoints import TrainState, find_resume_point, save_checkpoint
 from lafs.cli import entry_point
@@ -121,6 +121,8 @@ class PretrainConfig:
         for key, value in counts.items():
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if not 0 <= self.optim.warmup_epochs <= self.optim.epochs:
             raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.optim.warmup_epochs}")
 
@@ -255,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(loader) < cfg.optim.grad_accum:
         raise ConfigError(f"{len(dataset)} images give fewer batches of {cfg.optim.batch_size} than optim.grad_accum")
     student, teacher = build_models(cfg)
-    fused = accelerator.device.type == "cuda"  # one multi-tensor kernel per step instead of a loop over parameters
-    optimizer = torch.optim.AdamW(optimizer_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr, fused=fused)
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr, fused=use_fused_adamw(accelerator)
+    )
     dino_loss = DINOLoss(cfg.dino.out_dim, cfg.dino.student_temp, cfg.dino.center_momentum)
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     teacher.to(accelerator.device)

@@ -57,13 +57,14 @@ def test_two_steps_in_process(tmp_path, make_on):
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
 
 
-@pytest.mark.parametrize("make_on", ["accelerator", "loader"])  # device views are seeded by step: replayed too
-def test_resumed_run_equals_uninterrupted_run(tmp_path, make_on):
-    views = f"views.make_on={make_on}"
-    whole = run(tmp_path, "whole", "max_steps=6", views)
-    part = run(tmp_path, "part", "max_steps=3", views)
+# Device views are seeded by (step, micro-batch): accumulation over 2 micro-batches replays them on resume too.
+@pytest.mark.parametrize("options", [("views.make_on=accelerator", "optim.grad_accum=2"), ("views.make_on=loader",)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, options):
+    steps = 4 if "optim.grad_accum=2" in options else 6  # 2 epochs of 4 batches: 4 steps with accumulation
+    whole = run(tmp_path, "whole", f"max_steps={steps}", *options)
+    part = run(tmp_path, "part", "max_steps=3", *options)
     assert len(losses(part)) == 3
-    run(tmp_path, "part", "max_steps=6", views)  # resume=auto continues from the end-of-run checkpoint at step 3
+    run(tmp_path, "part", f"max_steps={steps}", *options)  # resume=auto continues from the checkpoint at step 3
     assert losses(part) == losses(whole)
     a, b = load_file(whole / "encoder" / "model.safetensors"), load_file(part / "encoder" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

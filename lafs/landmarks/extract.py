@@ -32,7 +32,7 @@ class ExtractionReport:
     found: int  # of those, images where MediaPipe found a face
     remaining: int  # images of this shard still to do (a capped or stopped run)
     seconds: float  # wall time of the run, worker start-up included
-    images_per_second: float  # once running: after each worker's first chunk (start-up excluded) to the last
+    images_per_second: float  # once running: after the workers' start-up (when there are enough chunks) to the end
     cache: LandmarkCache
 
 
@@ -101,8 +101,9 @@ def extract_landmarks(
     else:
         start_worker(*start_args)
         results = map(process_chunk, chunks)
-    # The rate counts from when every worker has returned its first chunk (each of those includes its start-up).
-    warm_results = min(max(workers, 1), len(chunks))
+    # Pool workers start inside the timed loop: the rate counts from the workers-th returned chunk, about when every
+    # worker has started. (The one-process path starts its detector before the loop.)
+    warm_results = min(workers, len(chunks)) if workers > 1 else 0
     processed = found = first_chunk = results_seen = 0
     start = last_flush = first_time = time.perf_counter()
     # disable=None: a bar on a terminal, silence in logs.
@@ -133,5 +134,8 @@ def extract_landmarks(
             stop_worker()
     end = time.perf_counter()
     remaining = int(np.count_nonzero(~cache.done[block.start : block.stop]))
-    rate = (processed - first_chunk) / (end - first_time) if end > first_time else 0.0
+    if processed > first_chunk and end > first_time:
+        rate = (processed - first_chunk) / (end - first_time)
+    else:  # too few chunks to leave the start-up out
+        rate = processed / (end - start) if end > start else 0.0
     return ExtractionReport(processed, found, remaining, end - start, rate, cache)
