@@ -12,6 +12,8 @@ Images are float (N, 3, H, W) in [0, 1]. The parameters of the DINO/LAFS recipe 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -124,23 +126,38 @@ def solarize(images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def _where(chosen: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return torch.where(chosen[:, None, None, None], changed, images)
+def _apply(
+    images: torch.Tensor, chosen: torch.Tensor, select: bool, op: Callable[..., torch.Tensor], *args: torch.Tensor
+) -> torch.Tensor:
+    """``op`` (images, *args) on the images where ``chosen`` (N,) is true; the others are returned unchanged.
+
+    ``select``: run ``op`` on the whole batch and pick with ``torch.where`` (no host synchronisation), else run it on
+    the chosen rows only (which needs their count on the host).
+    """
+    if select:
+        return torch.where(chosen[:, None, None, None], op(images, *args), images)
+    index = chosen.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return images
+    return images.index_copy(0, index, op(images[index], *(a[index] for a in args)))
 
 
-def apply_photometric(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def apply_photometric(images: torch.Tensor, params: torch.Tensor, select: bool | None = None) -> torch.Tensor:
     """The DINO/LAFS photometric recipe on (N, 3, H, W) images in [0, 1] with per-image params (N, `NUM_PARAMS`).
 
     Colour jitter's four ops run in each image's own order (torchvision's ColorJitter), then grey, blur, solarize.
-    Every op runs on the whole batch and images it does not apply to are selected back unchanged: no data-dependent
-    shapes, so no host-device synchronisation on an accelerator.
+    Images an op does not apply to come back unchanged, bit for bit. ``select`` (default: on accelerators, not on
+    the CPU) runs every op on the whole batch and selects, which avoids a host-device synchronisation per op at the
+    price of computing ops for images they do not apply to; the results are the same either way.
     """
+    if select is None:
+        select = images.device.type != "cpu"
     jittered = params[:, JITTER] > 0
     order = params[:, ORDER].long()
     for stage in range(4):
         for op_index, op in enumerate(_JITTER_OPS):
             chosen = jittered & (order[:, stage] == op_index)
-            images = _where(chosen, op(images, params[:, BRIGHTNESS + op_index]), images)
-    images = _where(params[:, GREY] > 0, grey(images).expand(-1, 3, -1, -1), images)
-    images = gaussian_blur(images, params[:, SIGMA])
-    return _where(params[:, SOLARIZE] > 0, solarize(images), images)
+            images = _apply(images, chosen, select, op, params[:, BRIGHTNESS + op_index])
+    images = _apply(images, params[:, GREY] > 0, select, lambda x: grey(x).expand(-1, 3, -1, -1))
+    images = _apply(images, params[:, SIGMA] > 0, select, gaussian_blur, params[:, SIGMA])
+    return _apply(images, params[:, SOLARIZE] > 0, select, solarize)

@@ -83,5 +83,8 @@ def test_photometric_draws_follow_the_recipe() -> None:
     assert float(solarized[1]) == pytest.approx(0.2, abs=0.03) and float(solarized[[0, 2, 3]].sum()) == 0
     sigma = params[..., SIGMA][params[..., SIGMA] > 0]
     assert float(sigma.min()) >= 0.1 and float(sigma.max()) <= 2.0
+    as_list = ViewConfig(blur_prob=[1.0, 0.0, 0.0])  # YAML gives lists: the draw must take them as tuples do
+    listed = draw_views(as_list, K, (112, 112), 50, torch.Generator().manual_seed(1)).photometric[..., SIGMA] > 0
+    assert bool(listed[:, 0].all()) and not bool(listed[:, 1:].any())
     off = draw_views(ViewConfig(photometric=False), K, (112, 112), 3, torch.Generator().manual_seed(1)).photometric
     assert torch.equal(off, torch.tensor(IDENTITY).expand_as(off))

@@ -7,6 +7,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from lafs import photometric as P
+from lafs.augment import ViewConfig, draw_views
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,12 @@ def test_recipe_applies_each_image_its_own_ops_in_its_own_order(images: torch.Te
     grey = TF.rgb_to_grayscale(images[2], num_output_channels=3)
     torch.testing.assert_close(out[2], TF.gaussian_blur(grey, [7, 7], [1.0, 1.0]), rtol=0, atol=1e-12)
     torch.testing.assert_close(out[3], TF.solarize(images[3], 0.5), rtol=0, atol=0)
+
+
+def test_accelerator_style_selection_gives_the_same_images() -> None:
+    params = draw_views(ViewConfig(num_local=6), 49, (112, 112), 16, torch.Generator().manual_seed(0)).photometric
+    params = params.flatten(0, 1)
+    images = torch.rand(len(params), 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rows_only = P.apply_photometric(images, params, select=False)
+    torch.testing.assert_close(P.apply_photometric(images, params, select=True), rows_only, rtol=0, atol=0)
+    assert not torch.equal(rows_only, images)
