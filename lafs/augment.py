@@ -173,8 +173,9 @@ def view_maps(boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tens
     x0, y0, w, h = boxes.unbind(-1)
     sx, sy = size / w, size / h
     zero = torch.zeros_like(sx)
-    sign = 1.0 - 2.0 * flips.to(sx.dtype)
-    row_x = torch.stack([sign * sx, zero, sign * -x0 * sx + flips.to(sx.dtype) * size], -1)
+    flipped = flips.to(sx.dtype)
+    sign = 1.0 - 2.0 * flipped
+    row_x = torch.stack([sign * sx, zero, sign * -x0 * sx + flipped * size], -1)
     return torch.stack([row_x, torch.stack([zero, sy, -y0 * sy], -1)], -2)
 
 

@@ -298,7 +298,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError(
             f"ema_update: teacher parameters must not require grad (call requires_grad_(False)): {trainable[:5]}"
         )
-    # Multi-tensor ops: two kernel launches for all parameters instead of two per parameter (~300 at ViT-B).
+    # Multi-tensor ops: a few kernel launches for all parameters instead of two per parameter (~300 at ViT-B).
     targets = list(teacher_params.values())
     sources = [student_params[name].detach().to(t.dtype) for name, t in teacher_params.items()]
     torch._foreach_mul_(targets, momentum)
