@@ -15,14 +15,15 @@ from finetune.heads import MarginHead
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from finetune.train import OptimConfig, Schedule, build_optimizer, main
+from finetune.task import OptimConfig, Schedule, build_optimizer
+from finetune.train import main
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.export import save_encoder
 from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
-from lafs.run_log import read_log
+from lafs.engine.run_log import read_log
 from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from lafs.evaluation import evaluate_pairs
 from lafs.evaluation.report import build_report, encoder_info, evaluate_sets, format_table, write_report
 from lafs.export import load_encoder, save_encoder_onnx
 from lafs.models import EncoderConfig, build_encoder
-from lafs.run_log import read_log
+from lafs.engine.run_log import read_log
 
 
 @dataclass

@@ -1,0 +1,364 @@
+"""Fine-tuning as a task: a (LAFS-pretrained) encoder becomes a face recogniser with a margin head and regularisers.
+
+The model is `FinetuneModel` (encoder, optional trainable landmark predictor, objective with the margin head and the
+regularisers), so DDP synchronises the class centres with the encoder. Each micro-batch is flipped (landmark ids
+follow the flip) and maybe mixed on the device. The engine (`lafs.engine.fit`) runs the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.utils.data import Dataset
+
+from finetune.augment import AugmentConfig, BatchMixup, random_flip
+from finetune.context import Communicator
+from finetune.heads import HeadConfig, build_head
+from finetune.model import FinetuneModel
+from finetune.objective import build_objective
+from finetune.regularisers import RegularisersConfig
+from lafs.data.collate import normalize_images
+from lafs.data.open import few_shot_subset, open_dataset
+from lafs.data.pairs import load_bin
+from lafs.data.synthetic import SyntheticFaces
+from lafs.dino import cosine_schedule
+from lafs.engine import SYNTHETIC, RunConfig, RunContext, Task, TrainingParts
+from lafs.engine import OptimConfig as RunOptimConfig
+from lafs.engine.accelerator import use_fused_adamw
+from lafs.errors import ConfigError, DataError
+from lafs.evaluation.verification import evaluate_pairs
+from lafs.export import PREDICTOR_FOLDER, load_encoder, save_encoder
+from lafs.files import write_atomic
+from lafs.landmarks import get_landmark_set
+from lafs.models import EncoderConfig, build_encoder
+from lafs.models.image_encoder import ImageEncoder
+from lafs.models.landmark_predictor import (
+    LandmarkPredictor,
+    LandmarkPredictorConfig,
+    build_landmark_predictor,
+    load_landmark_predictor,
+    save_landmark_predictor,
+)
+from lafs.models.vit import LandmarkViT
+
+logger = logging.getLogger("lafs.finetune")
+
+
+@dataclass
+class OptimConfig(RunOptimConfig):
+    epochs: int = 34  # LAFS fine-tuning length
+    batch_size: int = 200  # per process (LAFS)
+    grad_accum: int = 3  # micro-batches per optimiser step (LAFS)
+    clip_grad: float = 0.0  # max gradient norm; 0 = off (LAFS does not clip; CoReFace clips at 5)
+    lr: float = 2.29e-3  # at lr_reference_batch: LAFS's rule gives 2.29e-3 for 2 GPUs x 200 x 3
+    lr_reference_batch: int = 1200  # total batch (processes x batch_size x grad_accum) that ``lr`` is set for
+    lr_scaling: Literal["none", "linear", "sqrt"] = "sqrt"  # LAFS scales the learning rate with sqrt(total batch)
+    min_lr: float = 1e-6  # end of the cosine decay
+    warmup_epochs: float = 5.0  # linear warm-up (LAFS)
+    weight_decay: float = 0.1  # AdamW (LAFS); biases, norms, tokenizer and position table get none
+    layer_decay: float = 0.58  # layer-wise LR decay (LAFS): layer l of L trains at lr * 0.58^(L - l)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lr_reference_batch < 1:
+            raise ConfigError(f"optim.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
+
+
+@dataclass
+class LandmarkSourceConfig:
+    source: Literal["data", "predictor"] = "data"  # data: the dataset's (cache or template); predictor: learned
+    predictor: str = ""  # folder written by tools/train_landmarks.py; "" starts an untrained one at the template
+    predictor_backbone: str = "mobilenetv3_large_100"  # for an untrained predictor (LAFS: MobileNetV3-large)
+    reference: Literal["frozen", "data"] = "frozen"  # what regularisers.landmark pulls towards (LAFS: frozen copy)
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    output_dir: Path = Path("runs/finetune")  # the run directory: config, checkpoints, logs, encoder
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    num_workers: int = 4  # data-loading processes per training process (kept alive across epochs)
+    checkpoint_every: int = 1000  # optimiser steps between checkpoints (and one at the end)
+    init: str = ""  # a pretraining run directory or an exported encoder folder; "" = from scratch
+    # Without init: LAFS's ViT-B over 196 landmark tokens; with init, the architecture comes from that encoder.
+    encoder: EncoderConfig = field(
+        default_factory=lambda: EncoderConfig(name="lafs_vit_base_p8_112", drop_path_rate=0.1)
+    )
+    landmarks: LandmarkSourceConfig = field(default_factory=LandmarkSourceConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    regularisers: RegularisersConfig = field(default_factory=RegularisersConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval_bins: list[str] = field(default_factory=list)  # .bin pair sets (LFW, CFP-FP, ...) validated during training
+    eval_batch_size: int = 256  # images per forward during validation
+
+    def validate(self) -> None:
+        super().validate()
+        if self.encoder.landmark_set != self.data.landmark_set:
+            raise ConfigError(
+                f"encoder.landmark_set '{self.encoder.landmark_set}' must equal data.landmark_set "
+                f"'{self.data.landmark_set}': the encoder embeds the landmarks the data carries"
+            )
+        if self.landmarks.source == "data" and self.data.landmarks == "none":
+            raise ConfigError("data.landmarks=none needs landmarks.source=predictor (the encoder needs landmarks)")
+        if self.regularisers.cluster.enabled and self.head.resolved_margins()[1] == 0:
+            raise ConfigError("regularisers.cluster sets per-class angular margins (m2): use head.name=arcface")
+        if self.regularisers.landmark.enabled and self.landmarks.source != "predictor":
+            raise ConfigError("regularisers.landmark needs landmarks.source=predictor (there is nothing to restrain)")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        missing = [path for path in self.eval_bins if not Path(path).is_file()]
+        if missing:  # checked on every process, so none waits for a main process that stopped
+            raise ConfigError(f"eval_bins: no such file {missing[0]}")
+        if self.augment.mixup_prob > 0 and self.optim.batch_size % 2:
+            raise ConfigError("augment.mixup_prob > 0 needs an even optim.batch_size (timm pairs images)")
+
+
+class _Positioned(Dataset):
+    """Adds ``position`` (the item's place in the training set): memory banks key on it."""
+
+    def __init__(self, base: Any) -> None:
+        self.base, self.labels, self.num_classes = base, np.asarray(base.labels), base.num_classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.base[i], "position": i}
+
+
+def build_dataset(cfg: FinetuneConfig, run_dir: Path | None) -> _Positioned:
+    """The labelled training set; with ``run_dir`` the few-shot list is written there (one process does)."""
+    if cfg.data.path == SYNTHETIC:
+        dataset: Any = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
+        if cfg.data.shots is not None:
+            dataset = few_shot_subset(dataset, cfg.data.shots, cfg.data.seed, run_dir)
+    else:
+        options = dataclasses.asdict(cfg.data)
+        dataset = open_dataset(options.pop("path"), run_dir=run_dir, **options)
+    if dataset.num_classes < 2:
+        raise DataError(f"{cfg.data.path}: {dataset.num_classes} identity; a margin head needs at least 2")
+    return _Positioned(dataset)
+
+
+def initial_encoder(cfg: FinetuneConfig) -> LandmarkViT:
+    """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
+    if not cfg.init:
+        return build_encoder(cfg.encoder)
+    path = Path(cfg.init)
+    folder = path / "encoder" if (path / "encoder" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"init={cfg.init}: not a pretraining run directory or an exported encoder folder")
+    encoder = load_encoder(folder, drop_path_rate=cfg.encoder.drop_path_rate)
+    if encoder.landmark_set != cfg.data.landmark_set:
+        raise ConfigError(
+            f"init={cfg.init}: encoder uses landmark set {encoder.landmark_set}, data.landmark_set is "
+            f"{cfg.data.landmark_set}"
+        )
+    logger.info(f"initialised from {folder} ({encoder.pretrained_cfg['architecture']}; encoder.name is unused)")
+    return encoder
+
+
+def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
+    """The trainable landmark predictor (loaded, or untrained at the template), or None for dataset landmarks."""
+    if cfg.landmarks.source != "predictor":
+        return None
+    if cfg.landmarks.predictor:
+        predictor = load_landmark_predictor(cfg.landmarks.predictor)
+    else:
+        predictor = build_landmark_predictor(
+            LandmarkPredictorConfig(
+                backbone=cfg.landmarks.predictor_backbone,
+                landmark_set=cfg.data.landmark_set,
+                image_size=cfg.data.image_size,
+            )
+        )
+    if predictor.cfg.landmark_set != cfg.data.landmark_set:
+        raise ConfigError(
+            f"landmarks.predictor predicts {predictor.cfg.landmark_set}, data.landmark_set is {cfg.data.landmark_set}"
+        )
+    return predictor
+
+
+def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``.
+
+    ``fused``: torch's single-kernel AdamW (CUDA parameters only).
+    """
+    return create_optimizer_v2(
+        model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, fused=fused
+    )
+
+
+class Schedule:
+    """Warm-up then cosine learning rate, per optimiser step."""
+
+    def __init__(self, cfg: OptimConfig, steps_per_epoch: int, total_batch: int) -> None:
+        ratio = total_batch / cfg.lr_reference_batch
+        factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+        self.base_lr, self.min_lr = cfg.lr * factor, cfg.min_lr
+        self.steps_per_epoch = steps_per_epoch
+        self.total = cfg.epochs * steps_per_epoch
+        self.warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr(self, step: int) -> float:
+        return cosine_schedule(step, self.total, self.base_lr, self.min_lr, self.warmup)
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+class FinetuneTask(Task):
+    """Encoder (+ optional trainable landmark predictor) + objective; flips and mixup on the device; best model."""
+
+    name = "finetune"
+    broadcast_buffers = False  # memory banks are large, and every process keeps them identical on its own
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: FinetuneConfig = cfg
+        self.eval_sets: dict[str, tuple[Any, Any]] = {}
+
+    def build_dataset(self, accelerator: Accelerator) -> _Positioned:
+        return build_dataset(self.cfg, self.cfg.output_dir if accelerator.is_main_process else None)
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        cfg = self.cfg
+        encoder, predictor = initial_encoder(cfg), initial_predictor(cfg)
+        self.used = {"encoder": encoder.pretrained_cfg["architecture"]}
+        if predictor is not None:
+            self.used["predictor_backbone"] = predictor.cfg.backbone
+        head = build_head(cfg.head, dataset.num_classes, encoder.num_features)
+        self.objective = build_objective(
+            head,
+            cfg.regularisers,
+            num_classes=dataset.num_classes,
+            embed_dim=encoder.num_features,
+            num_samples=len(dataset),
+        )
+        model = FinetuneModel(encoder, self.objective, predictor)
+        # regularisers.landmark pulls the trained predictor towards a frozen copy of where it started (LAFS).
+        self.reference: LandmarkPredictor | None = None
+        if predictor is not None and cfg.landmarks.reference == "frozen":
+            self.reference = copy.deepcopy(predictor).eval().requires_grad_(False)
+        optimizer = build_optimizer(model, cfg.optim, fused=use_fused_adamw(accelerator))
+        self.mixup = BatchMixup(cfg.augment, dataset.num_classes) if cfg.augment.mixup_prob > 0 else None
+        return TrainingParts(model, optimizer, [self.reference] if self.reference is not None else [])
+
+    def resolved_config(self) -> FinetuneConfig:
+        encoder = dataclasses.replace(self.cfg.encoder, name=self.used["encoder"])
+        landmarks = self.cfg.landmarks
+        if "predictor_backbone" in self.used:
+            landmarks = dataclasses.replace(landmarks, predictor_backbone=self.used["predictor_backbone"])
+        return dataclasses.replace(self.cfg, encoder=encoder, landmarks=landmarks)
+
+    def setup(self, run: RunContext) -> None:
+        accelerator = run.accelerator
+        self.run = run
+        self.schedule = Schedule(self.cfg.optim, run.steps_per_epoch, run.total_batch)
+        self.comm = Communicator(
+            accelerator.is_main_process,
+            accelerator.process_index,
+            accelerator.gather,
+            lambda t: broadcast(t, from_process=0),
+        )
+        landmark_set = get_landmark_set(self.cfg.data.landmark_set)
+        self.flip_permutation = torch.tensor(landmark_set.flip_permutation, device=run.device)
+        if accelerator.is_main_process:
+            self.eval_sets = {Path(p).stem: load_bin(p, self.cfg.data.image_size) for p in self.cfg.eval_bins}
+
+    def learning_rate(self, step: int) -> float:
+        return self.schedule.lr(step)
+
+    def epoch(self, step: int) -> float:
+        return self.schedule.epoch(step)
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """The objective's terms on one micro-batch, flipped, maybe mixed, with reference landmarks."""
+        assert self.model is not None
+        inputs = self.prepare_inputs(batch)
+        return self.model(**inputs, epoch=self.schedule.epoch(step), step=step, comm=self.comm)
+
+    def prepare_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Model inputs from a loader batch: flips, mixup and the reference landmarks, all on the accelerator."""
+        images, labels, landmarks = batch["image"], batch["label"], batch["landmarks"].float()
+        images, landmarks = random_flip(images, landmarks, self.flip_permutation, self.cfg.augment.flip)
+        images = normalize_images(images)
+        soft_labels = None
+        if self.mixup is not None:
+            images, soft_labels, labels, landmarks = self.mixup(images, labels, landmarks)
+        reference = landmarks
+        if self.reference is not None:
+            with torch.no_grad():
+                reference = self.reference(images)
+        return {
+            "images": images,
+            "labels": labels,
+            "landmarks": landmarks,
+            "soft_labels": soft_labels,
+            "indices": batch["position"],
+            "reference_landmarks": reference,
+        }
+
+    def after_micro_batch(self, step: int) -> None:
+        self.objective.update()  # memory banks and clustering, from the micro-batch just trained on
+
+    def log_values(self, step: int, terms: Mapping[str, float]) -> dict[str, float]:
+        return {f"lambda_{name}": weight for name, weight in self.objective.lambdas(self.schedule.epoch(step)).items()}
+
+    @property
+    def validates(self) -> bool:
+        return bool(self.cfg.eval_bins)
+
+    def validate(self, step: int) -> dict[str, float]:
+        """k-fold accuracy on every validation set; a new best mean accuracy saves the encoder to ``best/``."""
+        model = self.run.accelerator.unwrap_model(self.model)
+        encoder: nn.Module = ImageEncoder(model.encoder, model.landmark_predictor)
+        record = {}
+        for name, (images, issame) in self.eval_sets.items():
+            folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
+            report = evaluate_pairs(
+                encoder, images, issame, batch_size=self.cfg.eval_batch_size, device=self.run.device, folds=folds
+            )
+            record[f"{name}_accuracy"] = report["accuracy"]
+        record["mean_accuracy"] = float(np.mean(list(record.values())))
+        state = self.run.state
+        if record["mean_accuracy"] > state.best_score:
+            state.best_score = record["mean_accuracy"]
+            self._save(model, self.cfg.output_dir / "best", {"stage": "finetune-best", "step": step, **record})
+            write_atomic(self.cfg.output_dir / "best" / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
+        return record | {"best_mean_accuracy": state.best_score}
+
+    def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        model = self.run.accelerator.unwrap_model(self.model)
+        return self._save(model, run_dir, {"stage": "finetune", "step": step, "init": self.cfg.init})
+
+    def _save(self, model: FinetuneModel, folder: Path, source: dict[str, Any]) -> dict[str, Path]:
+        """The encoder (and the trained landmark predictor) as stand-alone folders under ``folder``."""
+        source = {"run_dir": str(self.cfg.output_dir), **source}
+        save_encoder(model.encoder, folder / "encoder", source)
+        written = {"encoder": folder / "encoder"}
+        if model.landmark_predictor is not None:
+            save_landmark_predictor(model.landmark_predictor, folder / PREDICTOR_FOLDER, source)
+            written["landmark predictor"] = folder / PREDICTOR_FOLDER
+        return written
+
+    def synced_weights(self) -> nn.Module:
+        model = self.run.accelerator.unwrap_model(self.model)
+        return nn.ModuleDict({"encoder": model.encoder, "head": model.objective.head})

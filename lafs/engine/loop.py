@@ -1,0 +1,184 @@
+"""`fit`: the one training loop. Every stage (pretraining, fine-tuning, the landmark predictor) runs through it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from lafs.config import save_config
+from lafs.engine.accelerator import build_accelerator, thread_count
+from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
+from lafs.engine.checkpoints import TrainState, find_resume_point, save_checkpoint
+from lafs.engine.config import RunConfig
+from lafs.engine.run_log import Progress, RunLog, write_weights_hash
+from lafs.engine.task import RunContext, Task
+
+logger = logging.getLogger("lafs.engine")
+
+
+@dataclass
+class RunSummary:
+    """What a finished `fit` reports: steps done, wall time, the last logged terms and what was exported where."""
+
+    steps: int
+    seconds: float
+    last: dict[str, float] = field(default_factory=dict)
+    exported: dict[str, Path] = field(default_factory=dict)
+
+    def line(self, name: str) -> str:
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in self.last.items() if k.endswith("loss"))
+        where = "; ".join(f"{k} -> {v}" for k, v in self.exported.items())
+        return f"{name}: {self.steps} steps in {self.seconds:.0f} s" + (f"; {terms}" if terms else "") + (
+            f"; {where}" if where else ""
+        )
+
+
+def fit(cfg: RunConfig, task: Task) -> RunSummary:
+    """Train ``task`` as ``cfg`` says, on every process this program was launched as; returns the summary.
+
+    Writes the run directory ``cfg.output_dir``: config.yaml, checkpoints/step_NNNNNNNN (rotated, atomic),
+    log.jsonl, tensorboard/ and whatever the task exports. A run with a checkpoint there continues from it
+    (``resume=auto``) and ends exactly where an uninterrupted run would.
+    """
+    accelerator = build_accelerator(cfg.mixed_precision, cfg.optim.grad_accum, task.broadcast_buffers)
+    torch.set_num_threads(thread_count(cfg.threads, accelerator.state.num_processes, cfg.num_workers))
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
+    set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
+
+    dataset = task.build_dataset(accelerator)
+    loader = make_loader(dataset, cfg.optim.batch_size, task.collate, cfg.num_workers, cfg.seed, accelerator.device)
+    parts = task.build(accelerator, dataset)
+    if accelerator.is_main_process:  # after building: the config records what was used
+        save_config(task.resolved_config(), cfg.output_dir)
+    model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
+    for module in parts.on_device:
+        module.to(accelerator.device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state, *parts.checkpointed)
+    resume_from = find_resume_point(cfg.resume, cfg.output_dir / "checkpoints")
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"resumed from {resume_from} at step {state.step}")
+
+    processes, o = accelerator.num_processes, cfg.optim
+    steps = steps_per_epoch(len(dataset), len(loader), o.batch_size, o.grad_accum, processes)
+    left_out = left_out_per_epoch(len(dataset), steps, o.batch_size, o.grad_accum, processes)
+    if left_out * 100 >= len(dataset):  # a visible share of a small dataset; each epoch leaves out others
+        logger.info(f"each epoch trains on {len(dataset) - left_out} of {len(dataset)} images (whole batches)")
+    run = RunContext(accelerator, state, steps, o.batch_size * o.grad_accum * processes, o.epochs * steps)
+    target = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
+    task.model = model
+    task.setup(run)
+
+    log = RunLog(cfg.output_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
+    progress = Progress(accelerator.is_main_process, target, state.step, task.name)
+    clock = time.perf_counter()
+    try:
+        last = _train(cfg, task, run, optimizer, loader, target, log, progress, getattr(dataset, "set_epoch", None))
+    finally:  # an interrupted run still flushes its log; its last checkpoint is already complete
+        progress.close()
+        log.close()
+
+    exported: dict[str, Path] = {}
+    if accelerator.is_main_process:
+        exported = task.export(cfg.output_dir, state.step)
+    if cfg.dump_rank_weights:
+        write_weights_hash(accelerator.unwrap_model(task.synced_weights()), cfg.output_dir, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    summary = RunSummary(state.step, time.perf_counter() - clock, last, exported)
+    if accelerator.is_main_process:
+        print(summary.line(task.name), flush=True)  # always, on a terminal or not
+    return summary
+
+
+def _train(
+    cfg: RunConfig,
+    task: Task,
+    run: RunContext,
+    optimizer: torch.optim.Optimizer,
+    loader: object,
+    target: int,
+    log: RunLog,
+    progress: Progress,
+    on_epoch: Callable[[int], None] | None,
+) -> dict[str, float]:
+    """Optimiser steps from ``run.state.step`` to ``target``; returns the last logged record.
+
+    ``on_epoch(epoch)`` is the dataset's ``set_epoch``, for datasets whose items depend on the epoch.
+    """
+    accelerator, state, model = run.accelerator, run.state, task.model
+    assert model is not None
+    last: dict[str, float] = {}
+    if state.step >= target:
+        return last
+    images_seen, clock = 0, time.perf_counter()
+    for batch in training_batches(accelerator, loader, state.step, run.steps_per_epoch, cfg.optim.grad_accum, on_epoch):
+        step = state.step
+        _set_schedules(optimizer, task, step)
+        with accelerator.accumulate(model):
+            terms = task.training_step(batch, step)
+            accelerator.backward(terms["loss"])
+            if accelerator.sync_gradients:
+                if cfg.optim.clip_grad > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                task.after_backward(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        task.after_micro_batch(step)
+        images_seen += _batch_size(batch) * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        task.after_step(step, skipped=accelerator.optimizer_step_was_skipped)
+        state.step += 1
+        record = None
+        if state.step % cfg.log_every == 0 or state.step == target:
+            record = _record(task, step, terms, optimizer, images_seen / (time.perf_counter() - clock))
+            log.write(state.step, record)
+            last = record
+            images_seen, clock = 0, time.perf_counter()
+        progress.step(state.step, record)
+        # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
+        if task.validates and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == target):
+            if accelerator.is_main_process:  # the others wait at the barrier
+                log.write(state.step, task.validate(state.step))
+            accelerator.wait_for_everyone()
+        if state.step % cfg.checkpoint_every == 0 or state.step == target:
+            save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
+        if state.step >= target:
+            return last
+    raise AssertionError("training_batches is endless")  # pragma: no cover
+
+
+def _set_schedules(optimizer: torch.optim.Optimizer, task: Task, step: int) -> None:
+    """The learning rate (times each group's ``lr_scale``) and the scheduled weight decay of optimiser step ``step``."""
+    lr, decay = task.learning_rate(step), task.weight_decay(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if decay is not None and group.get("scheduled_decay", False):
+            group["weight_decay"] = decay
+
+
+def _record(
+    task: Task, step: int, terms: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer, images_per_second: float
+) -> dict[str, float]:
+    """One log record of optimiser step ``step`` (0-based): the terms, the task's values, epoch, schedules, speed."""
+    values = {name: float(value.detach()) for name, value in terms.items()}
+    record = {**values, **task.log_values(step, values), "epoch": task.epoch(step + 1), "lr": task.learning_rate(step)}
+    decay = task.weight_decay(step)
+    if decay is not None:
+        record["weight_decay"] = decay
+    return record | {"images_per_second": images_per_second}
+
+
+def _batch_size(batch: Mapping[str, object]) -> int:
+    first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    return int(first.shape[0])
+

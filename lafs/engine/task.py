@@ -1,0 +1,144 @@
+"""What a training stage hands to `lafs.engine.fit`: a `Task`.
+
+A task owns its models, losses and the meaning of a batch (timm's ``TrainingTask``, dinov2's ``SSLMetaArch``); the
+engine owns everything a run has in common (devices, processes, data order, accumulation, precision, clipping,
+schedules per optimiser step, logging, validation cadence, checkpoints, export). The engine calls, in order:
+
+1. `build_dataset` (what the loader reads) and `build` (the trainable module, its optimiser, state to checkpoint);
+2. `setup` once the trainable module is wrapped for the processes and the number of steps per epoch is known;
+3. per micro-batch, inside gradient accumulation: `training_step` -> backward -> (on the last micro-batch of a
+   cycle) clipping, `after_backward`, optimiser step; then `after_micro_batch`; after each optimiser step
+   `after_step`; every ``log_every`` steps `log_values`; at the validation cadence `validate` (main process);
+4. at the end `export` (main process) and `synced_weights` (every process, for ``dump_rank_weights``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from lafs.data.collate import collate_faces
+from lafs.engine.checkpoints import TrainState
+from lafs.engine.config import RunConfig
+
+
+@dataclass
+class TrainingParts:
+    """What `Task.build` returns: the module the optimiser trains, the optimiser, and what else lives on the device."""
+
+    model: nn.Module  # wrapped for data parallelism by the engine; gradients are synchronised through it
+    optimizer: torch.optim.Optimizer
+    # Moved to the device but not wrapped or trained by the optimiser (an EMA teacher, a frozen reference).
+    on_device: list[nn.Module] = field(default_factory=list)
+    # Objects with state_dict / load_state_dict saved in every checkpoint besides the model and the optimiser.
+    checkpointed: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """What a task may read about the run once `setup` is called."""
+
+    accelerator: Accelerator
+    state: TrainState  # optimiser steps done and the best validation score
+    steps_per_epoch: int  # optimiser steps per epoch on this process's shard
+    total_batch: int  # images per optimiser step over all processes and micro-batches
+    total_steps: int  # optimiser steps the schedules span (all epochs; max_steps may stop the run earlier)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+
+class Task:
+    """Base class of the stages' tasks; the hooks default to doing nothing."""
+
+    name = "train"  # what the run's summary line calls it
+    # DDP copies the main process's buffers to the others before each forward unless this is False (memory banks
+    # that every process keeps identical on its own are too large to copy every step).
+    broadcast_buffers = True
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.model: nn.Module | None = None  # the wrapped trainable module, set by the engine before `setup`
+
+    # ---------------------------------------------------------------------------------------------- building --
+
+    def build_dataset(self, accelerator: Accelerator) -> Any:
+        """The training set the loader shards and shuffles (items are dicts)."""
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One batch from dataset items (default: stacked face items)."""
+        return collate_faces(items)
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        """Models, optimiser and extra checkpointed state (before they are placed and wrapped)."""
+        raise NotImplementedError
+
+    def setup(self, run: RunContext) -> None:
+        """Called once after placement and resume: schedules that need the steps per epoch, eval sets, ..."""
+
+    def resolved_config(self) -> RunConfig:
+        """The config to save in the run directory: what was actually used (e.g. a loaded model's architecture)."""
+        return self.cfg
+
+    # ---------------------------------------------------------------------------------------------- training --
+
+    def learning_rate(self, step: int) -> float:
+        """Base learning rate of optimiser step ``step`` (each group is scaled by its ``lr_scale``, if any)."""
+        raise NotImplementedError
+
+    def weight_decay(self, step: int) -> float | None:
+        """Weight decay of step ``step`` for groups marked ``scheduled_decay``; None leaves every group as built."""
+        return None
+
+    def epoch(self, step: int) -> float:
+        """Fractional epoch at optimiser step ``step`` (what schedules in epochs read)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """Forward one micro-batch (already on the device); named loss terms with ``loss``, the one to minimise."""
+        raise NotImplementedError
+
+    def after_backward(self, step: int) -> None:
+        """After the last micro-batch's backward and clipping, before the optimiser step (edit gradients here)."""
+
+    def after_micro_batch(self, step: int) -> None:
+        """After every micro-batch's optimiser call (state updates from the micro-batch, e.g. memory banks)."""
+
+    def after_step(self, step: int, skipped: bool) -> None:
+        """After optimiser step ``step``; ``skipped``: fp16 overflow, the weights did not move."""
+
+    def log_values(self, step: int, terms: Mapping[str, float]) -> dict[str, float]:
+        """Values to log beside the loss terms and the learning rate for optimiser step ``step`` (0-based)."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------- validation --
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run validates (every process must agree: the others wait at a barrier)."""
+        return False
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Validation figures after ``step`` optimiser steps; runs on the main process only."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------------ export --
+
+    def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        """Write the trained weights (main process); returns what went where, for the summary."""
+        return {}
+
+    def synced_weights(self) -> nn.Module:
+        """The weights every process must hold identically after training (``dump_rank_weights``)."""
+        if self.model is None:
+            raise RuntimeError("synced_weights before the engine set the model")
+        return self.model

@@ -1,0 +1,255 @@
+"""LAFS pretraining as a task: DINO self-distillation of a landmark-token ViT over landmark-aware views.
+
+The student sees 2 global views (all K landmarks) and N local views (k landmark ids each); the teacher, an EMA of the
+student without gradients, sees the globals. Both carry a DINO head; the DINO loss centres and sharpens the
+teacher's outputs (arXiv 2403.08161, ``spec/losses.md``). The engine (`lafs.engine.fit`) runs the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from timm.optim import param_groups_weight_decay
+
+from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
+from lafs.data.collate import collate_faces, normalize_images
+from lafs.data.open import open_dataset
+from lafs.data.pairs import load_bin
+from lafs.data.synthetic import SyntheticFaces
+from lafs.device_views import DeviceViews
+from lafs.dino import DINOHead, DINOLoss, collapse_warning, cosine_schedule, ema_update, teacher_temperature
+from lafs.engine import SYNTHETIC, OptimConfig, RunConfig, RunContext, Task, TrainingParts
+from lafs.engine.accelerator import use_fused_adamw
+from lafs.errors import ConfigError
+from lafs.evaluation.verification import evaluate_pairs
+from lafs.export import save_encoder
+from lafs.models import EncoderConfig, build_encoder
+from lafs.models.multiview import MultiViewEncoder
+
+logger = logging.getLogger("lafs.pretrain")
+
+
+@dataclass
+class DinoConfig:
+    out_dim: int = 65536  # prototypes; LAFS uses 100000 at ViT-B scale, DINO's default is 65536
+    hidden_dim: int = 2048  # DINO head MLP width
+    bottleneck_dim: int = 256  # DINO head bottleneck before the weight-normalised prototypes
+    norm_last_layer: bool = True  # fixed-norm prototypes: DINO's stabilising default
+    student_temp: float = 0.1  # DINO and LAFS
+    teacher_temp: float = 0.04  # final teacher temperature (LAFS)
+    warmup_teacher_temp: float = 0.07  # LAFS starts the teacher hotter and cools it (reverse of DINO)
+    warmup_teacher_temp_epochs: int = 30  # LAFS
+    momentum_teacher: float = 0.996  # EMA momentum, cosine to 1 over training (DINO, LAFS)
+    center_momentum: float = 0.9  # DINO centring
+    freeze_last_layer_epochs: int = 1  # prototypes stay fixed at first: LAFS/DINO default
+
+
+@dataclass
+class PretrainOptimConfig(OptimConfig):
+    epochs: int = 41  # LAFS pretraining length
+    batch_size: int = 82  # per process: LAFS on an A100-40GB
+    clip_grad: float = 3.0  # max gradient norm (LAFS); 0 turns clipping off
+    lr: float = 5e-4  # at a total batch of 256; scaled linearly with the real total batch (DINO rule)
+    min_lr: float = 1e-6  # end of the cosine decay (LAFS)
+    warmup_epochs: int = 10  # linear LR warm-up (LAFS)
+    weight_decay: float = 0.04  # start of the cosine weight-decay schedule (DINO, LAFS)
+    weight_decay_end: float = 0.4  # end of it
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    output_dir: Path = Path("runs/pretrain")  # the run directory: config, checkpoints, logs, encoder
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
+    # LAFS: ViT-B over 196 landmark tokens with stochastic depth 0.1.
+    encoder: EncoderConfig = field(
+        default_factory=lambda: EncoderConfig(name="lafs_vit_base_p8_112", drop_path_rate=0.1)
+    )
+    views: ViewConfig = field(default_factory=ViewConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    eval_bin: str = ""  # a .bin pair set to verify the teacher on during training ("" = never)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.encoder.landmark_set != self.data.landmark_set:
+            raise ConfigError(
+                f"encoder.landmark_set '{self.encoder.landmark_set}' must equal data.landmark_set "
+                f"'{self.data.landmark_set}': the encoder embeds the landmarks the data carries"
+            )
+        if self.data.landmarks == "none":
+            raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
+
+
+def build_models(cfg: PretrainConfig) -> tuple[MultiViewEncoder, MultiViewEncoder]:
+    """Student and teacher with the same initial weights; the teacher has no stochastic depth and no gradients."""
+    d = cfg.dino
+
+    def model(encoder: EncoderConfig) -> MultiViewEncoder:
+        backbone = build_encoder(encoder)
+        head = DINOHead(
+            backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, norm_last_layer=d.norm_last_layer
+        )
+        return MultiViewEncoder(backbone, head)
+
+    student = model(cfg.encoder)
+    teacher = model(dataclasses.replace(cfg.encoder, drop_path_rate=0.0))
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    return student, teacher
+
+
+def optimizer_groups(student: MultiViewEncoder, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups: biases, norms and the backbone's no-decay names (tokenizer, positions) get no decay.
+
+    Only the decayed group follows the weight-decay schedule (``scheduled_decay``).
+    """
+    no_decay = {f"backbone.{name}" for name in student.backbone.no_weight_decay()}
+    # A positive placeholder makes timm split the groups even when the schedule starts at 0.
+    groups = param_groups_weight_decay(student, 1.0, no_weight_decay_list=no_decay)
+    for group in groups:
+        group["scheduled_decay"] = group["weight_decay"] > 0
+        group["weight_decay"] = weight_decay if group["scheduled_decay"] else 0.0
+    return groups
+
+
+def view_seed(seed: int, process: int, step: int, micro_batch: int) -> int:
+    """Seed of the device views of one micro-batch: resumed runs replay it, and processes draw different views."""
+    return int(np.random.SeedSequence([seed, process, step, micro_batch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    # Loader-made views arrive as uint8; device-made views are already normalised floats.
+    return normalize_images(images) if images.dtype == torch.uint8 else images
+
+
+class PretrainTask(Task):
+    """Student, EMA teacher, DINO heads and loss with its centre, last-layer freeze; views made per batch."""
+
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: PretrainConfig = cfg
+        self.device_views: DeviceViews | None = None  # makes the views on the device; None: the loader makes them
+        self.micro_batch = 0  # within the accumulation cycle: with the step, it seeds the device views
+        self.eval_set: tuple[Any, Any] | None = None
+
+    def build_dataset(self, accelerator: Accelerator) -> Any:
+        cfg = self.cfg
+        if views_on_accelerator(cfg.views, accelerator.device):
+            self.device_views = DeviceViews(cfg.views, cfg.data.landmark_set)
+        if cfg.data.path == SYNTHETIC:
+            base: Any = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
+        else:
+            options = dataclasses.asdict(cfg.data)
+            run_dir = cfg.output_dir if accelerator.is_main_process else None  # one process writes few_shot.csv
+            base = open_dataset(options.pop("path"), run_dir=run_dir, **options)
+        if self.device_views is not None:
+            return base
+        return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)
+
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return collate_faces(items) if self.device_views is not None else collate_views(items)
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        cfg = self.cfg
+        student, self.teacher = build_models(cfg)
+        groups = optimizer_groups(student, cfg.optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=use_fused_adamw(accelerator))
+        self.dino_loss = DINOLoss(cfg.dino.out_dim, cfg.dino.student_temp, cfg.dino.center_momentum)
+        return TrainingParts(student, optimizer, [self.teacher, self.dino_loss], [self.teacher, self.dino_loss])
+
+    def setup(self, run: RunContext) -> None:
+        self.run = run
+        self.base_lr = self.cfg.optim.lr * run.total_batch / 256  # DINO's linear scaling rule
+        if self.cfg.eval_bin and run.accelerator.is_main_process:
+            self.eval_set = load_bin(self.cfg.eval_bin, self.cfg.data.image_size)
+
+    # ---------------------------------------------------------------------------------------- schedules --
+
+    def epoch(self, step: int) -> float:
+        return step / self.run.steps_per_epoch
+
+    def learning_rate(self, step: int) -> float:
+        o, spe = self.cfg.optim, self.run.steps_per_epoch
+        return cosine_schedule(step, self.run.total_steps, self.base_lr, o.min_lr, o.warmup_epochs * spe)
+
+    def weight_decay(self, step: int) -> float:
+        o = self.cfg.optim
+        return cosine_schedule(step, self.run.total_steps, o.weight_decay, o.weight_decay_end)
+
+    def teacher_temp(self, step: int) -> float:
+        d = self.cfg.dino
+        warmup = d.warmup_teacher_temp_epochs * self.run.steps_per_epoch
+        return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
+
+    def momentum(self, step: int) -> float:
+        return cosine_schedule(step, self.run.total_steps, self.cfg.dino.momentum_teacher, 1.0)
+
+    # ----------------------------------------------------------------------------------------- training --
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """DINO loss of the student's views against the teacher's globals (outputs view-major)."""
+        accelerator = self.run.accelerator
+        if self.device_views is not None:
+            seed = view_seed(self.cfg.seed, accelerator.process_index, step, self.micro_batch)
+            batch = self.device_views(batch, torch.Generator(accelerator.device).manual_seed(seed))
+        self.micro_batch += 1
+        globals_ = {"global_images": _pixels(batch["global_images"]), "global_landmarks": batch["global_landmarks"]}
+        locals_ = {
+            "local_images": _pixels(batch["local_images"]),
+            "local_landmarks": batch["local_landmarks"],
+            "local_ids": batch["local_ids"],
+        }
+        assert self.model is not None
+        student_out = self.model(**globals_, **locals_)
+        with torch.no_grad(), accelerator.autocast():
+            teacher_out = self.teacher(**globals_)
+        num_views = batch["global_images"].shape[1] + batch["local_images"].shape[1]
+        return self.dino_loss(student_out.float(), teacher_out.float(), self.teacher_temp(step), num_views)
+
+    def after_backward(self, step: int) -> None:
+        if step < self.cfg.dino.freeze_last_layer_epochs * self.run.steps_per_epoch:  # prototypes still frozen
+            self.run.accelerator.unwrap_model(self.model).head.cancel_last_layer_gradients()
+
+    def after_step(self, step: int, skipped: bool) -> None:
+        self.micro_batch = 0
+        if not skipped:  # an fp16 overflow skipped the step: the student did not move, nor does the teacher
+            ema_update(self.teacher, self.run.accelerator.unwrap_model(self.model), self.momentum(step))
+
+    def log_values(self, step: int, terms: Mapping[str, float]) -> dict[str, float]:
+        warning = collapse_warning(dict(terms))
+        if warning:
+            logger.warning(f"step {step + 1}: {warning}")
+        return {"teacher_temp": self.teacher_temp(step), "momentum": self.momentum(step)}
+
+    # ------------------------------------------------------------------------------ validation and export --
+
+    @property
+    def validates(self) -> bool:
+        return bool(self.cfg.eval_bin)
+
+    def validate(self, step: int) -> dict[str, float]:
+        """k-fold verification accuracy of the teacher backbone on ``eval_bin``."""
+        assert self.eval_set is not None
+        images, issame = self.eval_set
+        folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
+        report = evaluate_pairs(self.teacher.backbone, images, issame, device=self.run.device, folds=folds)
+        return {"verify_accuracy": report["accuracy"], "verify_accuracy_std": report["accuracy_std"]}
+
+    def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        source = {"stage": "lafs-pretrain", "run_dir": str(run_dir), "step": step, "weights": "teacher"}
+        save_encoder(self.teacher.backbone, run_dir / "encoder", source)
+        return {"encoder": run_dir / "encoder"}
