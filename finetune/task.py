@@ -341,8 +341,9 @@ class FinetuneTask(Task):
         state = self.run.state
         if record["mean_accuracy"] > state.best_score:
             state.best_score = record["mean_accuracy"]
-            self._save(model, self.cfg.output_dir / "best", {"stage": "finetune-best", "step": step, **record})
-            write_atomic(self.cfg.output_dir / "best" / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
+            best = self.cfg.output_dir / "best"
+            self._save(model, best, {"stage": "finetune-best", "step": step, **record})
+            write_atomic(best / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
         return record | {"best_mean_accuracy": state.best_score}
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from lafs.errors import LafsError
+from lafs.errors import ConfigError, LafsError
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -20,7 +21,9 @@ def entry_point(main: Main) -> Main:
         try:
             return main(argv)
         except LafsError as error:
-            print(f"error: {error}", file=sys.stderr)
+            # A bad config fails the same way on every process of a launch: one process says so.
+            if not (isinstance(error, ConfigError) and os.environ.get("RANK", "0") != "0"):
+                print(f"error: {error}", file=sys.stderr)
             return 2
 
     return wrapper

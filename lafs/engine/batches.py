@@ -1,4 +1,4 @@
-"""The data side of the loop: the loader, whole accumulation cycles per epoch, and a batch order that resumes exactly."""
+"""The data side of the loop: the loader, whole accumulation cycles per epoch, a batch order that resumes exactly."""
 
 from __future__ import annotations
 

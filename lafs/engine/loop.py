@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from lafs.config import save_config
@@ -114,29 +116,17 @@ def _train(
 
     ``on_epoch(epoch)`` is the dataset's ``set_epoch``, for datasets whose items depend on the epoch.
     """
-    accelerator, state, model = run.accelerator, run.state, task.model
-    assert model is not None
+    accelerator, state = run.accelerator, run.state
     last: dict[str, float] = {}
     if state.step >= target:
         return last
     images_seen, clock = 0, time.perf_counter()
     for batch in training_batches(accelerator, loader, state.step, run.steps_per_epoch, cfg.optim.grad_accum, on_epoch):
         step = state.step
-        _set_schedules(optimizer, task, step)
-        with accelerator.accumulate(model):
-            terms = task.training_step(batch, step)
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients:
-                if cfg.optim.clip_grad > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                task.after_backward(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        task.after_micro_batch(step)
+        terms = train_micro_batch(accelerator, task, optimizer, batch, step, cfg.optim.clip_grad)
         images_seen += _batch_size(batch) * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
-        task.after_step(step, skipped=accelerator.optimizer_step_was_skipped)
         state.step += 1
         record = None
         if state.step % cfg.log_every == 0 or state.step == target:
@@ -155,6 +145,34 @@ def _train(
         if state.step >= target:
             return last
     raise AssertionError("training_batches is endless")  # pragma: no cover
+
+
+def train_micro_batch(
+    accelerator: Accelerator,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    step: int,
+    clip_grad: float,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch of optimiser step ``step``: schedules, forward, backward and, on the last micro-batch of an
+    accumulation cycle, clipping and the optimiser step; returns the task's loss terms. (Benchmarks time this too.)"""
+    model = task.model
+    assert model is not None, "the engine sets task.model before training"
+    _set_schedules(optimizer, task, step)
+    with accelerator.accumulate(model):
+        terms = task.training_step(batch, step)
+        accelerator.backward(terms["loss"])
+        if accelerator.sync_gradients:
+            if clip_grad > 0:
+                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+            task.after_backward(step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    task.after_micro_batch(step)
+    if accelerator.sync_gradients:
+        task.after_step(step, skipped=accelerator.optimizer_step_was_skipped)
+    return terms
 
 
 def _set_schedules(optimizer: torch.optim.Optimizer, task: Task, step: int) -> None:

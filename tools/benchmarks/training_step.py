@@ -6,30 +6,39 @@ head and loss, margin head, optimiser, clipping and EMA. The ratio is therefore 
 grid_sample tokenizer and id-indexed positions) over grid tokens. Inputs are made once on the device: the step only,
 no data pipeline.
 
-The step builders (`build_pretrain_step`, `build_finetune_step`) are importable so `tools.benchmarks.gpu` can count
-their FLOPs and time them.
+The candidate is the stages' own task (`PretrainTask`, `FinetuneTask`) stepped by the engine's
+`train_micro_batch`, so the figure times the code a run executes; the reference is the same task with its backbone
+swapped for the plain ViT. The step builders (`build_pretrain_step`, `build_finetune_step`) are importable so
+`tools.benchmarks.gpu` can count their FLOPs and time them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from accelerate import Accelerator
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from finetune.model import FinetuneModel
+from finetune.task import FinetuneConfig, FinetuneTask, build_optimizer
+from lafs.engine import RunContext, Task, TrainingParts
+from lafs.engine.accelerator import use_fused_adamw
+from lafs.engine.checkpoints import TrainState
+from lafs.engine.loop import train_micro_batch
 from lafs.errors import ConfigError
+from lafs.models import build_encoder
+from lafs.models.multiview import MultiViewEncoder
 from lafs.models.vit import LandmarkViT
+from lafs.tasks.pretrain import DinoConfig, PretrainConfig, PretrainTask, build_models, optimizer_groups
 from tools.benchmarks.common import DEFAULT_ENCODER, figure, resolve_device, result, time_side_by_side
 
 Precision = Literal["auto", "fp32", "bf16"]
-# Pretraining constants of one steady-state step (lafs/pretrain.py defaults after warm-up).
-TEACHER_TEMP = 0.04
-TEACHER_MOMENTUM = 0.996
 LANDMARK_JITTER = 5.0  # pixels, ViewConfig.jitter_std: landmarks off the template as real views carry them
 
 
@@ -43,10 +52,6 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | 
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def grid_shape(tokens: int) -> tuple[int, int]:
@@ -97,11 +102,11 @@ def plain_vit_like(model: LandmarkViT, drop_path_rate: float = 0.0) -> PlainViT:
     return plain
 
 
-def grid_images(batch: int, views: int, tokens: int, patch: int, device: torch.device, seed: int) -> torch.Tensor:
+def grid_images(batch: int, views: int, tokens: int, patch: int, seed: int) -> torch.Tensor:
     """Normalised random images (batch, views, 3, patch * rows, patch * columns) whose grid has ``tokens`` patches."""
     rows, columns = grid_shape(tokens)
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, views, 3, patch * rows, patch * columns, generator=generator) * 2 - 1).to(device)
+    return torch.rand(batch, views, 3, patch * rows, patch * columns, generator=generator) * 2 - 1
 
 
 def jittered(template: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -130,12 +135,53 @@ class TrainingStep:
             module.compile()
 
 
-def adamw(params: Any, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA (one kernel for all parameters instead of a loop)."""
-    return torch.optim.AdamW(params, lr=lr, fused=device.type == "cuda")
+def make_accelerator(precision: Precision, device: torch.device) -> Accelerator:
+    """The engine's accelerator on ``device``: bf16 autocast for ``bf16`` (``auto``: on CUDA), else float32."""
+    mixed = "bf16" if autocast_dtype(precision, device) is not None else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+
+
+def task_step(
+    task: Task, parts: TrainingParts, batch: dict[str, torch.Tensor], accelerator: Accelerator, epochs: int
+) -> Callable[[], None]:
+    """One full optimiser step of ``task`` as the engine runs it (`lafs.engine.train_micro_batch`), in steady state.
+
+    The task is set up for a run of ``epochs`` steps of one batch and stepped at its last step: past every warm-up
+    (learning rate, teacher temperature, last-layer freeze), where a long run spends its time.
+    """
+    model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+    for module in parts.on_device:
+        module.to(accelerator.device)
+    task.model = model
+    batch_size = int(next(iter(batch.values())).shape[0])
+    task.setup(RunContext(accelerator, TrainState(), 1, batch_size, epochs))
+    on_device = {k: v.to(accelerator.device) for k, v in batch.items()}
+    clip = task.cfg.optim.clip_grad
+
+    def run() -> None:
+        train_micro_batch(accelerator, task, optimizer, on_device, epochs - 1, clip)
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------- pretrain --
+
+
+class _PlainPretrainTask(PretrainTask):
+    """`PretrainTask` with plain grid-token ViTs of the same size as student and teacher backbones."""
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        parts = super().build(accelerator, dataset)
+        student = parts.model
+        assert isinstance(student, MultiViewEncoder)
+        landmark_vit = student.backbone
+        student.backbone = plain_vit_like(landmark_vit, self.cfg.encoder.drop_path_rate)  # type: ignore[assignment]
+        self.teacher.backbone = plain_vit_like(landmark_vit)  # type: ignore[assignment]
+        self.teacher.load_state_dict(student.state_dict())
+        self.teacher.requires_grad_(False)
+        groups = optimizer_groups(student, self.cfg.optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, fused=use_fused_adamw(accelerator))
+        return TrainingParts(student, optimizer, parts.on_device, parts.checkpointed)
 
 
 def build_pretrain_step(
@@ -150,101 +196,84 @@ def build_pretrain_step(
     precision: Precision = "auto",
     seed: int = 0,
 ) -> TrainingStep:
-    """One LAFS pretraining step (or the plain-ViT reference): student over 2 globals + ``num_local`` locals, teacher
-    over the globals without gradients, DINO loss, backward, clip at 3, AdamW, EMA of the teacher.
+    """One LAFS pretraining step of `PretrainTask` (or the plain-ViT reference): student over 2 globals +
+    ``num_local`` locals, teacher over the globals, DINO loss, backward, clip at 3, AdamW, EMA of the teacher.
 
     LAFS inputs: images (batch, views, 3, 112, 112), landmarks (batch, views, K or k, 2), local ids (batch, locals,
     k). Plain inputs: grid images with K (globals) and k (locals) patches; the landmark tensors are passed and ignored.
     """
-    import dataclasses
-
-    from lafs.dino import DINOHead, DINOLoss, ema_update
-    from lafs.models.multiview import MultiViewEncoder
-    from lafs.pretrain import DinoConfig, OptimConfig, PretrainConfig, build_models, optimizer_groups
-
     cfg = PretrainConfig(dino=DinoConfig(out_dim=out_dim))
     cfg.encoder = dataclasses.replace(cfg.encoder, name=encoder_name)
+    cfg.views = dataclasses.replace(cfg.views, num_local=num_local, local_landmarks=local_landmarks)
+    task = _PlainPretrainTask(cfg) if plain else PretrainTask(cfg)
+    accelerator = make_accelerator(precision, device)
     torch.manual_seed(seed)
-    student, teacher = build_models(cfg)
-    lafs_params = parameter_count(student)
-    backbone = student.backbone
-    num_landmarks, patch = int(backbone.num_landmarks), int(backbone.patch_embed.patch_size[0])
-    if plain:  # the same construction as build_models, with grid tokens
-        d = cfg.dino
-
-        def multiview(drop_path_rate: float) -> MultiViewEncoder:
-            head = DINOHead(
-                int(backbone.embed_dim), d.out_dim, d.hidden_dim, d.bottleneck_dim, norm_last_layer=d.norm_last_layer
-            )
-            return MultiViewEncoder(plain_vit_like(backbone, drop_path_rate), head)  # type: ignore[arg-type]
-
-        torch.manual_seed(seed)
-        student = multiview(cfg.encoder.drop_path_rate)
-        teacher = multiview(0.0)
-        teacher.load_state_dict(student.state_dict())
-        teacher.requires_grad_(False)
-    student.to(device).train()
-    teacher.to(device).train()  # the teacher has no dropout or drop-path; train() as in lafs/pretrain.py
-    optim: OptimConfig = cfg.optim
-    optimizer = adamw(optimizer_groups(student, optim.weight_decay), optim.lr, device)
-    dino_loss = DINOLoss(out_dim, cfg.dino.student_temp, cfg.dino.center_momentum).to(device)
+    parts = task.build(accelerator, None)
+    lafs_params = parameter_count(build_models(cfg)[0]) if plain else parameter_count(parts.model)
+    backbone = parts.model.backbone
+    lafs_backbone = build_encoder(cfg.encoder)
+    num_landmarks, patch = int(lafs_backbone.num_landmarks), int(lafs_backbone.patch_embed.patch_size[0])
 
     generator = torch.Generator().manual_seed(seed)
-    template = backbone.template
+    template = lafs_backbone.template
     ids_shape = (batch, num_local, local_landmarks)
     local_ids = torch.randint(0, num_landmarks, ids_shape, generator=generator)
     if plain:
-        global_images = grid_images(batch, 2, num_landmarks, patch, device, seed)
-        local_images = grid_images(batch, num_local, local_landmarks, patch, device, seed + 1)
+        global_images = grid_images(batch, 2, num_landmarks, patch, seed)
+        local_images = grid_images(batch, num_local, local_landmarks, patch, seed + 1)
     else:
-        size = backbone.patch_embed.img_size
-        global_images = (torch.rand(batch, 2, 3, *size, generator=generator) * 2 - 1).to(device)
-        local_images = (torch.rand(batch, num_local, 3, *size, generator=generator) * 2 - 1).to(device)
-    globals_ = {
+        size = lafs_backbone.patch_embed.img_size
+        global_images = torch.rand(batch, 2, 3, *size, generator=generator) * 2 - 1
+        local_images = torch.rand(batch, num_local, 3, *size, generator=generator) * 2 - 1
+    views = {
         "global_images": global_images,
-        "global_landmarks": jittered(template, (batch, 2, num_landmarks, 2), generator).to(device),
-    }
-    locals_ = {
+        "global_landmarks": jittered(template, (batch, 2, num_landmarks, 2), generator),
         "local_images": local_images,
-        "local_landmarks": (
-            template.cpu()[local_ids] + LANDMARK_JITTER * torch.randn(*ids_shape, 2, generator=generator)
-        ).to(device),
-        "local_ids": local_ids.to(device),
+        "local_landmarks": template[local_ids] + LANDMARK_JITTER * torch.randn(*ids_shape, 2, generator=generator),
+        "local_ids": local_ids,
     }
-    num_views = 2 + num_local
-    dtype = autocast_dtype(precision, device)
-    clip = optim.clip_grad
-
-    def run() -> None:
-        with _autocast(device, dtype):
-            student_out = student(**globals_, **locals_)
-            with torch.no_grad():
-                teacher_out = teacher(**globals_)
-        losses = dino_loss(student_out.float(), teacher_out.float(), TEACHER_TEMP, num_views)
-        losses["loss"].backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_update(teacher, student, TEACHER_MOMENTUM)
-
+    run = task_step(task, parts, views, accelerator, cfg.optim.epochs)
     info = {
         "global_tokens": num_landmarks,
         "local_tokens": local_landmarks,
         "num_local": num_local,
         "out_dim": out_dim,
-        "width": int(backbone.embed_dim),
-        "depth": len(backbone.blocks),
-        "parameters": parameter_count(student),
+        "width": int(lafs_backbone.embed_dim),
+        "depth": len(lafs_backbone.blocks),
+        "parameters": parameter_count(parts.model),
         "lafs_parameters": lafs_params,
         "images": tuple(global_images.shape[-2:]),
         "local_images": tuple(local_images.shape[-2:]),
-        "precision": "bf16" if dtype is not None else "fp32",
+        "precision": "bf16" if autocast_dtype(precision, device) is not None else "fp32",
+        "backbone": type(backbone).__name__,
     }
-    return TrainingStep(run, [student, teacher], info)
+    return TrainingStep(run, [task.model, task.teacher], info)  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------------------------------------------- finetune --
+
+
+class _PlainFinetuneTask(FinetuneTask):
+    """`FinetuneTask` with a plain grid-token ViT of the same size as the encoder."""
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        parts = super().build(accelerator, dataset)
+        model = parts.model
+        assert isinstance(model, FinetuneModel)
+        model.encoder = plain_vit_like(model.encoder, self.cfg.encoder.drop_path_rate)  # type: ignore[assignment]
+        optimizer = build_optimizer(model, self.cfg.optim, fused=use_fused_adamw(accelerator))
+        return TrainingParts(model, optimizer, parts.on_device, parts.checkpointed)
+
+
+@dataclass
+class _LabelledSetShape:
+    """What `FinetuneTask.build` reads of a training set: its size (memory banks) and identity count (the head)."""
+
+    size: int
+    num_classes: int
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def build_finetune_step(
@@ -257,62 +286,42 @@ def build_finetune_step(
     precision: Precision = "auto",
     seed: int = 0,
 ) -> TrainingStep:
-    """One LAFS fine-tuning step (or the plain-ViT reference) with FinetuneConfig's defaults: encoder forward on
-    images (batch, 3, 112, 112) and landmarks (batch, K, 2), CosFace margin loss (no regulariser is on by default),
-    backward, clipping only if the config asks (LAFS: no), AdamW with layer-wise LR decay.
+    """One LAFS fine-tuning step of `FinetuneTask` with FinetuneConfig's defaults (or the plain-ViT reference):
+    flips and mixup on the device, encoder forward on images (batch, 3, 112, 112) and landmarks (batch, K, 2),
+    CosFace margin loss (no regulariser is on by default), backward, AdamW with layer-wise LR decay.
     """
-    import dataclasses
-
-    from finetune.heads import build_head
-    from finetune.model import FinetuneModel
-    from finetune.objective import build_objective
-    from finetune.train import FinetuneConfig, build_optimizer
-    from lafs.models import build_encoder
-
     cfg = FinetuneConfig()
     cfg.encoder = dataclasses.replace(cfg.encoder, name=encoder_name)
+    task = _PlainFinetuneTask(cfg) if plain else FinetuneTask(cfg)
+    accelerator = make_accelerator(precision, device)
     torch.manual_seed(seed)
+    parts = task.build(accelerator, _LabelledSetShape(batch, classes))
     lafs_encoder = build_encoder(cfg.encoder)
-    encoder: nn.Module = plain_vit_like(lafs_encoder, cfg.encoder.drop_path_rate) if plain else lafs_encoder
-    width = int(lafs_encoder.num_features)
-    head = build_head(cfg.head, classes, width)
-    objective = build_objective(head, cfg.regularisers, num_classes=classes, embed_dim=width, num_samples=batch)
-    model = FinetuneModel(encoder, objective).to(device).train()  # type: ignore[arg-type]
-    o = cfg.optim
-    optimizer = build_optimizer(model, o, fused=device.type == "cuda")
-
     generator = torch.Generator().manual_seed(seed)
     num_landmarks, patch = int(lafs_encoder.num_landmarks), int(lafs_encoder.patch_embed.patch_size[0])
     if plain:
-        images = grid_images(batch, 1, num_landmarks, patch, device, seed)[:, 0]
+        images = grid_images(batch, 1, num_landmarks, patch, seed)[:, 0]
     else:
         size = lafs_encoder.patch_embed.img_size
-        images = (torch.rand(batch, 3, *size, generator=generator) * 2 - 1).to(device)
-    landmarks = jittered(lafs_encoder.template, (batch, num_landmarks, 2), generator).to(device)
-    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
-    dtype = autocast_dtype(precision, device)
-
-    def run() -> None:
-        with _autocast(device, dtype):
-            terms = model(images, labels, landmarks, epoch=0.0, step=0)
-        terms["loss"].backward()
-        if o.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        objective.update()
-
+        images = torch.rand(batch, 3, *size, generator=generator) * 2 - 1
+    loader_batch = {
+        "image": ((images + 1) * 127.5).round().to(torch.uint8),  # the loader's uint8 pixels
+        "landmarks": jittered(lafs_encoder.template, (batch, num_landmarks, 2), generator),
+        "label": torch.randint(0, classes, (batch,), generator=generator),
+        "position": torch.arange(batch),
+    }
+    run = task_step(task, parts, loader_batch, accelerator, cfg.optim.epochs)
     info = {
         "tokens": num_landmarks,
         "classes": classes,
         "head": cfg.head.name,
-        "width": width,
+        "width": int(lafs_encoder.num_features),
         "depth": len(lafs_encoder.blocks),
-        "parameters": parameter_count(model),
+        "parameters": parameter_count(parts.model),
         "images": tuple(images.shape[-2:]),
-        "precision": "bf16" if dtype is not None else "fp32",
+        "precision": "bf16" if autocast_dtype(precision, device) is not None else "fp32",
     }
-    return TrainingStep(run, [model], info)
+    return TrainingStep(run, [task.model], info)  # type: ignore[list-item]
 
 
 # --------------------------------------------------------------------------------------------------- figures --

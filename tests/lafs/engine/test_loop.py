@@ -1,0 +1,153 @@
+"""`lafs.engine.fit` on a small least-squares task: hook order, cadence, accumulation, resume, output."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts, fit
+from lafs.engine.checkpoints import checkpoints
+from lafs.engine.run_log import read_log
+from lafs.errors import ConfigError
+
+WEIGHTS = torch.tensor([1.5, -2.0, 0.5])
+
+
+class Points(torch.utils.data.Dataset):
+    """``count`` points x (3,) with targets y = x . WEIGHTS: a problem whose answer is known."""
+
+    def __init__(self, count: int) -> None:
+        self.x = torch.randn(count, 3, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "y": self.x[i] @ WEIGHTS, "index": i}
+
+
+@dataclass
+class LineConfig(RunConfig):
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=4, batch_size=4))
+    num_workers: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 2
+    images: int = 16  # points in the training set
+
+
+class LineTask(Task):
+    """Least squares on `Points`, recording every hook call."""
+
+    name = "line"
+
+    def __init__(self, cfg: LineConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: LineConfig = cfg
+        self.calls: list[tuple[str, int]] = []
+
+    def build_dataset(self, accelerator: Accelerator) -> Points:
+        return Points(self.cfg.images)
+
+    def collate(self, items: Any) -> dict[str, Any]:
+        return torch.utils.data.default_collate(list(items))
+
+    def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
+        model = torch.nn.Linear(3, 1, bias=False)
+        return TrainingParts(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+    def setup(self, run: RunContext) -> None:
+        self.run = run
+
+    def learning_rate(self, step: int) -> float:
+        return 0.1
+
+    def epoch(self, step: int) -> float:
+        return step / self.run.steps_per_epoch
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        self.calls.append(("step", step))
+        assert self.model is not None
+        loss = ((self.model(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()
+        return {"mse_loss": loss, "loss": loss}
+
+    def after_backward(self, step: int) -> None:
+        self.calls.append(("after_backward", step))
+
+    def after_micro_batch(self, step: int) -> None:
+        self.calls.append(("after_micro_batch", step))
+
+    def after_step(self, step: int, skipped: bool) -> None:
+        self.calls.append(("after_step", step))
+
+    def log_values(self, step: int, terms: Mapping[str, float]) -> dict[str, float]:
+        return {"twice_loss": 2 * terms["loss"]}
+
+    @property
+    def validates(self) -> bool:
+        return True
+
+    def validate(self, step: int) -> dict[str, float]:
+        self.calls.append(("validate", step))
+        return {"weight_error": float((self.run.accelerator.unwrap_model(self.model).weight.detach() - WEIGHTS).norm())}
+
+    def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        path = run_dir / "weights.npy"
+        np.save(path, self.run.accelerator.unwrap_model(self.model).weight.detach().numpy())
+        return {"weights": path}
+
+
+def train(out: Path, **changes: Any) -> LineTask:
+    cfg = LineConfig(output_dir=out, **changes)
+    task = LineTask(cfg)
+    fit(cfg, task)
+    return task
+
+
+def test_hooks_run_in_order_with_accumulation(tmp_path):
+    # 16 points, batch 4, 2 micro-batches per step: 2 optimiser steps per epoch.
+    task = train(tmp_path / "run", optim=OptimConfig(epochs=1, batch_size=4, grad_accum=2), eval_every=1)
+    cycle = [("step", 0), ("after_micro_batch", 0), ("step", 0), ("after_backward", 0), ("after_micro_batch", 0)]
+    assert task.calls[:6] == [*cycle, ("after_step", 0)]
+    assert task.calls.count(("validate", 1)) == 1 and task.calls.count(("validate", 2)) == 1
+    assert [c for c in task.calls if c[0] == "after_step"] == [("after_step", 0), ("after_step", 1)]
+
+
+def test_learns_logs_checkpoints_and_exports(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(out, max_steps=None, optim=OptimConfig(epochs=25, batch_size=4))
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in log] == list(range(1, 101))
+    assert log[-1]["loss"] < 1e-3 * log[0]["loss"]
+    assert log[0]["twice_loss"] == 2 * log[0]["loss"] and log[0]["epoch"] == 0.25 and log[0]["lr"] == 0.1
+    assert np.allclose(np.load(out / "weights.npy"), WEIGHTS.numpy()[None], atol=1e-2)
+    assert [p.name for p in checkpoints(out / "checkpoints")] == ["step_00000096", "step_00000098", "step_00000100"]
+    assert read_log(out)[-1]["weight_error"] < 1e-2  # validated at the last step
+    printed = capsys.readouterr().out.splitlines()  # not a terminal: plain progress lines, then the summary
+    assert printed[0].startswith("line step 1/100 loss ") and printed[-1].startswith("line: 100 steps in ")
+    assert f"weights -> {out / 'weights.npy'}" in printed[-1]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    whole = tmp_path / "whole"
+    train(whole, max_steps=7)
+    part = tmp_path / "part"
+    train(part, max_steps=3)
+    resumed = train(part, max_steps=7)
+    assert resumed.calls[0] == ("step", 3)  # continued, not restarted
+    def losses(run_dir: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in read_log(run_dir) if "loss" in r]
+
+    assert losses(part) == losses(whole) and len(losses(whole)) == 7
+    assert np.array_equal(np.load(part / "weights.npy"), np.load(whole / "weights.npy"))
+
+
+def test_too_few_batches_for_one_accumulation_cycle_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"16 images give each of 1 processes 4 batches of 4, fewer than "):
+        train(tmp_path / "run", optim=OptimConfig(batch_size=4, grad_accum=5))
