@@ -38,7 +38,7 @@ def order(start_step: int, count: int, grad_accum: int = 1) -> list[list[int]]:
 def test_epochs_are_shuffled_whole_batches_and_resume_mid_epoch_replays_the_rest():
     whole = order(0, 9)  # 10 items, batch 3: 3 batches per epoch, the 10th item left out each epoch
     assert all(len(b) == 3 for b in whole)
-    epochs = [sum(whole[i : i + 3], []) for i in (0, 3, 6)]
+    epochs = [list(itertools.chain(*whole[i : i + 3])) for i in (0, 3, 6)]
     assert all(len(set(e)) == 9 for e in epochs) and epochs[0] != epochs[1]
     assert order(4, 5) == whole[4:]  # step 4 is the second batch of epoch 1
 
