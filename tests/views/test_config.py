@@ -12,6 +12,7 @@ from lafs.errors import ConfigError
 from lafs.views import (
     LandmarkViews,
     ViewConfig,
+    views_on_accelerator,
 )
 
 SET = "mediapipe49"
@@ -77,3 +78,10 @@ def test_defaults_are_the_lafs_recipe() -> None:
     assert (cfg.num_local, cfg.local_landmarks, cfg.jitter_std, cfg.image_size) == (8, 36, 5.0, 112)
     assert cfg.global_scale == cfg.local_scale == (0.4, 1.0) and cfg.blur_prob == (1.0, 0.1, 0.5)
     ViewConfig(num_local=0, jitter_std=0.0, flip_prob=1.0, global_scale=(1.0, 1.0)).validate()  # edge values are fine
+
+
+def test_views_are_made_on_cuda_devices_unless_told_otherwise() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert views_on_accelerator(ViewConfig(), cuda) and not views_on_accelerator(ViewConfig(), cpu)
+    assert views_on_accelerator(ViewConfig(make_on="accelerator"), cpu)
+    assert not views_on_accelerator(ViewConfig(make_on="loader"), cuda)

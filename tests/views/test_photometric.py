@@ -74,3 +74,12 @@ def test_accelerator_style_selection_gives_the_same_images() -> None:
     # Equal up to float rounding: the blur's filter is sized for sigma 2 on the whole batch, tightly image by image.
     torch.testing.assert_close(P.apply_photometric(images, params, select=True), rows_only, rtol=0, atol=1e-6)
     assert not torch.equal(rows_only, images)
+
+
+def test_hue_rotation_leaves_greys_and_turns_primaries_by_hand() -> None:
+    grey = torch.full((1, 3, 2, 2), 0.4)
+    torch.testing.assert_close(P.adjust_hue(grey, torch.tensor([0.3])), grey, rtol=0, atol=0)
+    red = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1).expand(3, 3, 1, 1)
+    turned = P.adjust_hue(red, torch.tensor([1 / 3, -1 / 3, 1 / 6]))[..., 0, 0]
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])  # green, blue, yellow
+    torch.testing.assert_close(turned, expected, rtol=0, atol=1e-6)
