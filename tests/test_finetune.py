@@ -4,13 +4,10 @@ import csv
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from finetune.augment import AugmentConfig, BatchMixup, random_flip
 from finetune.heads import MarginHead
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
@@ -20,7 +17,6 @@ from finetune.train import main
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.export import save_encoder
-from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
 from lafs.engine.run_log import read_log
@@ -170,36 +166,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main([*DEMO, f"output_dir={tmp_path}", f"eval_bins=[{tmp_path / 'lfw.bin'}]"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(e.startswith("error: ") for e in errors)
-
-
-def test_flip_moves_landmarks_with_the_image():
-    item = SyntheticFaces(SyntheticFacesConfig(num_identities=1, images_per_identity=1, landmark_set="mediapipe49"))[0]
-    image = torch.from_numpy(item["image"]).permute(2, 0, 1)[None].float()
-    landmarks = torch.from_numpy(item["landmarks"])[None].float()
-    permutation = torch.tensor(get_landmark_set("mediapipe49").flip_permutation)
-    flipped, moved = random_flip(image, landmarks, permutation, probability=1.0)
-
-    def colours(img: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        grid = points * 2 / img.shape[-1] - 1
-        return F.grid_sample(img, grid[:, :, None], align_corners=False)[0, :, :, 0]
-
-    assert torch.allclose(colours(flipped, moved), colours(image, landmarks)[:, permutation], atol=1e-3)
-    same, unmoved = random_flip(image, landmarks, permutation, probability=0.0)
-    assert torch.equal(same, image) and torch.equal(unmoved, landmarks)
-
-
-def test_mixup_targets_and_dominant_labels():
-    torch.manual_seed(0)
-    np.random.seed(0)
-    mixup = BatchMixup(AugmentConfig(mixup_prob=1.0, mixup_alpha=0.2), num_classes=4)
-    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
-    landmarks = torch.arange(4.0)[:, None, None].expand(4, 2, 2)
-    _, soft, dominant, kept = mixup(images, labels, landmarks)
-    assert soft is not None and torch.allclose(soft.sum(1), torch.ones(4))
-    assert torch.equal(dominant, soft.argmax(1))
-    assert torch.equal(kept[:, 0, 0].long(), dominant)  # each image keeps its dominant face's landmarks
-    off = BatchMixup(AugmentConfig(mixup_prob=0.0), num_classes=4)
-    assert off(images, labels, landmarks)[1] is None
 
 
 def test_predictor_run_exports_an_images_only_model(tmp_path):

@@ -3,7 +3,7 @@
 N synthetic faces are written as JPEG files into a temporary image folder, read back through `open_dataset` with
 template landmarks (read + decode + resize + landmarks: everything a worker does when the views are made on the
 accelerator, `views.make_on=accelerator`), and through `PretrainViews` (the same plus all 2 + N views made in the
-worker with OpenCV + albumentations, `views.make_on=loader`). The reference reads the same files and decodes
+worker by `lafs.views`' one renderer, `views.make_on=loader`). The reference reads the same files and decodes
 them with OpenCV, nothing else. Everything runs in this process on one torch thread, as a loader worker does.
 
 With views on the accelerator the worker's code does not know how many views there are, so its CPU time per image
@@ -21,10 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from lafs.augment import LandmarkViews, PretrainViews, ViewConfig
 from lafs.data.collate import collate_faces
 from lafs.data.open import open_dataset
-from lafs.device_views import DeviceViews
+from lafs.views import DeviceViews, LandmarkViews, PretrainViews, ViewConfig
 from tools.benchmarks.common import (
     DEFAULT_ENCODER,
     figure,

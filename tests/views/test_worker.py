@@ -1,52 +1,26 @@
-"""LAFS pretraining views: shapes, landmark subsets, jitter, geometry that moves landmarks, flip ids, determinism."""
+"""Views of one face rendered in a loader worker: shapes, landmark subsets, jitter, geometry, flip ids, photometry."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from lafs.augment import (
-    LandmarkViews,
-    PretrainViews,
-    ViewConfig,
-    collate_views,
-    draw_views,
-    is_flipping,
-    move_landmarks,
-    sample_crop_boxes,
-    view_maps,
-)
-from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import ConfigError
-from lafs.landmarks.align import transform_points, warp_image
 from lafs.landmarks.sets import get_landmark_set
+from lafs.views import LandmarkViews, ViewConfig, draw_views, to_uint8, warp_views
 
 SET = "mediapipe49"
 K = 49
 S = 112
 # Geometry at the identity: the crop is the whole (square) image and nothing flips.
 IDENTITY = {"global_scale": (1.0, 1.0), "local_scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_prob": 0.0}
-# Every photometric op present but never applied; differs from photometric=False only in going through albumentations.
+# Every photometric op present but never applied: must be the same as photometric=False.
 NO_PIXEL_OPS = {"color_jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": (0.0, 0.0, 0.0), "solarize_prob": 0.0}
 
 
 def make_views(**overrides) -> LandmarkViews:
     return LandmarkViews(ViewConfig(**overrides), SET)
-
-
-@pytest.fixture(scope="module")
-def faces() -> list[dict]:
-    dataset = SyntheticFaces(SyntheticFacesConfig(num_identities=3, images_per_identity=2, landmark_set=SET))
-    return [dataset[i] for i in range(len(dataset))]
-
-
-@pytest.fixture(scope="module")
-def face(faces: list[dict]) -> dict:
-    return faces[0]
 
 
 def random_landmarks(rng: np.random.Generator, size: int = S) -> np.ndarray:
@@ -59,7 +33,8 @@ def assert_same_views(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-# ------------------------------------------------------------------------------------------------- shapes and subsets
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def test_views_have_the_documented_shapes_and_dtypes(face: dict) -> None:
@@ -78,36 +53,6 @@ def test_views_have_the_documented_shapes_and_dtypes(face: dict) -> None:
     for key, (shape, dtype) in expected.items():
         assert out[key].shape == shape and out[key].dtype == dtype, key
     assert ((out["local_ids"] >= 0) & (out["local_ids"] < K)).all()
-
-
-def test_collated_batch_is_channels_first_uint8_with_labels(faces: list[dict]) -> None:
-    dataset = PretrainViews(faces, make_views(num_local=3, local_landmarks=5), seed=1)
-    batch = collate_views([dataset[i] for i in range(4)])
-    expected = {
-        "global_images": ((4, 2, 3, S, S), torch.uint8),
-        "global_landmarks": ((4, 2, K, 2), torch.float32),
-        "global_valid": ((4, 2, K), torch.bool),
-        "local_images": ((4, 3, 3, S, S), torch.uint8),
-        "local_landmarks": ((4, 3, 5, 2), torch.float32),
-        "local_ids": ((4, 3, 5), torch.int64),
-        "local_valid": ((4, 3, 5), torch.bool),
-        "label": ((4,), torch.int64),
-        "index": ((4,), torch.int64),
-    }
-    assert set(batch) == set(expected)
-    for key, (shape, dtype) in expected.items():
-        assert tuple(batch[key].shape) == shape and batch[key].dtype == dtype, key
-    assert batch["label"].tolist() == [f["label"] for f in faces[:4]]
-    assert batch["index"].tolist() == [0, 1, 2, 3]
-    item = dataset[2]
-    np.testing.assert_array_equal(batch["local_images"][2, 1].permute(1, 2, 0).numpy(), item["local_images"][1])
-
-
-def test_globals_only_config_collates_to_empty_local_tensors(faces: list[dict]) -> None:
-    batch = collate_views([PretrainViews(faces, make_views(num_local=0), seed=0)[i] for i in range(2)])
-    assert tuple(batch["local_images"].shape) == (2, 0, 3, S, S)
-    assert tuple(batch["local_ids"].shape) == (2, 0, 36)
-    assert tuple(batch["global_images"].shape) == (2, 2, 3, S, S)
 
 
 def test_local_ids_are_uniform_with_replacement() -> None:
@@ -143,9 +88,6 @@ def test_local_landmarks_are_the_view_landmarks_at_their_ids() -> None:
     assert 2.5 < offsets.std() < 7.5
 
 
-# ----------------------------------------------------------------------------------------------------------- jitter
-
-
 def test_jitter_has_the_configured_std_and_zero_mean() -> None:
     views = make_views(image_size=16, num_local=4, photometric=False, **IDENTITY)
     image = np.zeros((16, 16, 3), dtype=np.uint8)
@@ -172,46 +114,6 @@ def test_zero_jitter_and_identity_geometry_give_back_the_input(face: dict) -> No
         np.testing.assert_array_equal(out["global_images"][view], face["image"])
     for view in range(8):
         np.testing.assert_array_equal(out["local_images"][view], face["image"])
-
-
-# --------------------------------------------------------------------------------------------------------- geometry
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def test_view_maps_send_the_box_corners_to_the_view_corners() -> None:
-    box = [13.25, 7.5, 61.0, 80.5]
-    maps = view_maps(torch.tensor([box, box], dtype=torch.float64), torch.tensor([False, True]), S).numpy()
-    corners = np.array([[13.25, 7.5], [13.25 + 61.0, 7.5 + 80.5], [13.25 + 30.5, 7.5 + 40.25]])
-    np.testing.assert_allclose(transform_points(corners, maps[0]), [[0, 0], [S, S], [S / 2, S / 2]], atol=1e-4)
-    np.testing.assert_allclose(transform_points(corners, maps[1]), [[S, 0], [0, S], [S / 2, S / 2]], atol=1e-4)
-    assert is_flipping(maps[1]) and not is_flipping(maps[0])
-
-
-@pytest.mark.parametrize("height, width", [(112, 112), (150, 90), (60, 200)])
-def test_crop_boxes_follow_the_random_resized_crop_recipe(height: int, width: int) -> None:
-    scale = torch.tensor([0.4, 1.0], dtype=torch.float64).expand(300, 2)
-    x0, y0, w, h = sample_crop_boxes(height, width, scale, (0.75, 4 / 3), _generator(8)).T.numpy()
-    assert np.all((x0 >= 0) & (y0 >= 0) & (x0 + w <= width + 1e-9) & (y0 + h <= height + 1e-9))
-    if (height, width) == (112, 112):  # a square image never needs the fallback
-        assert np.all((w * h / (height * width) >= 0.4 - 1e-6) & (w * h / (height * width) <= 1 + 1e-6))
-        assert np.all((w / h >= 0.75 - 1e-6) & (w / h <= 4 / 3 + 1e-6))
-    # An impossible ratio range falls back to the centred crop clamped to it, as torchvision does.
-    scale = torch.tensor([[0.99, 1.0]], dtype=torch.float64)
-    x0, y0, w, h = sample_crop_boxes(100, 100, scale, (3.0, 4.0), _generator(0))[0].tolist()
-    assert (w, h) == (100.0, pytest.approx(100 / 3)) and (x0, y0) == (0.0, pytest.approx((100 - 100 / 3) / 2))
-
-
-def test_view_maps_are_crops_then_maybe_flips() -> None:
-    maps = draw_views(ViewConfig(flip_prob=1.0), K, (112, 112), 20, _generator(9)).maps.flatten(0, 1).numpy()
-    assert all(is_flipping(m) for m in maps)
-    assert np.all((maps[:, 0, 1] == 0) & (maps[:, 1, 0] == 0) & (maps[:, 1, 1] >= 1) & (-maps[:, 0, 0] >= 1))
-    maps = draw_views(ViewConfig(flip_prob=0.0), K, (90, 150), 20, _generator(9)).maps.flatten(0, 1).numpy()
-    assert not any(is_flipping(m) for m in maps)
-    maps = draw_views(ViewConfig(), K, (112, 112), 40, _generator(9)).maps.flatten(0, 1).numpy()
-    assert 0.4 < np.mean([is_flipping(m) for m in maps]) < 0.6
 
 
 def _dot_image(centre: np.ndarray, size: int = S, sigma: float = 1.5) -> np.ndarray:
@@ -275,71 +177,17 @@ def test_flip_permutes_landmark_ids(face: dict) -> None:
     np.testing.assert_array_equal(again["global_images"][0], face["image"])
 
 
-def test_flipping_the_symmetric_template_gives_back_the_template() -> None:
-    landmark_set = get_landmark_set(SET)
-    template = np.asarray(landmark_set.template, dtype=np.float32)
-    views = make_views(jitter_std=0.0, photometric=False, **{**IDENTITY, "flip_prob": 1.0})
-    out = views(np.zeros((S, S, 3), dtype=np.uint8), template, np.random.default_rng(14))
-    np.testing.assert_allclose(out["global_landmarks"][0], template, atol=1e-4)
-    # Without the id permutation the mirrored template would be far off (left and right swapped).
-    mirror = view_maps(torch.tensor([[0.0, 0.0, S, S]], dtype=torch.float64), torch.tensor([True]), S)[0].numpy()
-    moved, _ = move_landmarks(template, np.ones(K, dtype=bool), mirror, np.arange(K))
-    assert np.abs(moved - template).max() > 10
-
-
-# ---------------------------------------------------------------------------------------------------- determinism
-
-
 def test_same_generator_state_gives_bit_identical_views(face: dict) -> None:
     a = make_views()(face["image"], face["landmarks"], np.random.default_rng(15))
     b = make_views()(face["image"], face["landmarks"], np.random.default_rng(15))  # a fresh instance too
     assert_same_views(a, b)
     views = make_views()
     first = views(face["image"], face["landmarks"], np.random.default_rng(15))
-    views(face["image"], face["landmarks"], np.random.default_rng(99))  # albumentations' state must not carry over
+    views(face["image"], face["landmarks"], np.random.default_rng(99))  # no state may carry over between calls
     assert_same_views(views(face["image"], face["landmarks"], np.random.default_rng(15)), first)
     c = views(face["image"], face["landmarks"], np.random.default_rng(16))
     assert not np.array_equal(a["global_images"], c["global_images"])
     assert not np.array_equal(a["local_ids"], c["local_ids"])
-
-
-def test_pretrain_views_are_a_pure_function_of_seed_epoch_and_index(faces: list[dict]) -> None:
-    views = make_views(num_local=2)
-    forward = PretrainViews(faces, views, seed=5)
-    reverse = PretrainViews(faces, views, seed=5)
-    items = [forward[i] for i in range(len(faces))]
-    for i in reversed(range(len(faces))):
-        assert_same_views(reverse[i], items[i])
-    assert items[3]["label"] == faces[3]["label"] and items[3]["index"] == 3
-    forward.set_epoch(1)
-    later = forward[0]
-    assert not np.array_equal(later["global_landmarks"], items[0]["global_landmarks"])
-    assert not np.array_equal(later["global_images"], items[0]["global_images"])
-    forward.set_epoch(0)
-    assert_same_views(forward[0], items[0])  # resuming at epoch 0 replays it exactly
-    assert_same_views(forward[-1], items[-1])
-    other_seed = PretrainViews(faces, views, seed=6)[0]
-    assert not np.array_equal(other_seed["local_ids"], items[0]["local_ids"])
-    # Two items of one epoch get different draws.
-    assert not np.array_equal(items[0]["local_ids"], items[1]["local_ids"])
-    with pytest.raises(IndexError):
-        forward[len(faces)]
-    with pytest.raises(ValueError, match="epoch"):
-        forward.set_epoch(-1)
-
-
-def test_worker_processes_make_the_same_views(faces: list[dict]) -> None:
-    dataset = PretrainViews(faces, make_views(num_local=2, local_landmarks=6), seed=3)
-    dataset.set_epoch(2)
-    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_views)
-    batches = list(loader)
-    direct = [collate_views([dataset[i] for i in range(start, start + 3)]) for start in (0, 3)]
-    for got, want in zip(batches, direct, strict=True):
-        for key in want:
-            assert torch.equal(got[key], want[key]), key
-
-
-# ------------------------------------------------------------------------------------------------------ photometry
 
 
 def test_photometry_off_leaves_exactly_the_warped_image(face: dict) -> None:
@@ -347,9 +195,10 @@ def test_photometry_off_leaves_exactly_the_warped_image(face: dict) -> None:
     out = views(face["image"], face["landmarks"], np.random.default_rng(17))
     # The call seeds its torch generator with the first draw of the caller's: replaying that gives global 1's map.
     generator = _generator(int(np.random.default_rng(17).integers(2**62)))
-    matrix = draw_views(views.cfg, K, face["image"].shape[:2], 1, generator).maps[0, 0].double().numpy()
-    np.testing.assert_array_equal(out["global_images"][0], warp_image(face["image"], matrix, S))
-    # Running every albumentations op at p = 0 is the same as switching photometry off.
+    maps = draw_views(views.cfg, K, face["image"].shape[:2], 1, generator).maps[:, :1]
+    warped = to_uint8(warp_views(torch.from_numpy(face["image"]).permute(2, 0, 1)[None], maps, S))
+    np.testing.assert_array_equal(out["global_images"][0], warped[0, 0].permute(1, 2, 0).numpy())
+    # Running every photometric op at p = 0 is the same as switching photometry off.
     assert_same_views(make_views(**NO_PIXEL_OPS)(face["image"], face["landmarks"], np.random.default_rng(17)), out)
 
 
@@ -392,47 +241,6 @@ def test_photometric_recipe_reaches_the_right_views(face: dict) -> None:
         np.testing.assert_array_equal(blurred["global_images"][1], plain["global_images"][1])
         np.testing.assert_array_equal(blurred["local_images"], plain["local_images"])
     assert changed >= 4
-
-
-# ----------------------------------------------------------------------------------------------------------- config
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("image_size", 4),
-        ("num_local", -1),
-        ("local_landmarks", 0),
-        ("jitter_std", -1.0),
-        ("jitter_std", float("nan")),
-        ("global_scale", (0.0, 1.0)),
-        ("global_scale", (0.5, 1.2)),
-        ("local_scale", (0.8, 0.4)),
-        ("local_scale", (0.4,)),
-        ("ratio", (0.0, 1.0)),
-        ("ratio", (1.5, 1.0)),
-        ("flip_prob", 1.5),
-        ("color_jitter_prob", -0.1),
-        ("grayscale_prob", 2.0),
-        ("blur_prob", (1.0, 0.1, 1.5)),
-        ("blur_prob", (1.0, 0.1)),
-        ("solarize_prob", -0.5),
-    ],
-)
-def test_impossible_configs_raise_config_error(field: str, value) -> None:
-    cfg = dataclasses.replace(ViewConfig(), **{field: value})
-    with pytest.raises(ConfigError, match=f"views.{field}"):
-        cfg.validate()
-    with pytest.raises(ConfigError):
-        LandmarkViews(cfg, SET)
-
-
-def test_defaults_are_the_lafs_recipe() -> None:
-    cfg = ViewConfig()
-    cfg.validate()
-    assert (cfg.num_local, cfg.local_landmarks, cfg.jitter_std, cfg.image_size) == (8, 36, 5.0, 112)
-    assert cfg.global_scale == cfg.local_scale == (0.4, 1.0) and cfg.blur_prob == (1.0, 0.1, 0.5)
-    ViewConfig(num_local=0, jitter_std=0.0, flip_prob=1.0, global_scale=(1.0, 1.0)).validate()  # edge values are fine
 
 
 def test_unknown_landmark_set_and_bad_inputs_are_rejected(face: dict) -> None:

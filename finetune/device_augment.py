@@ -11,6 +11,7 @@ import torch
 from timm.data import Mixup
 
 from lafs.errors import ConfigError
+from lafs.views.geometry import flip_batch
 
 
 @dataclass
@@ -29,16 +30,11 @@ def random_flip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror a random share of images (B, C, H, W) with their landmarks (B, K, 2) in pixels.
 
-    A mirrored point lands at ``W - x`` (pixel j spans [j, j + 1)); ``flip_permutation`` (K,) renames slots so
-    each keeps its landmark id (the left eye stays the left eye).
+    `lafs.views.geometry.flip_batch`: a mirrored point lands at ``W - x`` (pixel j spans [j, j + 1)) and
+    ``flip_permutation`` (K,) renames slots so each keeps its landmark id (the left eye stays the left eye).
     """
     chosen = torch.rand(images.shape[0], device=images.device) < probability
-    if not chosen.any():
-        return images, landmarks
-    mirrored = landmarks[:, flip_permutation].clone()
-    mirrored[..., 0] = images.shape[-1] - mirrored[..., 0]
-    images = torch.where(chosen[:, None, None, None], images.flip(-1), images)
-    landmarks = torch.where(chosen[:, None, None], mirrored, landmarks)
+    images, landmarks, _ = flip_batch(images, landmarks, chosen, flip_permutation)
     return images, landmarks
 
 

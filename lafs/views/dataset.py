@@ -1,0 +1,83 @@
+"""The loader side of worker-rendered views: `PretrainViews` (a face data set seen through `LandmarkViews`) and
+`collate_views`, which stacks its items into a batch dict."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lafs.errors import ConfigError
+from lafs.views.worker import LandmarkViews
+
+
+class PretrainViews(Dataset):
+    """A face data set seen through `LandmarkViews`: item i is its views plus ``label`` and ``index``.
+
+    Item i of epoch e uses ``np.random.default_rng(np.random.SeedSequence([seed, e, i]))``, so its views are a pure
+    function of (seed, epoch, i): identical in any DataLoader worker, in any order, and after resuming a run, with no
+    RNG state to checkpoint. Call `set_epoch` at the start of every epoch; with ``persistent_workers=True`` the
+    workers keep the copy they were started with, so set the epoch before each loader iteration is created or keep
+    workers non-persistent.
+
+    Base items are dicts with ``image``, ``landmarks``, optional ``landmark_valid``, ``label`` and ``index``.
+    """
+
+    def __init__(self, base: Any, views: LandmarkViews, seed: int = 0) -> None:
+        seed = operator.index(seed)
+        if seed < 0:
+            raise ConfigError(f"views seed must be non-negative, got {seed}")
+        self.base = base
+        self.views = views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch = operator.index(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} items")
+        item = self.base[i]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
+        out: dict[str, Any] = self.views(item["image"], item["landmarks"], rng, item.get("landmark_valid"))
+        out["label"] = item["label"]
+        out["index"] = item["index"]
+        return out
+
+
+_IMAGE_KEYS = ("global_images", "local_images")
+_ARRAY_KEYS = ("global_landmarks", "global_valid", "local_landmarks", "local_ids", "local_valid")
+
+
+def collate_views(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack `PretrainViews` items into a batch dict.
+
+    ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, S, S) stay uint8 (channels first);
+    ``global_landmarks`` (B, 2, K, 2) float32, ``global_valid`` (B, 2, K) bool, ``local_landmarks`` (B, N, k, 2),
+    ``local_ids`` (B, N, k) int64, ``local_valid`` (B, N, k) bool, ``label`` and ``index`` (B,) int64.
+    """
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, torch.Tensor] = {}
+    for key in _IMAGE_KEYS:
+        stacked = torch.from_numpy(np.stack([item[key] for item in items]))
+        batch[key] = stacked.permute(0, 1, 4, 2, 3).contiguous()
+    for key in _ARRAY_KEYS:
+        batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
+    for key in ("label", "index"):
+        batch[key] = torch.as_tensor([int(item[key]) for item in items], dtype=torch.int64)
+    return batch
