@@ -25,8 +25,8 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import Dataset
 
-from finetune.augment import AugmentConfig, BatchMixup, random_flip
 from finetune.context import Communicator
+from finetune.device_augment import AugmentConfig, BatchMixup, random_flip
 from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective

@@ -19,12 +19,10 @@ import torch
 from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 
-from lafs.augment import LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
 from lafs.data.synthetic import SyntheticFaces
-from lafs.device_views import DeviceViews
 from lafs.dino import DINOHead, DINOLoss, collapse_warning, cosine_schedule, ema_update, teacher_temperature
 from lafs.engine import SYNTHETIC, OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
@@ -33,6 +31,7 @@ from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
+from lafs.views import DeviceViews, LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 
 logger = logging.getLogger("lafs.pretrain")
 
