@@ -22,6 +22,7 @@ import numpy as np
 from lafs.data.folder import IMAGE_SUFFIXES
 from lafs.data.images import UndecodableImage, read_image_file, resize_square
 from lafs.errors import DataError
+from lafs.evaluation.verification import far_key
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
 
@@ -158,11 +159,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if norm == 0:
         return 0.0
     return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0))
-
-
-def far_key(far: float) -> str:
-    """The report's key for a false-accept rate: ``1e-03`` for 0.001."""
-    return f"{far:.0e}"
 
 
 def threshold_from_report(

@@ -23,9 +23,9 @@ import numpy as np
 from lafs.errors import DataError
 from lafs.evaluation.verification import (
     DEFAULT_FAR_TARGETS,
-    _far_key,
     _scores_and_labels,
     embed_images,
+    far_key,
     pair_similarities,
     roc_curve,
     verification_report,
@@ -122,7 +122,7 @@ def evaluate_sets(
         report = verification_report(similarities, labels, folds=folds, far_targets=far_targets)
         both = 0 < labels.sum() < labels.size
         report["threshold_at_far"] = (
-            {_far_key(t): threshold_at_far(similarities, labels, t) for t in far_targets} if both else None
+            {far_key(t): threshold_at_far(similarities, labels, t) for t in far_targets} if both else None
         )
         report["roc"] = _sampled_roc(similarities, labels) if both else None
         report["num_images"] = len(images)
@@ -167,7 +167,7 @@ def _row_cells(name: str, entry: Mapping[str, Any]) -> tuple[list[str], bool]:
     tars = []
     starred = False
     resolvable = entry.get("tar_at_far_resolvable") or {}
-    for key in (_far_key(t) for t in DEFAULT_FAR_TARGETS):
+    for key in (far_key(t) for t in DEFAULT_FAR_TARGETS):
         value = (entry.get("tar_at_far") or {}).get(key)
         cell = _percent(value)
         if value is not None and not resolvable.get(key, True):
