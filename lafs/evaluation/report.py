@@ -135,15 +135,14 @@ def evaluate_sets(
 
 def encoder_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"input": path, **config.json}`` of an encoder folder or run directory (its ``encoder/``); else the path."""
+    from lafs.export.weights import encoder_folder  # timm and the models: only when there is a folder to read
+
     path = Path(path)
     info: dict[str, Any] = {"input": str(path)}
-    for candidate in (path / "config.json", path / "encoder" / "config.json"):
-        if candidate.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                config = json.loads(candidate.read_text())
-                if isinstance(config, dict):
-                    info.update({k: v for k, v in config.items() if k != "input"})
-            break
+    with contextlib.suppress(DataError, OSError, ValueError):  # an .onnx file, or a folder without a readable record
+        config = json.loads((encoder_folder(path) / "config.json").read_text())
+        if isinstance(config, dict):
+            info.update({k: v for k, v in config.items() if k != "input"})
     return info
 
 
