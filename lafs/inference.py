@@ -106,21 +106,29 @@ def _aligned_crop(path: Path) -> np.ndarray:
     return resize_square(image, ALIGNED_SIZE)
 
 
-def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
-    """(crop, "") or (None, reason) for one image."""
+def align_photo_file(detector: FaceMeshDetector, path: Path) -> tuple[np.ndarray | None, str]:
+    """(112 x 112 crop, "") of the photo at ``path``, or (None, reason): ``unreadable: ...`` or ``no face[: ...]``."""
     try:
-        if not align:
-            return _aligned_crop(path), ""
         photo = read_photo(path)
     except UndecodableImage as exc:
         return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
-    except DataError as exc:
-        return None, str(exc)
     try:
         crop = align_photo(detector, photo)
     except ValueError as exc:  # five points too degenerate for a similarity transform: no usable face either
         return None, f"{NO_FACE}: {exc}"
     return (crop, "") if crop is not None else (None, NO_FACE)
+
+
+def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
+    """(crop, "") or (None, reason) for one image."""
+    if align:
+        return align_photo_file(detector, path)
+    try:
+        return _aligned_crop(path), ""
+    except UndecodableImage as exc:
+        return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
+    except DataError as exc:
+        return None, str(exc)
 
 
 def load_faces(
