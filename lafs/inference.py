@@ -1,5 +1,5 @@
 """What the inference commands (``tools/embed.py``, ``tools/verify.py``) share: finding and reading face images,
-aligning photos with MediaPipe, cosine similarity and thresholds taken from an evaluation report.
+aligning photos with MediaPipe, writing embeddings, cosine similarity and thresholds taken from an evaluation report.
 
 Without alignment, images must already be aligned square crops (resized to 112 x 112 when of another size). With
 alignment, a photo of any size is read upright (EXIF orientation applied), MediaPipe's face mesh looks at the whole
@@ -10,9 +10,12 @@ never dropped.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +160,58 @@ def load_faces(
         if own:
             detector.close()
     return crops, kept, failures
+
+
+def embedding_side_paths(output: Path) -> tuple[Path, Path]:
+    """OUT.index.csv and OUT.failed.csv beside OUT.npy."""
+    return output.with_suffix(".index.csv"), output.with_suffix(".failed.csv")
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_embeddings(
+    output: Path, embeddings: np.ndarray, paths: list[Path], failures: list[tuple[Path, str]]
+) -> None:
+    """Write OUT.npy (one row per image), OUT.index.csv (row,path) and, with failures, OUT.failed.csv (path,reason).
+
+    Every file is written under a temporary name, then all are renamed into place; a stale failure list is removed.
+    """
+    index_path, failed_path = embedding_side_paths(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        temporary = output.with_name(f".{output.name}.{token}.tmp")
+        with open(temporary, "wb") as f:
+            np.save(f, embeddings)
+        staged.append((temporary, output))
+        texts = [(index_path, _csv_text(("row", "path"), list(enumerate(map(str, paths)))))]
+        if failures:
+            texts.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
+        for target, text in texts:
+            temporary = target.with_name(f".{target.name}.{token}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            staged.append((temporary, target))
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, target in staged:
+        os.replace(temporary, target)
+    if not failures:
+        failed_path.unlink(missing_ok=True)
+
+
+def l2_normalise_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return np.divide(embeddings, norms, out=np.zeros_like(embeddings), where=norms > 0).astype(np.float32)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
