@@ -16,9 +16,9 @@ from torch import nn
 from finetune.context import Communicator, LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.regularisers import Regulariser, RegularisersConfig
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 class Objective(nn.Module):

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
+import io
 import os
+import textwrap
+import tokenize
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -62,12 +66,153 @@ def save_config(cfg: Any, run_dir: str | os.PathLike[str]) -> Path:
 
 
 def parse_cli(argv: Sequence[str] | None, cls: type[T], default_config: str | None = None, description: str = "") -> T:
-    """Parse ``[--config PATH] [key=value ...]`` and load the config (`ConfigError` is left to the caller)."""
-    parser = argparse.ArgumentParser(description=description)
+    """Parse ``[--config PATH] [key=value ...]`` and load the config (`ConfigError` is left to the caller).
+
+    ``--help`` lists every key of ``cls`` with its default and comment (`config_help`).
+    """
+    parser = argparse.ArgumentParser(
+        description=description, epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", metavar="PATH", default=default_config, help="YAML file over the defaults")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides such as model.depth=6")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help=f"overrides such as {example_override(cls)} (keys below)"
+    )
     args = parser.parse_args(None if argv is None else list(argv))
     return load_config(cls, args.config, args.overrides)
+
+
+# ----------------------------------------------------------------------------------------------------- help --
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+    """One settable key of a config: dotted name, default (as YAML would spell it) and the field's comment."""
+
+    key: str
+    default: str
+    comment: str
+    nested: bool = False  # a dataclass: its own keys follow, dotted under this one
+    scalar: bool = True  # a str, int, float, bool or path (a value one can type after key=)
+
+
+def config_keys(cls: type) -> list[ConfigKey]:
+    """Every key of dataclass ``cls`` in field order, nested dataclasses expanded after a line of their own.
+
+    Defaults are those of ``cls()`` (so ``default_factory`` values show); comments come from the source
+    (`field_comments`).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    return list(_keys(cls(), ""))
+
+
+def _keys(obj: Any, prefix: str) -> Iterator[ConfigKey]:
+    comments = field_comments(type(obj))
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        key, value = _join(prefix, f.name), getattr(obj, f.name)
+        comment = comments.get(f.name, "")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield ConfigKey(key, "", comment, nested=True, scalar=False)
+            yield from _keys(value, key)
+        else:
+            scalar = isinstance(value, (str, int, float, bool, PurePath)) and value is not None
+            yield ConfigKey(key, _yaml_value(value), comment, scalar=scalar)
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=1 << 16).strip()
+    return text.removesuffix("...").strip()  # a bare scalar document ends with "..."
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field name: comment}`` of dataclass ``cls`` and its dataclass bases, read from their source.
+
+    A field's comment is its trailing ``# ...`` comment (on any line of a field spanning several lines), or else the
+    comment lines right above it. Fields without either, and classes whose source cannot be read, give none.
+    """
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            comments.update(_class_comments(klass))
+    return comments
+
+
+def _class_comments(klass: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, TypeError, tokenize.TokenError, IndentationError, SyntaxError):
+        return {}
+    comments: dict[str, str] = {}
+    level = depth = 0  # indentation level (the class body is 1) and bracket depth
+    line_start = True  # the next token starts a logical line
+    above: list[str] = []  # comment lines right above the next statement of the class body
+    name: str | None = None  # the field whose statement is being read
+    trailing: list[str] = []
+    for i, tok in enumerate(tokens):
+        kind, text = tok.type, tok.string
+        if kind == tokenize.INDENT:
+            level += 1
+            continue
+        if kind == tokenize.DEDENT:
+            level -= 1
+            continue
+        if kind == tokenize.COMMENT:
+            body = text.lstrip("#").strip()
+            if name is not None:
+                trailing.append(body)
+            elif line_start and level == 1:
+                above.append(body)
+            continue
+        if kind == tokenize.NL:
+            if name is None and line_start and (i == 0 or tokens[i - 1].type != tokenize.COMMENT):
+                above = []  # a blank line parts comments from the statement below
+            continue
+        if kind == tokenize.NEWLINE:
+            if name is not None:
+                comments[name] = " ".join(trailing) if trailing else " ".join(above)
+            name, trailing, above, line_start = None, [], [], True
+            continue
+        if kind == tokenize.OP:
+            depth += text in "([{"
+            depth -= text in ")]}"
+        if line_start and level == 1 and depth == 0 and kind == tokenize.NAME:
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if following is not None and following.type == tokenize.OP and following.string == ":":
+                name = text
+        if line_start and level != 1:
+            above = []
+        line_start = False
+    return comments
+
+
+def example_override(cls: type) -> str:
+    """A real ``key=value`` of ``cls`` for help texts: the first nested number key (else the first scalar key) at its
+    default value."""
+    keys = [k for k in config_keys(cls) if k.scalar]
+    if not keys:
+        return "key=value"
+
+    def is_number(k: ConfigKey) -> bool:
+        return k.default not in ("true", "false") and k.default.lstrip("-").replace(".", "", 1).isdigit()
+
+    for candidates in ([k for k in keys if "." in k.key and is_number(k)], [k for k in keys if is_number(k)], keys):
+        if candidates:
+            return f"{candidates[0].key}={candidates[0].default}"
+    raise AssertionError("unreachable")
+
+
+def config_help(cls: type) -> str:
+    """The key list of ``--help``: one line per key (``key=default`` then its comment), nested keys dotted."""
+    keys = config_keys(cls)
+    lines = ["config keys (key=default, then why; set any with key=value, nested ones dotted):"]
+    width = min(44, max((len(k.key) + 1 + len(k.default) for k in keys), default=0))
+    for k in keys:
+        left = f"{k.key}.*" if k.nested else f"{k.key}={k.default}"
+        lines.append(f"  {left:<{width}}  {k.comment}".rstrip())
+    return "\n".join(lines)
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:

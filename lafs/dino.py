@@ -1,4 +1,4 @@
-"""DINO self-distillation as LAFS uses it: projection head, loss with centring, EMA teacher and schedules.
+"""DINO self-distillation as LAFS uses it: projection head, loss with centring and EMA teacher.
 
 DINO (Caron et al., 2021) trains a *student* network to match the output distribution of a *teacher* network that is
 an exponential moving average (EMA) of the student; nothing is labelled. Both networks end in a :class:`DINOHead`
@@ -13,9 +13,11 @@ views are landmark-token views of a face: 2 globals (all 196 landmarks) and 8 lo
 replacement), so the loss averages 2 * 10 - 2 = 18 (teacher, student) pairs. LAFS defaults:
 
 - student temperature tau_s = 0.1;
-- teacher temperature tau_t warmed *from 0.07 down to 0.04* over the first 30 epochs (:func:`teacher_temperature`),
-  the reverse of DINO's usual 0.04 -> 0.07: LAFS starts the teacher softer and sharpens it;
-- teacher EMA momentum following a cosine from 0.996 to 1 over training (:func:`cosine_schedule`, :func:`ema_update`);
+- teacher temperature tau_t warmed *from 0.07 down to 0.04* over the first 30 epochs
+  (``lafs.schedules.teacher_temperature``), the reverse of DINO's usual 0.04 -> 0.07: LAFS starts the teacher softer
+  and sharpens it;
+- teacher EMA momentum following a cosine from 0.996 to 1 over training (``lafs.schedules.cosine_schedule``,
+  :func:`ema_update`);
 - centre momentum 0.9 (the centre is all-reduced across processes);
 - head out_dim 100 000 in LAFS (DINO's default is 65 536), hidden 2048, bottleneck 256, 3 layers, last layer frozen
   for the first epoch (:meth:`DINOHead.cancel_last_layer_gradients`).
@@ -39,9 +41,7 @@ __all__ = [
     "DINOHead",
     "DINOLoss",
     "collapse_warning",
-    "cosine_schedule",
     "ema_update",
-    "teacher_temperature",
 ]
 
 
@@ -221,54 +221,6 @@ def collapse_warning(signals: dict[str, float]) -> str | None:
             f"one-dimension collapse: teacher batch-mean entropy {batch_entropy:.3f} < 0.1 * log K = {0.1 * log_k:.3f}"
         )
     return "; ".join(messages) or None
-
-
-def cosine_schedule(
-    step: int,
-    total_steps: int,
-    start: float,
-    end: float,
-    warmup_steps: int = 0,
-    warmup_start: float = 0.0,
-) -> float:
-    """The value at ``step`` of DINO's ``cosine_scheduler`` array, computed without building the array.
-
-    Steps ``0 .. warmup_steps - 1`` go linearly from ``warmup_start`` to ``start`` (``np.linspace``: both ends
-    included). The remaining ``n = total_steps - warmup_steps`` steps follow ``end + (start - end) * (1 + cos(pi * i
-    / n)) / 2`` for ``i = 0 .. n - 1``; as in DINO, the last step (``i = n - 1``) is within ``(start - end) * pi^2 /
-    (4 n^2)`` of ``end`` but not equal to it. Steps at or beyond ``total_steps`` return ``end`` (the same formula at
-    ``i = n``), so the value is held there. LAFS uses it for the teacher momentum (0.996 -> 1), the learning rate and
-    the weight decay.
-    """
-    if total_steps < 1 or not 0 <= warmup_steps <= total_steps or step < 0:
-        raise ValueError(
-            f"cosine_schedule needs 0 <= step, 0 <= warmup_steps <= total_steps, total_steps >= 1; got "
-            f"{step=}, {warmup_steps=}, {total_steps=}"
-        )
-    if step >= total_steps:
-        return float(end)
-    if step < warmup_steps:
-        if step == warmup_steps - 1:  # np.linspace sets its last element to the stop value exactly
-            return float(start) if warmup_steps > 1 else float(warmup_start)
-        return float(warmup_start + step * ((start - warmup_start) / (warmup_steps - 1)))
-    i, n = step - warmup_steps, total_steps - warmup_steps
-    return float(end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * i / n)))
-
-
-def teacher_temperature(step: int, warmup_steps: int, start: float = 0.07, end: float = 0.04) -> float:
-    """Teacher temperature: linear from ``start`` at step 0 to ``end`` at ``warmup_steps``, then ``end``.
-
-    LAFS's defaults warm *down* from 0.07 to 0.04 over 30 epochs (``warmup_teacher_temp = 0.07``, ``teacher_temp =
-    0.04`` in ``lafs_train.py``), the reverse of DINO's usual 0.04 -> 0.07: a softer teacher early, sharpened later.
-    Pass the global step and ``warmup_steps = 30 * steps_per_epoch``. (DINO itself indexes an epoch-level
-    ``np.linspace(start, end, warmup_epochs)``, which reaches ``end`` one epoch earlier; the difference is a
-    per-step refinement of the same ramp.)
-    """
-    if step < 0 or warmup_steps < 0:
-        raise ValueError(f"teacher_temperature needs step >= 0 and warmup_steps >= 0, got {step=}, {warmup_steps=}")
-    if step >= warmup_steps:
-        return float(end)
-    return float(start + (end - start) * step / warmup_steps)
 
 
 def _strip_wrappers(name: str) -> str:

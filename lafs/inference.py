@@ -1,5 +1,5 @@
 """What the inference commands (``tools/embed.py``, ``tools/verify.py``) share: finding and reading face images,
-aligning photos with MediaPipe, cosine similarity and thresholds taken from an evaluation report.
+aligning photos with MediaPipe, writing embeddings, cosine similarity and thresholds taken from an evaluation report.
 
 Without alignment, images must already be aligned square crops (resized to 112 x 112 when of another size). With
 alignment, a photo of any size is read upright (EXIF orientation applied), MediaPipe's face mesh looks at the whole
@@ -10,9 +10,12 @@ never dropped.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import numpy as np
 from lafs.data.folder import IMAGE_SUFFIXES
 from lafs.data.images import UndecodableImage, read_image_file, resize_square
 from lafs.errors import DataError
+from lafs.evaluation.verification import far_key
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
 
@@ -105,21 +109,29 @@ def _aligned_crop(path: Path) -> np.ndarray:
     return resize_square(image, ALIGNED_SIZE)
 
 
-def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
-    """(crop, "") or (None, reason) for one image."""
+def align_photo_file(detector: FaceMeshDetector, path: Path) -> tuple[np.ndarray | None, str]:
+    """(112 x 112 crop, "") of the photo at ``path``, or (None, reason): ``unreadable: ...`` or ``no face[: ...]``."""
     try:
-        if not align:
-            return _aligned_crop(path), ""
         photo = read_photo(path)
     except UndecodableImage as exc:
         return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
-    except DataError as exc:
-        return None, str(exc)
     try:
         crop = align_photo(detector, photo)
     except ValueError as exc:  # five points too degenerate for a similarity transform: no usable face either
         return None, f"{NO_FACE}: {exc}"
     return (crop, "") if crop is not None else (None, NO_FACE)
+
+
+def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
+    """(crop, "") or (None, reason) for one image."""
+    if align:
+        return align_photo_file(detector, path)
+    try:
+        return _aligned_crop(path), ""
+    except UndecodableImage as exc:
+        return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
+    except DataError as exc:
+        return None, str(exc)
 
 
 def load_faces(
@@ -150,6 +162,58 @@ def load_faces(
     return crops, kept, failures
 
 
+def embedding_side_paths(output: Path) -> tuple[Path, Path]:
+    """OUT.index.csv and OUT.failed.csv beside OUT.npy."""
+    return output.with_suffix(".index.csv"), output.with_suffix(".failed.csv")
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_embeddings(
+    output: Path, embeddings: np.ndarray, paths: list[Path], failures: list[tuple[Path, str]]
+) -> None:
+    """Write OUT.npy (one row per image), OUT.index.csv (row,path) and, with failures, OUT.failed.csv (path,reason).
+
+    Every file is written under a temporary name, then all are renamed into place; a stale failure list is removed.
+    """
+    index_path, failed_path = embedding_side_paths(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        temporary = output.with_name(f".{output.name}.{token}.tmp")
+        with open(temporary, "wb") as f:
+            np.save(f, embeddings)
+        staged.append((temporary, output))
+        texts = [(index_path, _csv_text(("row", "path"), list(enumerate(map(str, paths)))))]
+        if failures:
+            texts.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
+        for target, text in texts:
+            temporary = target.with_name(f".{target.name}.{token}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            staged.append((temporary, target))
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, target in staged:
+        os.replace(temporary, target)
+    if not failures:
+        failed_path.unlink(missing_ok=True)
+
+
+def l2_normalise_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return np.divide(embeddings, norms, out=np.zeros_like(embeddings), where=norms > 0).astype(np.float32)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two vectors, in [-1, 1]; 0 when either is zero."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)
@@ -158,11 +222,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if norm == 0:
         return 0.0
     return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0))
-
-
-def far_key(far: float) -> str:
-    """The report's key for a false-accept rate: ``1e-03`` for 0.001."""
-    return f"{far:.0e}"
 
 
 def threshold_from_report(

@@ -13,12 +13,13 @@ import pytest
 from PIL import Image
 from skimage.data import astronaut
 
+from lafs.data.align_photos import find_photos, output_names
 from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
 from lafs.inference import _window_starts, read_photo
 from lafs.landmarks.align import ARCFACE_TEMPLATE, estimate_alignment, transform_points
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
-from tools.align import find_photos, main, output_names
+from tools.align import main
 
 
 def place(photo: np.ndarray, rng: np.random.Generator, angle: float) -> np.ndarray:

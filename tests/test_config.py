@@ -8,7 +8,16 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from lafs.config import config_to_dict, load_config, parse_cli, save_config
+from lafs.config import (
+    config_keys,
+    config_to_dict,
+    example_override,
+    field_comments,
+    load_config,
+    parse_cli,
+    save_config,
+)
+from lafs.data.open import DatasetConfig
 from lafs.errors import ConfigError, LafsError
 
 
@@ -263,3 +272,85 @@ def test_parse_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         parse_cli(["--help"], Top, description="demo tool")
     assert exc.value.code == 0
     assert "demo tool" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------- help --
+
+
+@dataclass
+class Commented:
+    size: int = 3  # how many
+    # The comment above a field counts when the field has no trailing one.
+    label: str = "x"
+    spans: list[float] = field(
+        default_factory=lambda: [1.0, 2.0],
+    )  # a default spanning lines
+    bare: bool = True
+
+    def validate(self) -> None:  # methods and their comments are not fields
+        pass  # not a field either
+
+
+@dataclass
+class Derived(Commented):
+    extra: float = 0.5  # added by the subclass
+    size: int = 4  # overridden, with a new comment
+
+
+@dataclass
+class Outer:
+    top: Path = Path("runs/x")  # where things go
+    inner: Derived = field(default_factory=lambda: Derived(label="y"))  # the nested one
+    data: DatasetConfig = field(default_factory=DatasetConfig)
+
+
+def test_field_comments_trailing_above_multiline_and_inherited() -> None:
+    assert field_comments(Commented) == {
+        "size": "how many",
+        "label": "The comment above a field counts when the field has no trailing one.",
+        "spans": "a default spanning lines",
+        "bare": "",
+    }
+    derived = field_comments(Derived)
+    assert derived["size"] == "overridden, with a new comment" and derived["extra"] == "added by the subclass"
+    assert derived["spans"] == "a default spanning lines"
+
+
+def test_config_keys_expand_nested_dataclasses_with_their_defaults() -> None:
+    keys = {k.key: k for k in config_keys(Outer)}
+    assert list(keys)[:8] == [
+        "top",
+        "inner",
+        "inner.size",
+        "inner.label",
+        "inner.spans",
+        "inner.bare",
+        "inner.extra",
+        "data",
+    ]
+    assert keys["inner"].nested and keys["inner"].comment == "the nested one"
+    assert (keys["inner.size"].default, keys["inner.size"].comment) == ("4", "overridden, with a new comment")
+    assert keys["inner.label"].default == "y"  # the default_factory's value, not the class default
+    assert keys["inner.spans"].default == "[1.0, 2.0]" and not keys["inner.spans"].scalar
+    assert keys["top"].default == "runs/x" and keys["data.path"].default == "''"
+    every = {f"data.{f.name}" for f in dataclasses.fields(DatasetConfig)}
+    assert every <= set(keys) and all(keys[k].comment for k in every)  # every real field has its comment
+
+
+def test_help_lists_every_key_and_a_real_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_cli(["--help"], Outer, description="demo tool")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo tool" in out
+    assert "inner.spans=[1.0, 2.0]" in out and "a default spanning lines" in out
+    assert "data.shots=null" in out and "keep N images per identity" in out
+    for f in dataclasses.fields(DatasetConfig):
+        assert f"  data.{f.name}=" in out
+    example = out.split("overrides such as ")[1].split()[0]
+    assert example == "inner.size=4"
+    assert parse_cli(["inner.size=7"], Outer).inner.size == 7  # the example's key is a real key
+    for cls in (Top, DatasetConfig, Outer):
+        cfg = parse_cli([example_override(cls)], cls)  # a real key of each, at its default: loads unchanged
+        assert cfg == load_config(cls)
+    assert example_override(Top) == "model.depth=12"

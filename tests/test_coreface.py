@@ -18,9 +18,9 @@ from finetune.regularisers.coreface import (
     contrastive_loss,
     masked_cross_view_cosines,
 )
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 def make_ctx(

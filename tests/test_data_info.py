@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from lafs.data.images import encode_jpeg
+from lafs.data.info import colour_verdict, sample_indices
 from lafs.data.pairs import write_bin
 from lafs.data.recordio import write_face_rec
-from tools.data_info import colour_verdict, main, sample_indices
+from tools.data_info import main
 
 LOOKS_BGR = "looks BGR: pass --bgr / data.bgr=true"
 

@@ -1,8 +1,7 @@
-"""DINO head, loss, schedules and EMA (spec/losses.md section 5(g).5). Pinned values are float64."""
+"""DINO head, loss and EMA (spec/losses.md section 5(g).5). Pinned values are float64."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from lafs.dino import DINOHead, DINOLoss, collapse_warning, cosine_schedule, ema_update, teacher_temperature
+from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
 
 LN2 = math.log(2.0)
 
@@ -248,62 +247,6 @@ def test_collapse_warning_thresholds():
     assert (
         collapse_warning({"teacher_entropy": 0.5, "teacher_batch_entropy": 0.11 * log_k, "log_classes": log_k}) is None
     )
-
-
-# ------------------------------------------------------------------------------------------------------ schedules
-
-
-def dino_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
-    """DINO's utils.cosine_scheduler (facebookresearch/dino), reimplemented: the whole per-step array."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    schedule = np.concatenate((warmup, cosine))
-    assert len(schedule) == epochs * niter_per_ep
-    return schedule
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "epochs", "per_epoch", "warmup_epochs", "warmup_start"),
-    [
-        (0.996, 1.0, 41, 7, 0, 0.0),  # LAFS teacher momentum
-        (5e-4 * 82 / 256, 1e-6, 41, 5, 10, 0.0),  # LAFS learning rate with 10 warm-up epochs
-        (0.04, 0.4, 6, 3, 0, 0.0),  # weight decay, rising
-        (1.0, 0.1, 5, 1, 1, 0.3),  # a one-step warm-up (np.linspace with one point)
-        (2.0, 0.5, 4, 3, 2, 0.7),
-    ],
-)
-def test_cosine_schedule_matches_dino_cosine_scheduler(start, end, epochs, per_epoch, warmup_epochs, warmup_start):
-    reference = dino_cosine_scheduler(start, end, epochs, per_epoch, warmup_epochs, warmup_start)
-    total, warmup = epochs * per_epoch, warmup_epochs * per_epoch
-    ours = np.array([cosine_schedule(s, total, start, end, warmup, warmup_start) for s in range(total)])
-    np.testing.assert_allclose(ours, reference, rtol=1e-14, atol=0)
-    assert ours[0] == pytest.approx(warmup_start if warmup else start, rel=1e-14)
-    assert ours[-1] == pytest.approx(end, abs=abs(start - end) * math.pi**2 / (4 * (total - warmup) ** 2) * 1.01)
-    assert cosine_schedule(total, total, start, end, warmup, warmup_start) == end  # held after the last step
-    assert cosine_schedule(10 * total, total, start, end, warmup, warmup_start) == end
-
-
-def test_cosine_schedule_warmup_reaches_start():
-    assert cosine_schedule(9, 100, 1.0, 0.0, warmup_steps=10) == 1.0
-    assert cosine_schedule(10, 100, 1.0, 0.0, warmup_steps=10) == 1.0
-    assert cosine_schedule(0, 100, 1.0, 0.0, warmup_steps=10, warmup_start=0.25) == 0.25
-    with pytest.raises(ValueError):
-        cosine_schedule(-1, 100, 1.0, 0.0)
-    with pytest.raises(ValueError):
-        cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=11)
-
-
-def test_teacher_temperature_warms_down_from_007_to_004():
-    warmup = 30 * 100
-    assert teacher_temperature(0, warmup) == 0.07
-    assert teacher_temperature(warmup // 2, warmup) == pytest.approx(0.055, abs=1e-15)
-    assert teacher_temperature(warmup, warmup) == 0.04
-    assert teacher_temperature(10 * warmup, warmup) == 0.04
-    temps = [teacher_temperature(s, warmup) for s in range(warmup + 1)]
-    assert all(a > b for a, b in itertools.pairwise(temps))
-    assert teacher_temperature(0, 0) == 0.04
 
 
 # ------------------------------------------------------------------------------------------------------------ EMA

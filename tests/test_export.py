@@ -12,17 +12,24 @@ import timm
 import torch
 
 import lafs  # noqa: F401  (registers the encoders with timm)
+from lafs.data.synthetic import synthetic_batch
 from lafs.errors import DataError
 from lafs.export import (
     MIN_PARITY_COSINE,
+    PREDICTOR_FOLDER,
     OnnxEncoder,
     check_onnx_parity,
+    encoder_folder,
     export_onnx,
     load_any_encoder,
     load_encoder,
+    load_encoder_and_predictor,
+    predictor_folder,
     save_encoder,
 )
-from tools.export import main, synthetic_faces
+from lafs.models.image_encoder import ImageEncoder
+from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor, save_landmark_predictor
+from tools.export import main
 
 ARCH = "lafs_vit_nano_p8_112"
 SMALL = {"landmark_set": "mediapipe49", "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -36,7 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def faces():
-    return synthetic_faces("mediapipe49", 5)
+    return synthetic_batch("mediapipe49", 5)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,37 @@ def test_run_dir_loads_its_encoder(model, tmp_path, faces):
     save_encoder(model, tmp_path / "run" / "encoder")
     with torch.no_grad():
         assert torch.equal(load_any_encoder(tmp_path / "run").eval()(faces[0]), model(faces[0]))
+
+
+def test_encoder_folder_resolves_a_run_directory_or_an_encoder_folder(model, tmp_path):
+    run = tmp_path / "run"
+    save_encoder(model, run / "encoder")
+    assert encoder_folder(run) == encoder_folder(run / "encoder") == run / "encoder"
+    assert encoder_folder(str(run)) == run / "encoder"
+    for bad in (tmp_path / "nowhere", tmp_path, run / "encoder" / "config.json"):
+        with pytest.raises(DataError, match="not a run directory") as caught:
+            encoder_folder(bad)
+        assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_predictor_folder_inside_an_export_or_beside_a_run_encoder(model, tmp_path):
+    predictor = build_landmark_predictor(
+        LandmarkPredictorConfig(backbone="mobilenetv3_small_050", landmark_set="mediapipe49")
+    )
+    run = tmp_path / "run"
+    save_encoder(model, run / "encoder")
+    assert predictor_folder(run / "encoder") is None
+    assert load_encoder_and_predictor(run)[1] is None
+    save_landmark_predictor(predictor, run / PREDICTOR_FOLDER)
+    assert predictor_folder(encoder_folder(run)) == run / PREDICTOR_FOLDER
+    exported = save_encoder(model, tmp_path / "export" / "folder", {"x": 1}, landmark_predictor=predictor)
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "landmark_predictor", "model.safetensors"]
+    assert not any(p.name.startswith(".") for p in exported.parent.iterdir())
+    assert predictor_folder(exported) == exported / PREDICTOR_FOLDER
+    for path in (run, exported):
+        encoder, loaded = load_encoder_and_predictor(path)
+        assert encoder.landmark_set == "mediapipe49" and loaded is not None and loaded.cfg == predictor.cfg
+        assert isinstance(load_any_encoder(path), ImageEncoder)
 
 
 def test_onnx_parity_and_dynamic_batch(model, onnx_file, faces):

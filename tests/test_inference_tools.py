@@ -209,3 +209,17 @@ def test_help(main, capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "usage: python -m tools." in capsys.readouterr().out
+
+
+def test_write_embeddings_and_unit_rows(tmp_path):
+    from lafs.inference import embedding_side_paths, l2_normalise_rows, write_embeddings
+
+    rows = l2_normalise_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    assert rows.dtype == np.float32 and rows.tolist() == [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    out = tmp_path / "e.npy"
+    index, failed = embedding_side_paths(out)
+    write_embeddings(out, rows, [Path("a.png"), Path("b.png")], [(Path("c.png"), "no face")])
+    assert np.array_equal(np.load(out), rows)
+    assert index.read_text() == "row,path\n0,a.png\n1,b.png\n" and failed.read_text() == "path,reason\nc.png,no face\n"
+    write_embeddings(out, rows[:1], [Path("a.png")], [])
+    assert not failed.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())

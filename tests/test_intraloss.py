@@ -17,9 +17,9 @@ from finetune.regularisers.intraloss import (
     build_intraloss,
     target_angles,
 )
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 def ctx_from_cosines(cosines: torch.Tensor, labels: torch.Tensor, head: MarginHead) -> LossContext:

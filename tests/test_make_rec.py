@@ -177,3 +177,15 @@ def test_help(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     assert "--rebuild-index" in capsys.readouterr().out
+
+
+def test_rebuild_rec_index_keeps_an_existing_index(tmp_path):
+    from lafs.data.make_rec import rebuild_rec_index
+
+    rec = tmp_path / "x.rec"
+    write_face_rec(rec, iter([(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes(), 0)]))
+    with pytest.raises(DataError, match="already exists"):
+        rebuild_rec_index(rec)
+    before = rec.with_suffix(".idx").read_text()
+    assert rebuild_rec_index(rec, overwrite=True) == (rec.with_suffix(".idx"), len(before.splitlines()))
+    assert rec.with_suffix(".idx").read_text() == before

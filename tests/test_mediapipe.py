@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage.data import astronaut
@@ -5,6 +9,8 @@ from skimage.data import astronaut
 from lafs.landmarks.align import ARCFACE_TEMPLATE, align_face
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh, normalized_to_pixels
 from lafs.registry import LANDMARK_SOURCES
+
+ROOT = Path(__file__).parents[1]
 
 # Hand-labelled on the 512 x 512 photo (pupil centres and mouth corners, image-left first), project convention.
 ASTRONAUT_EYES = np.array([[204.0, 101.0], [245.0, 103.0]])
@@ -80,3 +86,44 @@ def test_template_source_scales_with_the_image():
     small, _ = LANDMARK_SOURCES.get("template")("mediapipe49")(np.zeros((56, 56, 3), dtype=np.uint8))
     large, _ = LANDMARK_SOURCES.get("template")("mediapipe49")(np.zeros((112, 112, 3), dtype=np.uint8))
     np.testing.assert_allclose(small * 2, large, rtol=1e-6)
+
+
+# The module alone (numpy and the standard library), without the lafs package: importing torch would take seconds.
+QUIET_SCRIPT = """
+import importlib.util, sys
+from skimage.data import astronaut
+spec = importlib.util.spec_from_file_location("mp", "lafs/landmarks/mediapipe.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+detector = module.FaceMeshDetector(refine_landmarks=True, quiet=QUIET_FLAG)
+found = [detector(astronaut()) is not None for _ in range(2)]
+print("ours", file=sys.stderr)
+detector.close()
+print(found)
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_quiet_detector_keeps_mediapipe_off_stderr(quiet):
+    # MediaPipe's C++ logs go to file descriptor 2 from its own threads: only a separate process can count them.
+    script = QUIET_SCRIPT.replace("QUIET_FLAG", str(quiet))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[True, True]"
+    lines = result.stderr.splitlines()
+    if quiet:
+        assert lines == ["ours"]  # our own output still gets through
+    else:
+        assert "ours" in lines and len(lines) > 3  # the XNNPACK / absl / feedback-tensor lines this silences
+
+
+def test_silenced_stderr_restores_the_descriptor(capfd):
+    import os
+
+    from lafs.landmarks.mediapipe import silenced_stderr
+
+    with silenced_stderr():
+        os.write(2, b"hidden\n")
+    os.write(2, b"shown\n")
+    with silenced_stderr(enabled=False):
+        os.write(2, b"also shown\n")
+    assert capfd.readouterr().err == "shown\nalso shown\n"

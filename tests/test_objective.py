@@ -6,8 +6,8 @@ import torch
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.objective import Objective, build_objective
 from finetune.regularisers import RegularisersConfig
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
+from lafs.schedules import WeightSchedule
 
 CLASSES, DIM, BATCH = 5, 8, 6
 

@@ -1,9 +1,12 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
 
-from lafs.data.open import open_dataset
+from lafs.data.open import SYNTHETIC, DatasetConfig, few_shot_subset, open_dataset
 from lafs.data.recordio import RecordHeader, RecordIOWriter, pack_record
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import ConfigError, DataError
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
@@ -93,3 +96,50 @@ def test_bad_paths_and_options(tmp_path):
         open_dataset(grey_image(tmp_path / "image.png"))
     with pytest.raises(ConfigError, match="fixed image_size"):
         open_dataset(tmp_path, image_size=None)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic faces --
+
+TINY_SYNTHETIC = SyntheticFacesConfig(num_identities=3, images_per_identity=4, seed=5)
+
+
+def test_synthetic_faces_open_like_every_other_source():
+    dataset = open_dataset(SYNTHETIC, synthetic=TINY_SYNTHETIC, landmark_set="mediapipe49", image_size=64)
+    direct = SyntheticFaces(dataclasses.replace(TINY_SYNTHETIC, landmark_set="mediapipe49", image_size=64))
+    assert len(dataset) == 12 and dataset.num_classes == 3 and dataset.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    item = dataset[5]
+    assert set(item) == {"image", "label", "index", "landmarks", "landmark_valid"}
+    assert item["image"].shape == (64, 64, 3) and item["landmarks"].shape == (49, 2) and item["landmark_valid"].all()
+    assert (item["label"], item["index"]) == (1, 5)
+    np.testing.assert_array_equal(item["image"], direct[5]["image"])
+    np.testing.assert_array_equal(item["landmarks"], direct[5]["landmarks"])  # exact landmarks, not the template
+    assert set(open_dataset(SYNTHETIC, synthetic=TINY_SYNTHETIC, landmarks="none")[0]) == {"image", "label", "index"}
+    assert len(open_dataset("synthetic")) == len(SyntheticFaces(SyntheticFacesConfig()))  # the generator's defaults
+
+
+def test_synthetic_few_shot_is_recorded_like_the_other_sources(tmp_path):
+    dataset = open_dataset(SYNTHETIC, synthetic=TINY_SYNTHETIC, shots=2, seed=3, run_dir=tmp_path)
+    assert len(dataset) == 6 and np.bincount(dataset.labels).tolist() == [2, 2, 2] and dataset.num_classes == 3
+    rows = (tmp_path / "few_shot.csv").read_text().splitlines()
+    indices = [dataset[i]["index"] for i in range(6)]
+    assert rows[0] == "index,label" and [int(r.split(",")[0]) for r in rows[1:]] == indices
+    expected = few_shot_subset(SyntheticFaces(TINY_SYNTHETIC), 2, 3)  # what fine-tuning selected before
+    assert expected.positions.tolist() == indices
+
+
+def test_a_dataset_config_of_synthetic_faces_is_a_drop_in(tmp_path):
+    # The entry points' call: every DatasetConfig field plus the generator's own config.
+    data = DatasetConfig(path=SYNTHETIC, landmark_set="mediapipe49", image_size=96, landmarks="", shots=1)
+    options = dataclasses.asdict(data)
+    dataset = open_dataset(options.pop("path"), run_dir=tmp_path, synthetic=TINY_SYNTHETIC, **options)
+    assert len(dataset) == 3 and dataset[0]["image"].shape == (96, 96, 3) and dataset[0]["landmarks"].shape == (49, 2)
+    assert TINY_SYNTHETIC.landmark_set == "mediapipe196" and TINY_SYNTHETIC.image_size == 112  # not modified
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"landmarks": "some/cache"}, "exact landmarks"), ({"bgr": True}, "RGB"), ({"shots": 0}, "shots")],
+)
+def test_impossible_synthetic_options_are_config_errors(option, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        open_dataset(SYNTHETIC, synthetic=TINY_SYNTHETIC, **option)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from finetune.context import Communicator, LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.regularisers.unpg import UNPG, UNPGConfig, build_unpg, negative_pairs, tukey_keep, unpg_addon
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 def make_ctx(

@@ -16,6 +16,7 @@ from lafs.evaluation import (
     embed_images,
     equal_error_rate,
     evaluate_pairs,
+    far_key,
     far_target_resolvable,
     kfold_accuracy,
     kfold_splits,
@@ -324,6 +325,12 @@ def test_tar_at_far_unresolvable_targets():
     # LFW-sized: 3,000 different pairs resolve 1e-3 but not 1e-4.
     issame = np.arange(6000) % 2 == 0
     assert far_target_resolvable(issame) == {1e-4: False, 1e-3: True, 1e-2: True, 1e-1: True}
+
+
+def test_far_key_is_the_one_spelling_of_every_report():
+    assert [far_key(t) for t in (1e-6, 1e-4, 0.001, 0.1)] == ["1e-06", "1e-04", "1e-03", "1e-01"]
+    report = verification_report(HAND_SIMILARITIES, HAND_ISSAME, folds=2, far_targets=(0.5,))
+    assert list(report["tar_at_far"]) == list(report["tar_at_far_resolvable"]) == [far_key(0.5)] == ["5e-01"]
 
 
 def test_roc_needs_both_classes():

@@ -19,60 +19,13 @@ succeeds, nothing is written and the exit status is 2.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from lafs.cli import entry_point, int_in_range
 from lafs.errors import ConfigError, DataError
-
-
-def side_paths(output: Path) -> tuple[Path, Path]:
-    """OUT.index.csv and OUT.failed.csv beside OUT.npy."""
-    return output.with_suffix(".index.csv"), output.with_suffix(".failed.csv")
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_outputs(output: Path, embeddings: np.ndarray, paths: list[Path], failures: list[tuple[Path, str]]) -> None:
-    """Write every file under a temporary name, then rename them all into place (a stale failure list is removed)."""
-    index_path, failed_path = side_paths(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        temporary = output.with_name(f".{output.name}.{token}.tmp")
-        with open(temporary, "wb") as f:
-            np.save(f, embeddings)
-        staged.append((temporary, output))
-        texts = [(index_path, _csv_text(("row", "path"), list(enumerate(map(str, paths)))))]
-        if failures:
-            texts.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
-        for target, text in texts:
-            temporary = target.with_name(f".{target.name}.{token}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            staged.append((temporary, target))
-    except BaseException:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
-        raise
-    for temporary, target in staged:
-        os.replace(temporary, target)
-    if not failures:
-        failed_path.unlink(missing_ok=True)
 
 
 def default_device() -> str:
@@ -105,7 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lafs.evaluation.verification import embed_images
     from lafs.export import load_any_encoder
-    from lafs.inference import collect_images, load_faces
+    from lafs.inference import (
+        collect_images,
+        embedding_side_paths,
+        l2_normalise_rows,
+        load_faces,
+        write_embeddings,
+    )
 
     paths = collect_images(args.input)
     model = load_any_encoder(args.model)
@@ -122,11 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in failures:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     embeddings = embed_images(model, crops, batch_size=args.batch_size, flip=not args.no_flip, device=device)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    embeddings = np.divide(embeddings, norms, out=np.zeros_like(embeddings), where=norms > 0).astype(np.float32)
+    embeddings = l2_normalise_rows(embeddings)
     seconds = time.perf_counter() - start
-    write_outputs(args.output, embeddings, kept, failures)
-    index_path, failed_path = side_paths(args.output)
+    write_embeddings(args.output, embeddings, kept, failures)
+    index_path, failed_path = embedding_side_paths(args.output)
     failed = f"{len(failures)} failed (listed in {failed_path})" if failures else "0 failed"
     print(
         f"embedded {len(kept)} of {len(paths)} images, {failed}, {len(paths) / seconds:.1f} images/s; "

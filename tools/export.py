@@ -3,10 +3,10 @@
     python -m tools.export --input RUN_DIR_OR_ENCODER_FOLDER --output FOLDER [--onnx] [--faces N] [--opset 17]
 
 --input is a training run directory (its ``encoder/`` is used) or an exported encoder folder. The output folder
-loads with ``lafs.export.load_encoder`` and with ``timm.create_model`` (see ``lafs/export.py``). With --onnx it also
-holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (landmarks inside the graph: the learned
-predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), each checked
-against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
+loads with ``lafs.export.load_encoder`` and with ``timm.create_model`` (see ``lafs/export/weights.py``). With --onnx
+it also holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (landmarks inside the graph: the
+learned predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), each
+checked against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
 recorded in config.json. The output is written whole or not at all.
 """
 
@@ -17,23 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from lafs.cli import entry_point, int_in_range
-from lafs.data.collate import collate_faces, normalize_images
-from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
+from lafs.data.synthetic import synthetic_batch
 from lafs.errors import DataError
-from lafs.export import ONNX_OPSET, PREDICTOR_FOLDER, load_any_encoder, save_encoder, save_encoder_onnx
-from lafs.models.image_encoder import ImageEncoder
-from lafs.models.landmark_predictor import save_landmark_predictor
-from lafs.models.vit import LandmarkViT
-
-
-def synthetic_faces(landmark_set: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` synthetic faces: normalised images (count, 3, 112, 112) and landmarks (count, K, 2) in pixels."""
-    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=count, images_per_identity=1, landmark_set=landmark_set))
-    batch = collate_faces([faces[i] for i in range(count)])
-    return normalize_images(batch["image"]), batch["landmarks"].float()
+from lafs.export import ONNX_OPSET, load_encoder_and_predictor, save_encoder, save_encoder_onnx
 
 
 @entry_point
@@ -50,21 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.input.suffix == ".onnx":
         raise DataError(f"{args.input}: an ONNX file cannot be re-exported; give a run directory or encoder folder")
-    model, predictor = load_any_encoder(args.input), None
-    if isinstance(model, ImageEncoder):  # a fine-tuned model with its learned landmark predictor
-        model, predictor = model.encoder, model.landmark_predictor
-    if not isinstance(model, LandmarkViT):
-        raise DataError(f"{args.input}: not a LandmarkViT encoder ({type(model).__name__})")
+    model, predictor = load_encoder_and_predictor(args.input)  # a fine-tuned LAFS model may have a predictor
     model.eval()
     source = {"input": str(args.input.resolve())}
     if not args.onnx:
-        save_encoder(model, args.output, source)
-        if predictor is not None:
-            save_landmark_predictor(predictor, args.output / PREDICTOR_FOLDER, source)
+        save_encoder(model, args.output, source, predictor)
         print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
         return 0
 
-    images, landmarks = synthetic_faces(model.landmark_set, args.faces)
+    images, landmarks = synthetic_batch(model.landmark_set, args.faces)
     reports = save_encoder_onnx(
         model, args.output, images, landmarks, source=source, opset=args.opset, landmark_predictor=predictor
     )

@@ -23,97 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from lafs.cli import entry_point, int_in_range
-from lafs.data.folder import read_list_file, scan_image_folder
-from lafs.data.images import UndecodableImage, decode_image, encode_jpeg, resize_square
-from lafs.data.open import LIST_SUFFIXES
-from lafs.data.recordio import rebuild_index, write_face_rec
+from lafs.data.make_rec import make_rec, rebuild_rec_index
 from lafs.errors import ConfigError, DataError
-
-JPEG_START = b"\xff\xd8\xff"  # SOI marker + the first byte of the next marker
-CHUNK = 256  # images handed to the threads at a time: bounds the encoded bytes waiting in memory
-
-
-def convert_image(path: Path, size: int | None, quality: int) -> tuple[bytes, bool]:
-    """(record payload, copied) for one image file: its own bytes when a JPEG of the wanted size, else a new JPEG."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        image = decode_image(data)  # also checks that a JPEG to be copied decodes
-    except UndecodableImage:
-        raise DataError(f"{path}: does not decode as an image") from None
-    if data.startswith(JPEG_START) and (size is None or image.shape[:2] == (size, size)):
-        return data, True
-    return encode_jpeg(resize_square(image, size), quality), False
-
-
-def convert_images(paths: Sequence[Path], size: int | None, quality: int, workers: int) -> Iterator[tuple[bytes, bool]]:
-    """`convert_image` of every path, in order; OpenCV releases the GIL, so threads decode and encode in parallel."""
-    with ThreadPoolExecutor(workers) as pool:
-        pending: Iterator[tuple[bytes, bool]] = iter(())
-        for start in range(0, len(paths), CHUNK):
-            # Submit the next chunk before handing out the previous one, so the threads never wait for the writer.
-            submitted = pool.map(convert_image, paths[start : start + CHUNK], repeat(size), repeat(quality))
-            yield from pending
-            pending = submitted
-        yield from pending
-
-
-def read_image_list(source: Path) -> tuple[list[Path], np.ndarray]:
-    """Image paths and labels of an identity folder or a path,label list file."""
-    if source.is_dir():
-        paths, labels, _ = scan_image_folder(source)
-        return paths, labels
-    if not source.exists():
-        raise DataError(f"{source}: no such file or folder")
-    if source.suffix.lower() not in LIST_SUFFIXES:
-        raise DataError(f"{source}: not an image folder or a path,label list file ({', '.join(LIST_SUFFIXES)})")
-    return read_list_file(source)
-
-
-def make_rec(
-    source: Path, output: Path, size: int | None = 112, quality: int = 95, workers: int = 1
-) -> tuple[int, int, int]:
-    """Write ``source`` as an insightface-layout ``output`` .rec + .idx; returns (images, identities, copied)."""
-    paths, labels = read_image_list(source)
-    order = np.argsort(labels, kind="stable")  # the layout wants each identity's images together
-    paths, labels = [paths[i] for i in order], labels[order].tolist()
-    copied = 0
-
-    def items() -> Iterator[tuple[bytes, int]]:
-        nonlocal copied
-        converted = convert_images(paths, size, quality, workers)
-        for (payload, was_copied), label in zip(
-            tqdm(converted, total=len(paths), unit="img", disable=None), labels, strict=True
-        ):
-            copied += was_copied
-            yield payload, label
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    images, identities = write_face_rec(output, items())
-    return images, identities, copied
-
-
-def rebuild(rec: Path, overwrite: bool = False) -> tuple[Path, int]:
-    """Rebuild the .idx beside ``rec``; returns its path and the number of records."""
-    if not rec.is_file():
-        raise DataError(f"{rec}: no such file")
-    idx = rec.with_suffix(".idx")
-    if idx.exists() and not overwrite:
-        raise DataError(f"{idx}: already exists (pass --overwrite to rebuild it)")
-    rebuild_index(rec, idx)
-    with idx.open("rb") as lines:
-        return idx, sum(1 for _ in lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rebuild_index is not None:
         if args.output is not None:
             raise ConfigError("--rebuild-index writes PATH.idx beside the .rec and takes no --output")
-        idx, records = rebuild(args.rebuild_index, args.overwrite)
+        idx, records = rebuild_rec_index(args.rebuild_index, args.overwrite)
         print(f"wrote {idx}: {records} records")
         return 0
     output = args.output

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from finetune.context import LossContext
-from finetune.schedules import WeightSchedule
+from lafs.schedules import WeightSchedule
 
 
 @dataclass

@@ -36,9 +36,9 @@ from scipy.sparse.csgraph import connected_components
 
 from finetune.context import Communicator, LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 Hardness = Literal["purity", "dispersion"]
 BankDtype = Literal["float16", "float32"]

@@ -24,9 +24,9 @@ import torch
 
 from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 Shape = Literal["linear", "square"]
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
-from finetune.schedules import WeightSchedule
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 def _lafs_schedule() -> WeightSchedule:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
-from finetune.schedules import WeightSchedule
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
+from lafs.schedules import WeightSchedule
 
 
 @dataclass

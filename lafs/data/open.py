@@ -1,13 +1,15 @@
-"""One way in: `open_dataset` opens a ``.rec``, an image folder or a list file, with landmarks and few-shot subsets.
+"""One way in: `open_dataset` opens a ``.rec``, an image folder, a list file or the built-in synthetic faces
+(``path="synthetic"``), with landmarks and few-shot subsets.
 
 Every dataset it returns yields dicts ``{"image": H x W x 3 uint8 RGB, "label": int, "index": int}`` (``index`` is
 the record's index in the underlying file, also inside subsets) plus, unless ``landmarks="none"``,
 ``"landmarks"`` (K, 2) float32 pixels and ``"landmark_valid"`` (K,) bool. Datasets expose ``labels`` (N,) and
-``num_classes``.
+``num_classes``. Synthetic faces carry their exact landmarks (all valid) instead of the template.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +20,21 @@ from torch.utils.data import Dataset
 
 from lafs.data.folder import few_shot_indices, open_image_folder, open_list_file
 from lafs.data.recordio import FaceRecordDataset
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.errors import ConfigError, DataError
 from lafs.files import write_atomic
 from lafs.landmarks.cache import LandmarkCache
 from lafs.landmarks.sources import scaled_template
 
 LIST_SUFFIXES = frozenset({".csv", ".txt", ".lst"})
+SYNTHETIC = "synthetic"  # the path that names the built-in synthetic faces (lafs.data.synthetic)
+_SYNTHETIC_LANDMARKS = frozenset({"", "template", "none"})  # exact landmarks ("" or "template") or none
 MissingPolicy = Literal["template", "skip"]
 
 
 @dataclass
 class DatasetConfig:
-    path: str = ""  # a .rec (with .idx beside it), an image folder (one sub-folder per identity) or a path,label CSV
+    path: str = ""  # a .rec (+ .idx), an image folder (a sub-folder per identity), a path,label CSV or "synthetic"
     bgr: bool = False  # the source stores BGR pixels (MS1MV3's .rec does; WebFace4M's is RGB)
     image_size: int = 112  # every image is resized to this square: the ArcFace crop the encoders take
     landmarks: str = "template"  # "template" (aligned faces), "none", or a landmark cache folder (tools/landmarks.py)
@@ -144,14 +149,24 @@ def open_dataset(
     seed: int = 0,
     max_bad_fraction: float = 0.01,
     run_dir: str | os.PathLike[str] | None = None,
+    synthetic: SyntheticFacesConfig | None = None,
 ) -> Any:
     """Open a face dataset (see the module docstring); options as in `DatasetConfig`.
 
     ``image_size=None`` keeps the stored size (landmark extraction does). With ``shots`` and a ``run_dir``, the
     chosen subset is written to ``run_dir/few_shot.csv`` (``index,label``) so the run can be reproduced.
+
+    ``path="synthetic"`` renders the built-in synthetic faces from ``synthetic`` (the generator's config; its
+    defaults when None), with its ``landmark_set`` and ``image_size`` replaced by the arguments here. Their landmarks
+    are exact, so ``landmarks`` may only be "template" (or "", meaning the same) or "none"; ``bgr`` must be False
+    (they are drawn in RGB); ``missing_landmarks`` and ``max_bad_fraction`` do not apply. ``synthetic`` is ignored
+    for every other path.
     """
     if landmarks != "none" and image_size is None:
         raise ConfigError("landmarks need a fixed image_size (their pixels are the model's input pixels)")
+    if str(path) == SYNTHETIC:
+        dataset = _open_synthetic(synthetic, bgr, image_size, landmarks, landmark_set)
+        return dataset if shots is None else few_shot_subset(dataset, shots, seed, run_dir)
     path = Path(path)
     dataset = _open_base(path, bgr, image_size, max_bad_fraction)
     if landmarks != "none":
@@ -160,6 +175,39 @@ def open_dataset(
     if shots is not None:
         dataset = few_shot_subset(dataset, shots, seed, run_dir)
     return dataset
+
+
+def _open_synthetic(
+    synthetic: SyntheticFacesConfig | None, bgr: bool, image_size: int | None, landmarks: str, landmark_set: str
+) -> Any:
+    if bgr:
+        raise ConfigError("data.bgr: synthetic faces are drawn in RGB; leave bgr false")
+    if landmarks not in _SYNTHETIC_LANDMARKS:
+        raise ConfigError(
+            f"data.landmarks={landmarks}: synthetic faces carry their exact landmarks; use template or none, "
+            "not a landmark cache"
+        )
+    if image_size is None:
+        raise ConfigError("synthetic faces need a fixed data.image_size")
+    cfg = dataclasses.replace(synthetic or SyntheticFacesConfig(), landmark_set=landmark_set, image_size=image_size)
+    faces = SyntheticFaces(cfg)
+    return faces if landmarks != "none" else WithoutLandmarks(faces)
+
+
+class WithoutLandmarks(Dataset):
+    """``base``'s items without their ``landmarks`` and ``landmark_valid`` (``landmarks="none"`` on synthetic faces)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base, self.labels, self.num_classes = base, base.labels, base.num_classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.base[i])
+        item.pop("landmarks", None)
+        item.pop("landmark_valid", None)
+        return item
 
 
 def few_shot_subset(dataset: Any, shots: int, seed: int, run_dir: str | os.PathLike[str] | None = None) -> IndexSubset:

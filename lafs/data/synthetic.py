@@ -23,8 +23,10 @@ from functools import cache
 
 import cv2
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from lafs.data.collate import collate_faces, normalize_images
 from lafs.errors import ConfigError
 from lafs.landmarks.sets import LandmarkSet, get_face_mesh, get_landmark_set
 
@@ -705,3 +707,13 @@ def synthetic_pairs(faces: SyntheticFaces, num_pairs: int, seed: int = 0) -> tup
         i, j = rng.choice(per_identity, size=2, replace=False)
         images += [faces[a * per_identity + int(i)]["image"], faces[b * per_identity + int(j)]["image"]]
     return images, issame
+
+
+def synthetic_batch(landmark_set: str, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` synthetic faces of ``count`` identities as model inputs: normalised images (count, 3, 112, 112) float32
+    and their landmarks (count, K, 2) float32 pixels (ONNX parity checks, benchmarks, smoke tests)."""
+    faces = SyntheticFaces(
+        SyntheticFacesConfig(num_identities=count, images_per_identity=1, landmark_set=landmark_set, seed=seed)
+    )
+    batch = collate_faces([faces[i] for i in range(count)])
+    return normalize_images(batch["image"]), batch["landmarks"].float()

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from lafs.errors import DataError
-from lafs.evaluation.verification import far_target_resolvable, roc_auc, roc_curve, tar_at_far
+from lafs.evaluation.verification import far_key, far_target_resolvable, roc_auc, roc_curve, tar_at_far
 from lafs.landmarks.align import align_face
 
 if TYPE_CHECKING:
@@ -304,10 +304,6 @@ def pair_scores(template_ids: np.ndarray, features: np.ndarray, pairs: np.ndarra
 
 
 # --------------------------------------------------------------------------------------------------------- report --
-
-
-def far_key(target: float) -> str:
-    return f"{target:.0e}"  # 1e-6 -> "1e-06"
 
 
 def evaluate_features(

@@ -23,9 +23,9 @@ import numpy as np
 from lafs.errors import DataError
 from lafs.evaluation.verification import (
     DEFAULT_FAR_TARGETS,
-    _far_key,
     _scores_and_labels,
     embed_images,
+    far_key,
     pair_similarities,
     roc_curve,
     verification_report,
@@ -122,7 +122,7 @@ def evaluate_sets(
         report = verification_report(similarities, labels, folds=folds, far_targets=far_targets)
         both = 0 < labels.sum() < labels.size
         report["threshold_at_far"] = (
-            {_far_key(t): threshold_at_far(similarities, labels, t) for t in far_targets} if both else None
+            {far_key(t): threshold_at_far(similarities, labels, t) for t in far_targets} if both else None
         )
         report["roc"] = _sampled_roc(similarities, labels) if both else None
         report["num_images"] = len(images)
@@ -135,15 +135,14 @@ def evaluate_sets(
 
 def encoder_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"input": path, **config.json}`` of an encoder folder or run directory (its ``encoder/``); else the path."""
+    from lafs.export.weights import encoder_folder  # timm and the models: only when there is a folder to read
+
     path = Path(path)
     info: dict[str, Any] = {"input": str(path)}
-    for candidate in (path / "config.json", path / "encoder" / "config.json"):
-        if candidate.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                config = json.loads(candidate.read_text())
-                if isinstance(config, dict):
-                    info.update({k: v for k, v in config.items() if k != "input"})
-            break
+    with contextlib.suppress(DataError, OSError, ValueError):  # an .onnx file, or a folder without a readable record
+        config = json.loads((encoder_folder(path) / "config.json").read_text())
+        if isinstance(config, dict):
+            info.update({k: v for k, v in config.items() if k != "input"})
     return info
 
 
@@ -167,7 +166,7 @@ def _row_cells(name: str, entry: Mapping[str, Any]) -> tuple[list[str], bool]:
     tars = []
     starred = False
     resolvable = entry.get("tar_at_far_resolvable") or {}
-    for key in (_far_key(t) for t in DEFAULT_FAR_TARGETS):
+    for key in (far_key(t) for t in DEFAULT_FAR_TARGETS):
         value = (entry.get("tar_at_far") or {}).get(key)
         cell = _percent(value)
         if value is not None and not resolvable.get(key, True):

@@ -237,8 +237,9 @@ def equal_error_rate(similarities: Any, issame: Any) -> float:
 # --------------------------------------------------------------------------------------------------------- report --
 
 
-def _far_key(target: float) -> str:
-    return f"{target:.0e}"  # 1e-4 -> "1e-04"
+def far_key(target: float) -> str:
+    """The report key of a false-accept rate, as every report and tool spells it: ``"1e-04"`` for 0.0001."""
+    return f"{target:.0e}"
 
 
 def verification_report(
@@ -262,7 +263,7 @@ def verification_report(
         "best_accuracy": accuracy,
         "best_threshold": threshold,
         "tar_at_far": None,
-        "tar_at_far_resolvable": {_far_key(t): ok for t, ok in far_target_resolvable(labels, far_targets).items()},
+        "tar_at_far_resolvable": {far_key(t): ok for t, ok in far_target_resolvable(labels, far_targets).items()},
         "auc": None,
         "eer": None,
         "num_pairs": int(labels.size),
@@ -271,7 +272,7 @@ def verification_report(
     }
     if 0 < num_same < labels.size:
         far, tar, _ = roc_curve(scores, labels)
-        report["tar_at_far"] = {_far_key(t): v for t, v in tar_at_far(scores, labels, far_targets).items()}
+        report["tar_at_far"] = {far_key(t): v for t, v in tar_at_far(scores, labels, far_targets).items()}
         report["auc"] = roc_auc(far, tar)
         report["eer"] = equal_error_rate(scores, labels)
     return report

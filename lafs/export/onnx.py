@@ -1,20 +1,13 @@
-"""Stand-alone encoder folders: ``model.safetensors`` + ``config.json``, loadable with `timm.create_model`.
+"""ONNX encoders: export with a dynamic batch axis, a parity check against PyTorch, and onnxruntime inference.
 
-    folder/model.safetensors   the encoder's state dict (no head, no training state)
-    folder/config.json         architecture, the arguments to rebuild it, input size, normalisation, landmark set
-                               and template, embedding size, and where the weights came from
-
-`load_encoder(folder)` and ``timm.create_model(architecture, pretrained=True,
-pretrained_cfg_overlay={"file": folder/"model.safetensors"}, **model_args)`` (after ``import lafs``) give the same
-model.
-
-ONNX (`export_onnx`, `save_encoder_onnx`) adds two files beside the weights, both with a dynamic batch axis:
+`save_encoder_onnx` writes the weights folder (`lafs.export.weights`) plus two files, both with a dynamic batch axis:
 
     folder/model.onnx              images (batch, 3, 112, 112) normalised + landmarks (batch, K, 2) pixels -> embedding
     folder/model_images_only.onnx  images -> embedding, landmarks from the template (faces aligned to ArcFace's)
 
 and config.json gains an ``"onnx"`` entry listing them with the parity and latency measured at export.
-`OnnxEncoder` runs either file with onnxruntime as a torch module.
+`OnnxEncoder` runs either file with onnxruntime as a torch module; `load_any_encoder` opens whatever a command is
+given: an ``.onnx`` file, a run directory or an encoder folder.
 """
 
 from __future__ import annotations
@@ -30,69 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 
 from lafs.errors import DataError
-from lafs.files import read_weights_folder, replace_folder, save_weights_folder
+from lafs.export.weights import encoder_folder, load_encoder_and_predictor, save_encoder
+from lafs.files import replace_folder
 from lafs.models.image_encoder import ImageEncoder
-from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
+from lafs.models.landmark_predictor import LandmarkPredictor
 from lafs.models.vit import LandmarkViT
-
-EXPORT_FORMAT = "lafs-encoder"
-EXPORT_VERSION = 1
 
 ONNX_OPSET = 17  # GridSample needs opset 16 or newer
 ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # keyed by images_only
 MIN_PARITY_COSINE = 0.9999
-PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
-
-
-def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json record for ``model``."""
-    cfg = model.pretrained_cfg
-    return {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-        "architecture": cfg["architecture"],
-        "model_args": {
-            "landmark_set": model.landmark_set,
-            "embed_dim": model.embed_dim,
-            "depth": len(model.blocks),
-            "num_heads": model.blocks[0].attn.num_heads,
-        },
-        "input_size": list(cfg["input_size"]),
-        "mean": list(cfg["mean"]),
-        "std": list(cfg["std"]),
-        "landmark_set": model.landmark_set,
-        "template": model.template.tolist(),
-        "patch_size": model.patch_embed.patch_size[0],
-        "num_features": model.num_features,
-        "source": source or {},
-    }
-
-
-def save_encoder(model: LandmarkViT, folder: str | os.PathLike[str], source: dict[str, Any] | None = None) -> Path:
-    """Write ``folder`` whole or not at all (built beside it, then renamed into place)."""
-    return save_weights_folder(model, folder, encoder_config(model, source))
-
-
-def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:
-    """Rebuild an exported encoder through timm; a missing or mismatched folder is a one-line `DataError`.
-
-    ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
-    """
-    config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
-    try:
-        return timm.create_model(
-            config["architecture"],
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(weights)},
-            **config["model_args"],
-            **overrides,
-        )
-    except (RuntimeError, KeyError) as exc:
-        raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
 
 
 def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
@@ -103,20 +45,12 @@ def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
     path = Path(path)
     if path.suffix == ".onnx":
         return load_onnx_encoder(path)
-    if (path / "config.json").is_file():
-        # An exported folder keeps its predictor inside; a run's encoder/ has it beside, in the run directory.
-        inside = path / PREDICTOR_FOLDER
-        return with_predictor(load_encoder(path), inside if inside.is_dir() else path.parent / PREDICTOR_FOLDER)
-    if (path / "encoder" / "config.json").is_file():
-        return with_predictor(load_encoder(path / "encoder"), path / PREDICTOR_FOLDER)
-    raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file")
-
-
-def with_predictor(encoder: LandmarkViT, predictor_folder: Path) -> torch.nn.Module:
-    """``encoder``, or an `ImageEncoder` with the landmark predictor saved beside it (fine-tuned LAFS runs)."""
-    if not (predictor_folder / "config.json").is_file():
-        return encoder
-    return ImageEncoder(encoder, load_landmark_predictor(predictor_folder))
+    try:
+        encoder_folder(path)
+    except DataError:
+        raise DataError(f"{path}: not a run directory, an exported encoder folder or an .onnx file") from None
+    encoder, predictor = load_encoder_and_predictor(path)
+    return encoder if predictor is None else ImageEncoder(encoder, predictor)
 
 
 def load_onnx_encoder(path: str | os.PathLike[str]) -> OnnxEncoder:
@@ -261,9 +195,7 @@ def save_encoder_onnx(
     staging = folder.with_name(f".{folder.name}.onnx-staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_encoder(model, staging, source)
-        if landmark_predictor is not None:
-            save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
+        save_encoder(model, staging, source, landmark_predictor)
         reports, entries = {}, []
         for images_only, name in ONNX_FILES.items():
             export_onnx(

@@ -1,0 +1,139 @@
+"""Stand-alone weights folders: ``model.safetensors`` + ``config.json``, for encoders and landmark predictors.
+
+    folder/model.safetensors   the encoder's state dict (no head, no training state)
+    folder/config.json         architecture, the arguments to rebuild it, input size, normalisation, landmark set
+                               and template, embedding size, and where the weights came from
+    folder/landmark_predictor/ (exported fine-tuned LAFS models) the learned landmark predictor, the same format
+
+`load_encoder(folder)` and ``timm.create_model(architecture, pretrained=True,
+pretrained_cfg_overlay={"file": folder/"model.safetensors"}, **model_args)`` (after ``import lafs``) give the same
+model.
+
+A training run directory keeps its final encoder in ``encoder/`` and its landmark predictor, if any, beside it in
+``landmark_predictor/``; `encoder_folder` turns "a run directory or an encoder folder" into the encoder folder, and
+`predictor_folder` finds the predictor that belongs to an encoder folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+
+from lafs.errors import DataError
+from lafs.files import read_weights_folder, replace_folder, save_weights_folder
+from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
+from lafs.models.vit import LandmarkViT
+
+EXPORT_FORMAT = "lafs-encoder"
+EXPORT_VERSION = 1
+
+ENCODER_FOLDER = "encoder"  # in a run directory: the final encoder
+PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
+
+
+def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json record for ``model``."""
+    cfg = model.pretrained_cfg
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "architecture": cfg["architecture"],
+        "model_args": {
+            "landmark_set": model.landmark_set,
+            "embed_dim": model.embed_dim,
+            "depth": len(model.blocks),
+            "num_heads": model.blocks[0].attn.num_heads,
+        },
+        "input_size": list(cfg["input_size"]),
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "landmark_set": model.landmark_set,
+        "template": model.template.tolist(),
+        "patch_size": model.patch_embed.patch_size[0],
+        "num_features": model.num_features,
+        "source": source or {},
+    }
+
+
+def save_encoder(
+    model: LandmarkViT,
+    folder: str | os.PathLike[str],
+    source: dict[str, Any] | None = None,
+    landmark_predictor: LandmarkPredictor | None = None,
+) -> Path:
+    """Write ``folder`` whole or not at all (built beside it, then renamed into place).
+
+    With a ``landmark_predictor`` (a fine-tuned LAFS model) the folder keeps it in ``landmark_predictor/``.
+    """
+    if landmark_predictor is None:
+        return save_weights_folder(model, folder, encoder_config(model, source))
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_weights_folder(model, staging, encoder_config(model, source))
+        save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
+        return replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:
+    """Rebuild an exported encoder through timm; a missing or mismatched folder is a one-line `DataError`.
+
+    ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
+    """
+    config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
+    try:
+        return timm.create_model(
+            config["architecture"],
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(weights)},
+            **config["model_args"],
+            **overrides,
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+
+
+def encoder_folder(path: str | os.PathLike[str]) -> Path:
+    """The encoder folder of ``path``: a run directory's ``encoder/`` when it has one, else ``path`` itself.
+
+    Neither holding a ``config.json`` is a one-line `DataError`. Only the location is checked; `load_encoder` reads
+    the folder.
+    """
+    path = Path(path)
+    inside = path / ENCODER_FOLDER
+    folder = inside if (inside / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise DataError(f"{path}: not a run directory (with {ENCODER_FOLDER}/config.json) or an encoder folder")
+    return folder
+
+
+def predictor_folder(encoder: str | os.PathLike[str]) -> Path | None:
+    """The landmark predictor that belongs to the encoder folder ``encoder``, or None.
+
+    An exported folder keeps it inside (``encoder/landmark_predictor``); a run directory keeps it beside its
+    ``encoder/`` (``run/landmark_predictor``).
+    """
+    encoder = Path(encoder)
+    for folder in (encoder / PREDICTOR_FOLDER, encoder.parent / PREDICTOR_FOLDER):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def load_encoder_and_predictor(
+    path: str | os.PathLike[str], **overrides: Any
+) -> tuple[LandmarkViT, LandmarkPredictor | None]:
+    """The encoder of a run directory or an encoder folder (`encoder_folder`), and its landmark predictor or None.
+
+    ``overrides`` as for `load_encoder`. Problems are one-line `DataError` messages.
+    """
+    folder = encoder_folder(path)
+    predictor = predictor_folder(folder)
+    return load_encoder(folder, **overrides), None if predictor is None else load_landmark_predictor(predictor)
