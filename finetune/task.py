@@ -32,16 +32,14 @@ from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
 from lafs.data.collate import normalize_images
-from lafs.data.open import few_shot_subset, open_dataset
+from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
-from lafs.data.synthetic import SyntheticFaces
-from lafs.dino import cosine_schedule
-from lafs.engine import SYNTHETIC, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine import OptimConfig as RunOptimConfig
+from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
 from lafs.evaluation.verification import evaluate_pairs
-from lafs.export import PREDICTOR_FOLDER, load_encoder, save_encoder
+from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
@@ -54,6 +52,7 @@ from lafs.models.landmark_predictor import (
     save_landmark_predictor,
 )
 from lafs.models.vit import LandmarkViT
+from lafs.schedules import cosine_schedule
 
 logger = logging.getLogger("lafs.finetune")
 
@@ -145,13 +144,8 @@ class _Positioned(Dataset):
 
 def build_dataset(cfg: FinetuneConfig, run_dir: Path | None) -> _Positioned:
     """The labelled training set; with ``run_dir`` the few-shot list is written there (one process does)."""
-    if cfg.data.path == SYNTHETIC:
-        dataset: Any = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
-        if cfg.data.shots is not None:
-            dataset = few_shot_subset(dataset, cfg.data.shots, cfg.data.seed, run_dir)
-    else:
-        options = dataclasses.asdict(cfg.data)
-        dataset = open_dataset(options.pop("path"), run_dir=run_dir, **options)
+    options = dataclasses.asdict(cfg.data)
+    dataset = open_dataset(options.pop("path"), run_dir=run_dir, synthetic=cfg.synthetic, **options)
     if dataset.num_classes < 2:
         raise DataError(f"{cfg.data.path}: {dataset.num_classes} identity; a margin head needs at least 2")
     return _Positioned(dataset)
@@ -161,10 +155,10 @@ def initial_encoder(cfg: FinetuneConfig) -> LandmarkViT:
     """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
     if not cfg.init:
         return build_encoder(cfg.encoder)
-    path = Path(cfg.init)
-    folder = path / "encoder" if (path / "encoder" / "config.json").is_file() else path
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"init={cfg.init}: not a pretraining run directory or an exported encoder folder")
+    try:
+        folder = encoder_folder(cfg.init)
+    except DataError as error:
+        raise ConfigError(f"init={error}") from None
     encoder = load_encoder(folder, drop_path_rate=cfg.encoder.drop_path_rate)
     if encoder.landmark_set != cfg.data.landmark_set:
         raise ConfigError(

@@ -16,10 +16,10 @@ from finetune.task import OptimConfig, Schedule, build_optimizer
 from finetune.train import main
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
+from lafs.engine.run_log import read_log
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
-from lafs.engine.run_log import read_log
 from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,14 +4,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lafs.engine import checkpoints
 from lafs.config import load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
+from lafs.engine import checkpoints
+from lafs.engine.run_log import read_log
 from lafs.export import load_encoder
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
-from lafs.engine.run_log import read_log
 from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """The one training engine: `fit(run_config, task)` runs any stage's `Task` on a CPU, one GPU, many GPUs or nodes."""
 
-from lafs.engine.config import SYNTHETIC, OptimConfig, RunConfig
+from lafs.engine.config import OptimConfig, RunConfig
 from lafs.engine.loop import RunSummary, fit
 from lafs.engine.task import RunContext, Task, TrainingParts
 
-__all__ = ["SYNTHETIC", "OptimConfig", "RunConfig", "RunContext", "RunSummary", "Task", "TrainingParts", "fit"]
+__all__ = ["OptimConfig", "RunConfig", "RunContext", "RunSummary", "Task", "TrainingParts", "fit"]

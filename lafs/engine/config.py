@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lafs.data.open import DatasetConfig
+from lafs.data.open import SYNTHETIC, DatasetConfig
 from lafs.data.synthetic import SyntheticFacesConfig
 from lafs.errors import ConfigError
-
-SYNTHETIC = "synthetic"  # data.path of the built-in synthetic faces
 
 
 @dataclass

@@ -22,15 +22,15 @@ from timm.optim import param_groups_weight_decay
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
-from lafs.data.synthetic import SyntheticFaces
-from lafs.dino import DINOHead, DINOLoss, collapse_warning, cosine_schedule, ema_update, teacher_temperature
-from lafs.engine import SYNTHETIC, OptimConfig, RunConfig, RunContext, Task, TrainingParts
+from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
+from lafs.schedules import cosine_schedule, teacher_temperature
 from lafs.views import DeviceViews, LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 
 logger = logging.getLogger("lafs.pretrain")
@@ -149,12 +149,9 @@ class PretrainTask(Task):
         cfg = self.cfg
         if views_on_accelerator(cfg.views, accelerator.device):
             self.device_views = DeviceViews(cfg.views, cfg.data.landmark_set)
-        if cfg.data.path == SYNTHETIC:
-            base: Any = SyntheticFaces(dataclasses.replace(cfg.synthetic, landmark_set=cfg.data.landmark_set))
-        else:
-            options = dataclasses.asdict(cfg.data)
-            run_dir = cfg.output_dir if accelerator.is_main_process else None  # one process writes few_shot.csv
-            base = open_dataset(options.pop("path"), run_dir=run_dir, **options)
+        options = dataclasses.asdict(cfg.data)
+        run_dir = cfg.output_dir if accelerator.is_main_process else None  # one process writes few_shot.csv
+        base = open_dataset(options.pop("path"), run_dir=run_dir, synthetic=cfg.synthetic, **options)
         if self.device_views is not None:
             return base
         return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)

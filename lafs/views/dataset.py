@@ -9,38 +9,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from lafs.errors import ConfigError
+from lafs.data.epoch import EpochSeeded
 from lafs.views.worker import LandmarkViews
 
 
-class PretrainViews(Dataset):
+class PretrainViews(EpochSeeded):
     """A face data set seen through `LandmarkViews`: item i is its views plus ``label`` and ``index``.
 
-    Item i of epoch e uses ``np.random.default_rng(np.random.SeedSequence([seed, e, i]))``, so its views are a pure
-    function of (seed, epoch, i): identical in any DataLoader worker, in any order, and after resuming a run, with no
-    RNG state to checkpoint. Call `set_epoch` at the start of every epoch; with ``persistent_workers=True`` the
-    workers keep the copy they were started with, so set the epoch before each loader iteration is created or keep
-    workers non-persistent.
+    Item i of epoch e uses ``np.random.default_rng(np.random.SeedSequence([seed, e, i]))`` (`EpochSeeded`), so its
+    views are a pure function of (seed, epoch, i), also in loader workers kept alive across epochs.
 
     Base items are dicts with ``image``, ``landmarks``, optional ``landmark_valid``, ``label`` and ``index``.
     """
 
     def __init__(self, base: Any, views: LandmarkViews, seed: int = 0) -> None:
-        seed = operator.index(seed)
-        if seed < 0:
-            raise ConfigError(f"views seed must be non-negative, got {seed}")
+        super().__init__(operator.index(seed))
         self.base = base
         self.views = views
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        epoch = operator.index(epoch)
-        if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.base)
@@ -52,8 +38,7 @@ class PretrainViews(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} items")
         item = self.base[i]
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
-        out: dict[str, Any] = self.views(item["image"], item["landmarks"], rng, item.get("landmark_valid"))
+        out: dict[str, Any] = self.views(item["image"], item["landmarks"], self.rng(i), item.get("landmark_valid"))
         out["label"] = item["label"]
         out["index"] = item["index"]
         return out
