@@ -40,3 +40,21 @@ def int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], in
         return value
 
     return parse
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for this command (read it back with `set_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int_in_range(1),
+        default=None,
+        help="torch CPU threads (default: torch's, every core; on a busy machine fewer can be several times faster)",
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None keeps torch's default)."""
+    if threads is not None:
+        import torch  # lazily: --help stays fast
+
+        torch.set_num_threads(threads)

@@ -62,9 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lafs.cli import entry_point, int_in_range
+from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, training_step
 from tools.benchmarks.common import DEFAULT_ENCODER, format_figure
 
@@ -159,7 +157,7 @@ def _common_options(parser: argparse.ArgumentParser, encoder: str) -> None:
     parser.add_argument("--repeats", type=int_in_range(1), default=10, help="timed runs of each side (default 10)")
     parser.add_argument("--warmup", type=int_in_range(0), default=2, help="untimed runs of each side (default 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
-    parser.add_argument("--threads", type=int_in_range(1), default=None, help="torch CPU threads (default: torch's)")
+    add_threads_option(parser)
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the results dict here")
 
 
@@ -181,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark, print one line per figure and optionally write the JSON results."""
     args = vars(build_parser().parse_args(argv))
     command, threads, output = args.pop("command"), args.pop("threads"), args.pop("json")
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     result = SUB_COMMANDS[command].run(**args)
     for fig in result["figures"]:
         if not all(math.isfinite(fig[key]) for key in ("candidate", "reference", "ratio")):

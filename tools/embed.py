@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lafs.cli import entry_point, int_in_range
+from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import ConfigError, DataError
 
 
@@ -47,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int_in_range(1), default=64, help="images per batch (default 64)")
     parser.add_argument("--no-flip", action="store_true", help="embed the image only, not image + mirror image")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_threads_option(parser)
     return parser
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     if args.output.suffix != ".npy":
         raise ConfigError(f"--output must end in .npy, got {args.output}")
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lafs.cli import entry_point, int_in_range
+from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import DataError
 
 DEFAULT_IMAGE_SIZE = 112
@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", type=_device, default=None, help="cpu or cuda[:N] (default cuda when available, else cpu)"
     )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     import torch
     from tqdm import tqdm

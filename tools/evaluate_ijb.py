@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lafs.cli import entry_point, int_in_range
+from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import DataError
 from lafs.evaluation.ijb import DATASETS, IJBOptions, evaluate_ijb
 from lafs.files import write_atomic
@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--detector-score", action="store_true", help="weight images by detector score (D)")
     parser.add_argument("--batch-size", type=int_in_range(1), default=128, help="images per forward (default 128)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     dataset = args.dataset or args.ijb.resolve().name.upper()
     if dataset not in DATASETS:

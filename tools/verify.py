@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lafs.cli import entry_point
+from lafs.cli import add_threads_option, entry_point, set_threads
 from lafs.errors import ConfigError, DataError
 
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--far", type=float, default=1e-3, help="false-accept rate of --report's threshold (1e-3)")
     parser.add_argument("--set", dest="set_name", metavar="NAME", help="--report's verification set (e.g. lfw)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_threads_option(parser)
     return parser
 
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     if args.report is None and args.set_name is not None:
         raise ConfigError("--set goes with --report")
     if args.threshold is not None and not -1 <= args.threshold <= 1:
