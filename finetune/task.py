@@ -109,11 +109,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.encoder.landmark_set != self.data.landmark_set:
-            raise ConfigError(
-                f"encoder.landmark_set '{self.encoder.landmark_set}' must equal data.landmark_set "
-                f"'{self.data.landmark_set}': the encoder embeds the landmarks the data carries"
-            )
+        self.encoder.require_landmark_set(self.data.landmark_set)
         if self.landmarks.source == "data" and self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none needs landmarks.source=predictor (the encoder needs landmarks)")
         if self.regularisers.cluster.enabled and self.head.resolved_margins()[1] == 0:

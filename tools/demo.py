@@ -57,11 +57,7 @@ class DemoConfig:
     seed: int = 0  # weight initialisation of the untrained reference encoder
 
     def validate(self) -> None:
-        if self.encoder.landmark_set != self.data.landmark_set:
-            raise ConfigError(
-                f"encoder.landmark_set '{self.encoder.landmark_set}' must equal data.landmark_set "
-                f"'{self.data.landmark_set}': the encoder embeds the landmarks the data carries"
-            )
+        self.encoder.require_landmark_set(self.data.landmark_set)
         if self.batch_size < 1 or self.verify_pairs < 2 or self.verify_identities < 2:
             raise ConfigError("batch_size must be >= 1, verify_pairs and verify_identities >= 2")
 

@@ -82,11 +82,7 @@ class PretrainConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.encoder.landmark_set != self.data.landmark_set:
-            raise ConfigError(
-                f"encoder.landmark_set '{self.encoder.landmark_set}' must equal data.landmark_set "
-                f"'{self.data.landmark_set}': the encoder embeds the landmarks the data carries"
-            )
+        self.encoder.require_landmark_set(self.data.landmark_set)
         if self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
 

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,7 @@ from skimage.data import astronaut
 from lafs.landmarks.align import ARCFACE_TEMPLATE, align_face
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh, normalized_to_pixels
 from lafs.registry import LANDMARK_SOURCES
-
-ROOT = Path(__file__).parents[1]
+from tests.conftest import ROOT
 
 # Hand-labelled on the 512 x 512 photo (pupil centres and mouth corners, image-left first), project convention.
 ASTRONAUT_EYES = np.array([[204.0, 101.0], [245.0, 103.0]])

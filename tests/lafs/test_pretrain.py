@@ -12,9 +12,8 @@ from lafs.engine.run_log import read_log
 from lafs.export import load_encoder
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
-from tests.conftest import launch_two_processes
+from tests.conftest import ROOT, launch_two_processes
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--config",
     str(ROOT / "configs/pretrain/demo.yaml"),

@@ -6,8 +6,8 @@ from finetune.train import main as finetune_main
 from lafs.engine.run_log import read_log
 from lafs.pretrain import main as pretrain_main
 from tests.conftest import ROOT
-from tests.test_finetune import TINY as FINETUNE_TINY
-from tests.test_pretrain import TINY
+from tests.finetune.test_train import TINY as FINETUNE_TINY
+from tests.lafs.test_pretrain import TINY
 from tools.demo import main
 
 # The training stages at test size: the TINY overrides minus the config file they start from (and its init).

@@ -8,8 +8,6 @@ import torch
 from lafs.landmarks.align import transform_points
 from lafs.landmarks.sets import get_landmark_set
 from lafs.views import (
-    LandmarkViews,
-    ViewConfig,
     flip_batch,
     flip_map,
     invert_linear,
@@ -18,32 +16,14 @@ from lafs.views import (
     move_landmarks,
     view_maps,
 )
-
-SET = "mediapipe49"
-K = 49
-S = 112
-# Geometry at the identity: the crop is the whole (square) image and nothing flips.
-IDENTITY = {"global_scale": (1.0, 1.0), "local_scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_prob": 0.0}
-# Every photometric op present but never applied: must be the same as photometric=False.
-NO_PIXEL_OPS = {"color_jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": (0.0, 0.0, 0.0), "solarize_prob": 0.0}
-
-
-def make_views(**overrides) -> LandmarkViews:
-    return LandmarkViews(ViewConfig(**overrides), SET)
-
-
-def random_landmarks(rng: np.random.Generator, size: int = S) -> np.ndarray:
-    return rng.uniform(4, size - 4, size=(K, 2)).astype(np.float32)
-
-
-def assert_same_views(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.lafs.views.common import (
+    IDENTITY,
+    SET,
+    K,
+    S,
+    make_views,
+    random_landmarks,
+)
 
 
 def test_view_maps_send_the_box_corners_to_the_view_corners() -> None:

@@ -9,32 +9,17 @@ import torch
 from lafs.errors import ConfigError
 from lafs.landmarks.sets import get_landmark_set
 from lafs.views import LandmarkViews, ViewConfig, draw_views, to_uint8, warp_views
-
-SET = "mediapipe49"
-K = 49
-S = 112
-# Geometry at the identity: the crop is the whole (square) image and nothing flips.
-IDENTITY = {"global_scale": (1.0, 1.0), "local_scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_prob": 0.0}
-# Every photometric op present but never applied: must be the same as photometric=False.
-NO_PIXEL_OPS = {"color_jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": (0.0, 0.0, 0.0), "solarize_prob": 0.0}
-
-
-def make_views(**overrides) -> LandmarkViews:
-    return LandmarkViews(ViewConfig(**overrides), SET)
-
-
-def random_landmarks(rng: np.random.Generator, size: int = S) -> np.ndarray:
-    return rng.uniform(4, size - 4, size=(K, 2)).astype(np.float32)
-
-
-def assert_same_views(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.lafs.views.common import (
+    IDENTITY,
+    NO_PIXEL_OPS,
+    SET,
+    K,
+    S,
+    assert_same_views,
+    make_views,
+    random_landmarks,
+    seeded_generator,
+)
 
 
 def test_views_have_the_documented_shapes_and_dtypes(face: dict) -> None:
@@ -194,7 +179,7 @@ def test_photometry_off_leaves_exactly_the_warped_image(face: dict) -> None:
     views = make_views(photometric=False)
     out = views(face["image"], face["landmarks"], np.random.default_rng(17))
     # The call seeds its torch generator with the first draw of the caller's: replaying that gives global 1's map.
-    generator = _generator(int(np.random.default_rng(17).integers(2**62)))
+    generator = seeded_generator(int(np.random.default_rng(17).integers(2**62)))
     maps = draw_views(views.cfg, K, face["image"].shape[:2], 1, generator).maps[:, :1]
     warped = to_uint8(warp_views(torch.from_numpy(face["image"]).permute(2, 0, 1)[None], maps, S))
     np.testing.assert_array_equal(out["global_images"][0], warped[0, 0].permute(1, 2, 0).numpy())

@@ -20,9 +20,8 @@ from lafs.engine.run_log import read_log
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
-from tests.conftest import launch_two_processes
+from tests.conftest import ROOT, launch_two_processes
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
 # Any config of configs/finetune shrunk to seconds on CPU: tiny synthetic data, the nano encoder, 2 steps.
 TINY = [

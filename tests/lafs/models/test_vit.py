@@ -10,7 +10,7 @@ from lafs.errors import ConfigError
 from lafs.landmarks import get_landmark_set
 from lafs.models import EncoderConfig, LandmarkViT, build_encoder
 from lafs.registry import ENCODERS
-from tests.test_tokenizer import grid_centres
+from tests.lafs.models.test_tokenizer import grid_centres
 
 NAMES = ["lafs_vit_nano_p8_112", "lafs_vit_tiny_p8_112", "lafs_vit_small_p8_112", "lafs_vit_base_p8_112"]
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -29,6 +29,7 @@ from lafs.export import (
 )
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor, save_landmark_predictor
+from tests.conftest import ROOT
 from tools.export import main
 
 ARCH = "lafs_vit_nano_p8_112"
@@ -252,6 +253,6 @@ def test_cli_missing_input(tmp_path, capsys):
 
 def test_cli_help():
     result = subprocess.run(
-        [sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+        [sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and "--onnx" in result.stdout

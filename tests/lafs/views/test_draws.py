@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from lafs.views import (
-    LandmarkViews,
     ViewConfig,
     draw_views,
     is_flipping,
@@ -15,55 +14,33 @@ from lafs.views import (
 )
 from lafs.views.photometric import IDENTITY as NO_PHOTOMETRY
 from lafs.views.photometric import SIGMA, SOLARIZE
-
-SET = "mediapipe49"
-K = 49
-S = 112
-# Geometry at the identity: the crop is the whole (square) image and nothing flips.
-IDENTITY = {"global_scale": (1.0, 1.0), "local_scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_prob": 0.0}
-# Every photometric op present but never applied: must be the same as photometric=False.
-NO_PIXEL_OPS = {"color_jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": (0.0, 0.0, 0.0), "solarize_prob": 0.0}
-
-
-def make_views(**overrides) -> LandmarkViews:
-    return LandmarkViews(ViewConfig(**overrides), SET)
-
-
-def random_landmarks(rng: np.random.Generator, size: int = S) -> np.ndarray:
-    return rng.uniform(4, size - 4, size=(K, 2)).astype(np.float32)
-
-
-def assert_same_views(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.lafs.views.common import (
+    K,
+    seeded_generator,
+)
 
 
 @pytest.mark.parametrize("height, width", [(112, 112), (150, 90), (60, 200)])
 def test_crop_boxes_follow_the_random_resized_crop_recipe(height: int, width: int) -> None:
     scale = torch.tensor([0.4, 1.0], dtype=torch.float64).expand(300, 2)
-    x0, y0, w, h = sample_crop_boxes(height, width, scale, (0.75, 4 / 3), _generator(8)).T.numpy()
+    x0, y0, w, h = sample_crop_boxes(height, width, scale, (0.75, 4 / 3), seeded_generator(8)).T.numpy()
     assert np.all((x0 >= 0) & (y0 >= 0) & (x0 + w <= width + 1e-9) & (y0 + h <= height + 1e-9))
     if (height, width) == (112, 112):  # a square image never needs the fallback
         assert np.all((w * h / (height * width) >= 0.4 - 1e-6) & (w * h / (height * width) <= 1 + 1e-6))
         assert np.all((w / h >= 0.75 - 1e-6) & (w / h <= 4 / 3 + 1e-6))
     # An impossible ratio range falls back to the centred crop clamped to it, as torchvision does.
     scale = torch.tensor([[0.99, 1.0]], dtype=torch.float64)
-    x0, y0, w, h = sample_crop_boxes(100, 100, scale, (3.0, 4.0), _generator(0))[0].tolist()
+    x0, y0, w, h = sample_crop_boxes(100, 100, scale, (3.0, 4.0), seeded_generator(0))[0].tolist()
     assert (w, h) == (100.0, pytest.approx(100 / 3)) and (x0, y0) == (0.0, pytest.approx((100 - 100 / 3) / 2))
 
 
 def test_view_maps_are_crops_then_maybe_flips() -> None:
-    maps = draw_views(ViewConfig(flip_prob=1.0), K, (112, 112), 20, _generator(9)).maps.flatten(0, 1).numpy()
+    maps = draw_views(ViewConfig(flip_prob=1.0), K, (112, 112), 20, seeded_generator(9)).maps.flatten(0, 1).numpy()
     assert all(is_flipping(m) for m in maps)
     assert np.all((maps[:, 0, 1] == 0) & (maps[:, 1, 0] == 0) & (maps[:, 1, 1] >= 1) & (-maps[:, 0, 0] >= 1))
-    maps = draw_views(ViewConfig(flip_prob=0.0), K, (90, 150), 20, _generator(9)).maps.flatten(0, 1).numpy()
+    maps = draw_views(ViewConfig(flip_prob=0.0), K, (90, 150), 20, seeded_generator(9)).maps.flatten(0, 1).numpy()
     assert not any(is_flipping(m) for m in maps)
-    maps = draw_views(ViewConfig(), K, (112, 112), 40, _generator(9)).maps.flatten(0, 1).numpy()
+    maps = draw_views(ViewConfig(), K, (112, 112), 40, seeded_generator(9)).maps.flatten(0, 1).numpy()
     assert 0.4 < np.mean([is_flipping(m) for m in maps]) < 0.6
 
 
