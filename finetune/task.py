@@ -203,15 +203,11 @@ class Schedule:
         ratio = total_batch / cfg.lr_reference_batch
         factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
         self.base_lr, self.min_lr = cfg.lr * factor, cfg.min_lr
-        self.steps_per_epoch = steps_per_epoch
         self.total = cfg.epochs * steps_per_epoch
         self.warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
     def lr(self, step: int) -> float:
         return cosine_schedule(step, self.total, self.base_lr, self.min_lr, self.warmup)
-
-    def epoch(self, step: int) -> float:
-        return step / self.steps_per_epoch
 
 
 class FinetuneTask(Task):
@@ -259,8 +255,8 @@ class FinetuneTask(Task):
         return dataclasses.replace(self.cfg, encoder=encoder, landmarks=landmarks)
 
     def setup(self, run: RunContext) -> None:
+        super().setup(run)
         accelerator = run.accelerator
-        self.run = run
         self.schedule = Schedule(self.cfg.optim, run.steps_per_epoch, run.total_batch)
         self.comm = Communicator(
             accelerator.is_main_process,
@@ -276,14 +272,11 @@ class FinetuneTask(Task):
     def learning_rate(self, step: int) -> float:
         return self.schedule.lr(step)
 
-    def epoch(self, step: int) -> float:
-        return self.schedule.epoch(step)
-
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The objective's terms on one micro-batch, flipped, maybe mixed, with reference landmarks."""
         assert self.model is not None
         inputs = self.prepare_inputs(batch)
-        return self.model(**inputs, epoch=self.schedule.epoch(step), step=step, comm=self.comm)
+        return self.model(**inputs, epoch=self.epoch(step), step=step, comm=self.comm)
 
     def prepare_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Model inputs from a loader batch: flips, mixup and the reference landmarks, all on the accelerator."""
@@ -310,7 +303,7 @@ class FinetuneTask(Task):
         self.objective.update()  # memory banks and clustering, from the micro-batch just trained on
 
     def log_values(self, step: int, terms: Mapping[str, float]) -> dict[str, float]:
-        return {f"lambda_{name}": weight for name, weight in self.objective.lambdas(self.schedule.epoch(step)).items()}
+        return {f"lambda_{name}": weight for name, weight in self.objective.lambdas(self.epoch(step)).items()}
 
     @property
     def validates(self) -> bool:

@@ -40,6 +40,11 @@ def use_fused_adamw(accelerator: Accelerator) -> bool:
     return accelerator.device.type == "cuda" and accelerator.mixed_precision != "fp16"
 
 
+def processes_on_this_node(accelerator: Accelerator) -> int:
+    """Training processes sharing this machine's cores (torchrun's LOCAL_WORLD_SIZE; all of them on one node)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
 def thread_count(requested: int, processes_on_node: int, loader_workers: int) -> int:
     """torch threads per training process: ``requested``, or with 0 this machine's usable cores shared out.
 

@@ -53,6 +53,9 @@ def find_resume_point(resume: str, folder: Path) -> Path | None:
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume={resume}: no such checkpoint folder")
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        hint = " (a run directory: use resume=auto, or name one of its checkpoints/step_* folders)"
+        raise ConfigError(f"resume={resume}: not a checkpoint folder{hint if (path / 'checkpoints').is_dir() else ''}")
     return path
 
 

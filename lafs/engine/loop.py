@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from lafs.config import save_config
-from lafs.engine.accelerator import build_accelerator, thread_count
+from lafs.engine.accelerator import build_accelerator, processes_on_this_node, thread_count
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
 from lafs.engine.checkpoints import TrainState, find_resume_point, save_checkpoint
 from lafs.engine.config import RunConfig
@@ -49,13 +49,14 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     (``resume=auto``) and ends exactly where an uninterrupted run would.
     """
     accelerator = build_accelerator(cfg.mixed_precision, cfg.optim.grad_accum, task.broadcast_buffers)
-    torch.set_num_threads(thread_count(cfg.threads, accelerator.state.num_processes, cfg.num_workers))
+    torch.set_num_threads(thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
 
     dataset = task.build_dataset(accelerator)
-    loader = make_loader(dataset, cfg.optim.batch_size, task.collate, cfg.num_workers, cfg.seed, accelerator.device)
+    o = cfg.optim
+    loader = make_loader(dataset, o.batch_size, task.collate_fn(), cfg.num_workers, cfg.seed, accelerator.device)
     parts = task.build(accelerator, dataset)
     if accelerator.is_main_process:  # after building: the config records what was used
         save_config(task.resolved_config(), cfg.output_dir)
@@ -63,13 +64,15 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     for module in parts.on_device:
         module.to(accelerator.device)
     state = TrainState()
-    accelerator.register_for_checkpointing(state, *parts.checkpointed)
+    # The task's objects first: checkpoints name them by position, and pretraining ones from before the engine
+    # hold (teacher, DINO loss, train state) in that order.
+    accelerator.register_for_checkpointing(*parts.checkpointed, state)
     resume_from = find_resume_point(cfg.resume, cfg.output_dir / "checkpoints")
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from} at step {state.step}")
 
-    processes, o = accelerator.num_processes, cfg.optim
+    processes = accelerator.num_processes
     steps = steps_per_epoch(len(dataset), len(loader), o.batch_size, o.grad_accum, processes)
     left_out = left_out_per_epoch(len(dataset), steps, o.batch_size, o.grad_accum, processes)
     if left_out * 100 >= len(dataset):  # a visible share of a small dataset; each epoch leaves out others
@@ -138,7 +141,10 @@ def _train(
         # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
         if task.validates and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == target):
             if accelerator.is_main_process:  # the others wait at the barrier
-                log.write(state.step, task.validate(state.step))
+                # Random draws during validation (a loader's seed) must not shift training's: a run stopped at a
+                # validated step and resumed would otherwise differ from one that ran through.
+                with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
+                    log.write(state.step, task.validate(state.step))
             accelerator.wait_for_everyone()
         if state.step % cfg.checkpoint_every == 0 or state.step == target:
             save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
@@ -194,6 +200,10 @@ def _record(
     if decay is not None:
         record["weight_decay"] = decay
     return record | {"images_per_second": images_per_second}
+
+
+def _cuda_devices(accelerator: Accelerator) -> list[torch.device]:
+    return [accelerator.device] if accelerator.device.type == "cuda" else []
 
 
 def _batch_size(batch: Mapping[str, object]) -> int:

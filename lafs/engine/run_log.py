@@ -85,9 +85,13 @@ class Progress:
 
 
 def write_weights_hash(module: torch.nn.Module, run_dir: Path, rank: int) -> Path:
-    """Write the SHA-256 of ``module``'s state to ``run_dir/weights_rank<rank>.sha256`` (processes must agree)."""
+    """Write the SHA-256 of ``module``'s parameters to ``run_dir/weights_rank<rank>.sha256`` (processes must agree).
+
+    Parameters only: data parallelism keeps them equal, while buffers such as BatchNorm's running statistics are
+    updated by each process from its own last batch.
+    """
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(module.named_parameters()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     path = run_dir / f"weights_rank{rank}.sha256"

@@ -14,7 +14,7 @@ schedules per optimiser step, logging, validation cadence, checkpoints, export).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,16 +74,24 @@ class Task:
         """The training set the loader shards and shuffles (items are dicts)."""
         raise NotImplementedError
 
-    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """One batch from dataset items (default: stacked face items)."""
-        return collate_faces(items)
+    def collate_fn(self) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """The function that makes one batch from dataset items (default: stacked face items).
+
+        A module-level function, not a method: loader workers started by spawn or forkserver (macOS, Windows, newer
+        Pythons) pickle it, and a task holds what cannot be pickled (the accelerator).
+        """
+        return collate_faces
 
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         """Models, optimiser and extra checkpointed state (before they are placed and wrapped)."""
         raise NotImplementedError
 
     def setup(self, run: RunContext) -> None:
-        """Called once after placement and resume: schedules that need the steps per epoch, eval sets, ..."""
+        """Called once after placement and resume: schedules that need the steps per epoch, eval sets, ...
+
+        Subclasses call ``super().setup(run)``, which keeps ``run`` as ``self.run``.
+        """
+        self.run = run
 
     def resolved_config(self) -> RunConfig:
         """The config to save in the run directory: what was actually used (e.g. a loaded model's architecture)."""
@@ -101,7 +109,7 @@ class Task:
 
     def epoch(self, step: int) -> float:
         """Fractional epoch at optimiser step ``step`` (what schedules in epochs read)."""
-        raise NotImplementedError
+        return step / self.run.steps_per_epoch
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """Forward one micro-batch (already on the device); named loss terms with ``loss``, the one to minimise."""

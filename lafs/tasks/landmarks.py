@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from lafs.config import config_to_dict
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import SYNTHETIC, DatasetConfig, open_dataset
-from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
+from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError, LafsError
 from lafs.files import write_atomic
@@ -136,12 +136,6 @@ class LandmarkTask(Task):
         groups = param_groups_weight_decay(model, self.cfg.optim.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, fused=use_fused_adamw(accelerator))
         return TrainingParts(model, optimizer)
-
-    def setup(self, run: RunContext) -> None:
-        self.run = run
-
-    def epoch(self, step: int) -> float:
-        return step / self.run.steps_per_epoch
 
     def learning_rate(self, step: int) -> float:
         o, spe = self.cfg.optim, self.run.steps_per_epoch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class PretrainConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         self.encoder.require_landmark_set(self.data.landmark_set)
+        if self.eval_bin and not Path(self.eval_bin).is_file():  # on every process: none waits for a failed one
+            raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
         if self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
 
@@ -152,8 +154,8 @@ class PretrainTask(Task):
             return base
         return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)
 
-    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return collate_faces(items) if self.device_views is not None else collate_views(items)
+    def collate_fn(self) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        return collate_faces if self.device_views is not None else collate_views
 
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         cfg = self.cfg
@@ -164,15 +166,12 @@ class PretrainTask(Task):
         return TrainingParts(student, optimizer, [self.teacher, self.dino_loss], [self.teacher, self.dino_loss])
 
     def setup(self, run: RunContext) -> None:
-        self.run = run
+        super().setup(run)
         self.base_lr = self.cfg.optim.lr * run.total_batch / 256  # DINO's linear scaling rule
         if self.cfg.eval_bin and run.accelerator.is_main_process:
             self.eval_set = load_bin(self.cfg.eval_bin, self.cfg.data.image_size)
 
     # ---------------------------------------------------------------------------------------- schedules --
-
-    def epoch(self, step: int) -> float:
-        return step / self.run.steps_per_epoch
 
     def learning_rate(self, step: int) -> float:
         o, spe = self.cfg.optim, self.run.steps_per_epoch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts, fit
+from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts, fit
 from lafs.engine.checkpoints import checkpoints
 from lafs.engine.run_log import read_log
 from lafs.errors import ConfigError
@@ -55,21 +55,15 @@ class LineTask(Task):
     def build_dataset(self, accelerator: Accelerator) -> Points:
         return Points(self.cfg.images)
 
-    def collate(self, items: Any) -> dict[str, Any]:
-        return torch.utils.data.default_collate(list(items))
+    def collate_fn(self) -> Callable[[Any], dict[str, Any]]:
+        return torch.utils.data.default_collate
 
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         model = torch.nn.Linear(3, 1, bias=False)
         return TrainingParts(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
-    def setup(self, run: RunContext) -> None:
-        self.run = run
-
     def learning_rate(self, step: int) -> float:
         return 0.1
-
-    def epoch(self, step: int) -> float:
-        return step / self.run.steps_per_epoch
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         self.calls.append(("step", step))

@@ -65,12 +65,15 @@ def test_synthetic_end_to_end(tmp_path, capsys):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     # Augmentation and dropout on: the resumed run must replay the item seeds, the batch order and the RNG state.
-    common = [*TINY, "synthetic.images_per_identity=2", "checkpoint_every=2"]
+    # 24 training images, batch 8: 3 steps per epoch; the stop at step 3 validates (held-out errors) and
+    # checkpoints, then the resumed run crosses into the second epoch.
+    common = [*TINY, "checkpoint_every=2"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main([*common, f"output_dir={whole}", "max_steps=5"]) == 0
     assert main([*common, f"output_dir={part}", "max_steps=3"]) == 0
     assert len(losses(part)) == 3
     assert main([*common, f"output_dir={part}", "max_steps=5"]) == 0  # resume=auto: from the checkpoint at step 3
+    assert [r["step"] for r in read_log(part) if "loss" in r] == [1, 2, 3, 4, 5]
     assert losses(part) == losses(whole)
     a, b = load_file(whole / "predictor" / "model.safetensors"), load_file(part / "predictor" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
