@@ -150,6 +150,13 @@ class LandmarkViT(VisionTransformer):
         }
 
 
+def block_dims(model: VisionTransformer) -> tuple[int, int]:
+    """(attention heads, MLP hidden width) of ``model``'s first block: timm keeps neither on the model itself."""
+    # A timm Block; its .attn and .mlp come from layer factories, typed as plain nn.Module, so no precise type.
+    block: Any = model.blocks[0]
+    return int(block.attn.num_heads), int(block.mlp.fc1.out_features)
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "",
