@@ -136,9 +136,9 @@ def check_onnx_parity(
 
     ``model`` is the encoder, or the `ImageEncoder` an images-only file was exported from. ``landmarks`` (batch, K,
     2) feed a file with a ``landmarks`` input (the encoder's template if not given); an images-only file is compared
-    with ``model(images)``. Returns the smallest per-sample cosine similarity, the largest absolute
-    difference, and the median latency per image (ms) of a batch of ``latency_batch`` for PyTorch and ONNX Runtime
-    (CPU). Cosine below `MIN_PARITY_COSINE` is a `DataError`.
+    with ``model(images)``. Returns the smallest per-sample cosine similarity, the largest absolute difference, and
+    the median latency per image (ms) of a batch of ``latency_batch`` for PyTorch and ONNX Runtime (CPU). Cosine
+    below `MIN_PARITY_COSINE` is a `DataError`.
     """
     encoder = OnnxEncoder(onnx_path)
     images = images.detach().float().cpu()
