@@ -153,11 +153,12 @@ class MarginHead(nn.Module):
 
 def build_head(cfg: HeadConfig, num_classes: int, embed_dim: int) -> MarginHead:
     """The configured head for ``num_classes`` identities (from the dataset) and ``embed_dim`` features."""
+    m1, m2, m3 = cfg.resolved_margins()  # three, as HeadConfig.validate checks
     return MarginHead(
         num_classes,
         embed_dim,
         scale=cfg.scale,
-        margins=cfg.resolved_margins(),
+        margins=(m1, m2, m3),
         guard=cfg.guard,
         straight_through=cfg.straight_through,
         interclass_filter=cfg.interclass_filter,

@@ -10,6 +10,9 @@ returned unweighted (``*_loss``) and ``lambdas(epoch)`` gives the weights for th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -36,6 +39,10 @@ class Objective(nn.Module):
         self._checked = False
         self._context: LossContext | None = None
 
+    def _each(self) -> Iterator[tuple[str, Regulariser]]:
+        """(name, regulariser) in order; the ModuleDict is typed as holding plain modules, these are regularisers."""
+        return ((name, cast(Regulariser, module)) for name, module in self.regularisers.items())
+
     def lambdas(self, epoch: float) -> dict[str, float]:
         """lambda_r(epoch) of every regulariser."""
         return {name: schedule(epoch) for name, schedule in self.weights.items()}
@@ -57,7 +64,7 @@ class Objective(nn.Module):
         """Named terms for features (B, d) and labels (B,): ``margin_loss``, each regulariser's, and ``loss``."""
         embeddings = features[None]
         class_margins = None
-        for regulariser in self.regularisers.values():
+        for _, regulariser in self._each():
             views = regulariser.embedding_views(features, epoch)
             embeddings = views if views is not None else embeddings
             margins = regulariser.class_margins()
@@ -92,7 +99,7 @@ class Objective(nn.Module):
         return terms
 
     def _check_requirements(self, ctx: LossContext) -> None:
-        for name, regulariser in self.regularisers.items():
+        for name, regulariser in self._each():
             missing = sorted(field for field in regulariser.requires if getattr(ctx, field) is None)
             if missing:
                 raise ConfigError(f"regularisers.{name} needs {', '.join(missing)}, which this run does not provide")
@@ -104,12 +111,12 @@ class Objective(nn.Module):
         ctx = self._context
         if ctx is None:
             return
-        detached = {
+        detached: dict[str, Any] = {  # the context's fields: tensors, numbers and the communicator
             name: value.detach() if torch.is_tensor(value) else value
             for name, value in vars(ctx).items()
             if name != "head"
         }
-        for regulariser in self.regularisers.values():
+        for _, regulariser in self._each():
             regulariser.update(LossContext(head=ctx.head, **detached))
         self._context = None
 

@@ -227,7 +227,7 @@ class FinetuneTask(Task):
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         cfg = self.cfg
         encoder, predictor = initial_encoder(cfg), initial_predictor(cfg)
-        self.used = {"encoder": encoder.pretrained_cfg["architecture"]}
+        self.used: dict[str, str] = {"encoder": encoder.pretrained_cfg["architecture"]}
         if predictor is not None:
             self.used["predictor_backbone"] = predictor.cfg.backbone
         head = build_head(cfg.head, dataset.num_classes, encoder.num_features)

@@ -7,10 +7,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from lafs.errors import ConfigError, LafsError
 
-Main = Callable[[Sequence[str] | None], int]
+
+class Main(Protocol):
+    """``main(argv=None) -> exit status``: a Protocol, not a Callable, so that ``argv`` keeps its default."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
 def entry_point(main: Main) -> Main:

@@ -281,7 +281,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         # Compare types too: True == 1, but `1` is not a valid choice for Literal[True].
         if any(type(value) is type(c) and value == c for c in args):
             return value
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a hint is a class, never an instance
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping):
@@ -339,7 +339,7 @@ def _describe(tp: Any) -> str:
         return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _describe(a) for a in args)}]"
     if tp is _NONE:
         return "None"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a hint is a class, never an instance
         return f"a mapping for {tp.__name__}"
     return getattr(tp, "__name__", str(tp))
 

@@ -251,7 +251,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
             f"ema_update: teacher parameters must not require grad (call requires_grad_(False)): {trainable[:5]}"
         )
     # Multi-tensor ops: a few kernel launches for all parameters instead of two per parameter (~300 at ViT-B).
-    targets = list(teacher_params.values())
+    targets: list[torch.Tensor] = list(teacher_params.values())  # the _foreach ops take list[Tensor], not Parameter
     sources = [student_params[name].detach().to(t.dtype) for name, t in teacher_params.items()]
     torch._foreach_mul_(targets, momentum)
     torch._foreach_add_(targets, sources, alpha=1.0 - momentum)

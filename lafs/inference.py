@@ -122,9 +122,9 @@ def align_photo_file(detector: FaceMeshDetector, path: Path) -> tuple[np.ndarray
     return (crop, "") if crop is not None else (None, NO_FACE)
 
 
-def _load_one(path: Path, align: bool, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
-    """(crop, "") or (None, reason) for one image."""
-    if align:
+def _load_one(path: Path, detector: FaceMeshDetector | None) -> tuple[np.ndarray | None, str]:
+    """(crop, "") or (None, reason) for one image: found and aligned with ``detector``, or an aligned crop if None."""
+    if detector is not None:
         return align_photo_file(detector, path)
     try:
         return _aligned_crop(path), ""
@@ -145,20 +145,19 @@ def load_faces(
     crops: list[np.ndarray] = []
     kept: list[Path] = []
     failures: list[tuple[Path, str]] = []
-    own = align and detector is None
-    if own:
-        detector = FaceMeshDetector(refine_landmarks=True)
+    own = FaceMeshDetector(refine_landmarks=True) if align and detector is None else None
+    finder = (own if own is not None else detector) if align else None
     try:
         for path in map(Path, paths):
-            crop, reason = _load_one(path, align, detector)
+            crop, reason = _load_one(path, finder)
             if crop is None:
                 failures.append((path, reason))
             else:
                 crops.append(crop)
                 kept.append(path)
     finally:
-        if own:
-            detector.close()
+        if own is not None:
+            own.close()
     return crops, kept, failures
 
 

@@ -15,15 +15,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_IMAGE_SIZE = 112
 FOLDS = 10  # insightface's protocol
 
 
-def _device(text: str):  # torch is imported lazily so --help stays fast
+def _device(text: str) -> torch.device:  # torch is imported lazily so --help stays fast
     import torch
 
     try:
@@ -35,7 +39,7 @@ def _device(text: str):  # torch is imported lazily so --help stays fast
     return device
 
 
-def _image_size(model) -> int:
+def _image_size(model: torch.nn.Module) -> int:
     input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     return int(input_size[-1]) if input_size else DEFAULT_IMAGE_SIZE
 

@@ -69,7 +69,8 @@ def collect_meshes(n_copies: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
         raise SystemExit("error: MediaPipe found no face in skimage.data.astronaut()")
     aligned, base = align_face(photo, five_points_from_mesh(full))
     rng = np.random.default_rng(seed)
-    direct, mirrored = [], []
+    direct: list[np.ndarray] = []
+    mirrored: list[np.ndarray] = []
     with FaceMeshDetector() as detector:
         for copy in range(n_copies):
             extra = np.eye(3) if copy == 0 else perturbation(rng)

@@ -302,6 +302,19 @@ class ClusterGuided(Regulariser):
     """
 
     requires = frozenset({"indices"})
+    # The buffers registered in __init__, declared so that type checkers see tensors (nn.Module.__getattr__ is
+    # typed Tensor | Module).
+    bank: torch.Tensor
+    bank_filled: torch.Tensor
+    bank_labels: torch.Tensor
+    margins: torch.Tensor
+    hardness: torch.Tensor
+    centres: torch.Tensor
+    centre_valid: torch.Tensor
+    positive_row: torch.Tensor
+    align_label: torch.Tensor
+    num_clusters: torch.Tensor
+    last_clustered_epoch: torch.Tensor
 
     def __init__(self, cfg: ClusterConfig, num_classes: int, embed_dim: int, num_samples: int) -> None:
         super().__init__()
@@ -411,8 +424,8 @@ class ClusterGuided(Regulariser):
         return f"samples={n}, dim={d}, classes={self.margins.shape[0]}, bank={self.cfg.bank_dtype}"
 
 
-def _refresh_host_copy(module: torch.nn.Module, incompatible_keys: Any) -> None:
-    module._last_epoch = float(module.last_clustered_epoch)  # type: ignore[attr-defined]
+def _refresh_host_copy(module: ClusterGuided, incompatible_keys: Any) -> None:
+    module._last_epoch = float(module.last_clustered_epoch)
 
 
 @REGULARISERS.register("cluster")

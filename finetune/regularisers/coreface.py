@@ -110,6 +110,8 @@ class CoReFace(Regulariser):
     storing it. It does not move while the weight is 0 (forward is not called), i.e. before phase 2 by default.
     """
 
+    margin: torch.Tensor  # the buffer registered in __init__ (declared: nn.Module.__getattr__ is Tensor | Module)
+
     def __init__(
         self,
         phase2_epoch: float = 7.0,

@@ -38,6 +38,8 @@ class LandmarkPosition(Regulariser):
     requires = frozenset({"landmarks", "reference_landmarks"})
 
     def forward(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        if ctx.landmarks is None or ctx.reference_landmarks is None:  # `requires` makes the objective check this
+            raise ValueError("landmark regulariser: LossContext.landmarks and reference_landmarks are required")
         scale = 1.0 / (ctx.image_size - 1)  # LAFS divides 112-pixel coordinates by 111
         student = ctx.landmarks.float() * scale
         reference = ctx.reference_landmarks.detach().float() * scale

@@ -25,7 +25,9 @@ def scan_image_folder(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndar
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    paths, labels, names = [], [], []
+    paths: list[Path] = []
+    labels: list[int] = []
+    names: list[str] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if images:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -105,8 +105,16 @@ class WithLandmarks(Dataset):
         return item
 
 
+class _SourceOptions(TypedDict):
+    """The options every file source takes (so ``**options`` keeps each one's own type)."""
+
+    bgr: bool
+    image_size: int | None
+    max_bad_fraction: float
+
+
 def _open_base(path: Path, bgr: bool, image_size: int | None, max_bad_fraction: float) -> Any:
-    options = {"bgr": bgr, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
+    options: _SourceOptions = {"bgr": bgr, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
     if path.is_dir():
         return open_image_folder(path, **options)
     if not path.exists():
@@ -170,6 +178,7 @@ def open_dataset(
     path = Path(path)
     dataset = _open_base(path, bgr, image_size, max_bad_fraction)
     if landmarks != "none":
+        assert image_size is not None  # checked on entry: landmarks need a fixed size
         cache = None if landmarks == "template" else _open_cache(landmarks, dataset, landmark_set, image_size)
         dataset = WithLandmarks(dataset, landmark_set, image_size, cache, missing_landmarks)
     if shots is not None:

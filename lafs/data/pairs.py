@@ -16,7 +16,7 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -39,11 +39,19 @@ def _latin1_encode(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
+def _pickled_with(reduced: str | tuple[Any, ...]) -> Callable[..., Any]:
+    """The callable of a ``__reduce__`` value: numpy arrays and scalars reduce to (callable, args, ...), never to the
+    name of a global (the ``str`` form ``object.__reduce__`` is typed with)."""
+    return cast("Callable[..., Any]", reduced[0])
+
+
 def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     # Ask numpy which functions it pickles arrays and scalars with rather than importing them by name: they live in
     # numpy.core under numpy 1.x and numpy._core under 2.x, and files written by either must load under either.
     empty = np.empty(0, np.uint8)
-    reconstruct, frombuffer, scalar = empty.__reduce__()[0], empty.__reduce_ex__(5)[0], np.bool_(True).__reduce__()[0]
+    reconstruct = _pickled_with(empty.__reduce__())
+    frombuffer = _pickled_with(empty.__reduce_ex__(5))
+    scalar = _pickled_with(np.bool_(True).__reduce__())
     allowed: dict[tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,

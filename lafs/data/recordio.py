@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -79,6 +79,15 @@ def unpack_record(record: bytes) -> tuple[RecordHeader, bytes]:
         raise ValueError(f"header says {flag} labels but the record has only {len(record)} bytes")
     labels = tuple(np.frombuffer(record, dtype="<f4", count=flag, offset=_HEADER.size).tolist())
     return RecordHeader(flag, labels, id_, id2), record[end:]
+
+
+def _integral_pair(header: RecordHeader) -> tuple[float, float] | None:
+    """The first two labels of a record with at least two (flag >= 2), if both are whole numbers, else None:
+    insightface's header (first identity record, end) and identity records (start, stop) carry such a pair."""
+    label = header.label
+    if header.flag < 2 or not isinstance(label, tuple) or not all(float(v).is_integer() for v in label[:2]):
+        return None  # flag >= 2 means a tuple (unpack_record); the isinstance is for the type checker
+    return label[0], label[1]
 
 
 def _class_of(head: bytes) -> int:
@@ -180,14 +189,15 @@ def rebuild_index(rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[
     one; otherwise keys are 0 .. n-1 in file order.
     """
     rec = _existing(Path(rec_path))
-    offsets, ids = [], []
+    offsets: list[int] = []
+    ids: list[int | None] = []
     for offset, head in _walk(rec, _HEADER.size):
         offsets.append(offset)
         ids.append(_HEADER.unpack(head)[2] if len(head) == _HEADER.size else None)
-    if None in ids or len(set(ids)) != len(ids):
-        ids = list(range(len(offsets)))
+    distinct = None not in ids and len(set(ids)) == len(ids)
+    keys = cast("list[int]", ids) if distinct else list(range(len(offsets)))  # the cast: no None among them
     target = Path(idx_path) if idx_path is not None else rec.with_suffix(".idx")
-    write_index(target, zip(ids, offsets, strict=True))
+    write_index(target, zip(keys, offsets, strict=True))
     return target
 
 
@@ -427,9 +437,10 @@ class FaceRecordDataset(Dataset):
             header, _ = unpack_record(reader.read(0))
         except (KeyError, ValueError, DataError):
             return None
-        if header.flag < 2 or not all(float(v).is_integer() for v in header.label[:2]):
+        pair = _integral_pair(header)
+        if pair is None:
             return None
-        first, end = int(header.label[0]), int(header.label[1])
+        first, end = int(pair[0]), int(pair[1])
         if not 1 <= first < end or np.count_nonzero((reader._keys >= 1) & (reader._keys < end)) != end - 1:
             return None  # keys are unique, so that count means all of 1 .. end - 1 are there
         ranges = []
@@ -439,9 +450,10 @@ class FaceRecordDataset(Dataset):
             except (ValueError, DataError):
                 return None
             # Identity records carry a (start, stop) pair and no image; im2rec images with label pairs do not.
-            if identity.flag < 2 or rest or not all(float(v).is_integer() for v in identity.label[:2]):
+            pair = _integral_pair(identity)
+            if pair is None or rest:
                 return None
-            ranges.append(identity.label[:2])
+            ranges.append(pair)
         array = np.asarray(ranges, dtype=np.int64)
         starts, stops = array[:, 0], array[:, 1]
         if starts.min() < 1 or stops.max() > first or np.any(stops < starts) or np.any(starts[1:] < stops[:-1]):

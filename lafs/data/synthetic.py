@@ -24,6 +24,7 @@ from functools import cache
 import cv2
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
 from lafs.data.collate import collate_faces, normalize_images
@@ -185,6 +186,7 @@ def _parts() -> _Parts:
     inner, outer = loops
     outer_up, outer_lo = _split_loop(tuple(outer), xy)
     inner_up, inner_lo = _split_loop(tuple(inner), xy)
+    brow_loops = [np.concatenate([top, bottom[::-1]]) for top, bottom in brows]
     parts = _Parts(
         neutral=np.empty(0),
         flip=flip,
@@ -193,7 +195,7 @@ def _parts() -> _Parts:
         eyes=(eyes[0], eyes[1]),
         upper_lids=(lids[0][0], lids[1][0]),
         lower_lids=(lids[0][1], lids[1][1]),
-        brows=tuple(np.concatenate([top, bottom[::-1]]) for top, bottom in brows),
+        brows=(brow_loops[0], brow_loops[1]),
         brow_tops=np.concatenate([top for top, _ in brows]),
         outer_lips=outer,
         inner_lips=inner,
@@ -405,7 +407,7 @@ def _skin_texture(rng: np.random.Generator, points: np.ndarray, parts: _Parts, s
     size = REFERENCE_SIZE
     grid = (np.mgrid[0:size, 0:size][::-1].reshape(2, -1).T + 0.5).astype(np.float64)
     xy = points[:, :2]
-    face = np.zeros((size, size), np.uint8)
+    face: np.ndarray = np.zeros((size, size), np.uint8)  # the face mask, then its blurred coverage (flat)
     cv2.fillPoly(face, [_fixed(xy[parts.skull.tolist() + parts.jaw[::-1].tolist()])], 255, cv2.LINE_AA, _SHIFT)
     face = cv2.GaussianBlur(face.astype(np.float32) / 255, (0, 0), 4).reshape(-1)
     patches = cv2.resize(rng.normal(0, 1, (5, 5)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
@@ -468,20 +470,20 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round((points - 0.5) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _fill(image: np.ndarray, points: np.ndarray, colour) -> None:
+def _fill(image: np.ndarray, points: np.ndarray, colour: ArrayLike) -> None:
     cv2.fillPoly(image, [_fixed(points)], _scalar(colour), cv2.LINE_AA, _SHIFT)
 
 
-def _line(image: np.ndarray, points: np.ndarray, colour, thickness: float, closed: bool = False) -> None:
+def _line(image: np.ndarray, points: np.ndarray, colour: ArrayLike, thickness: float, closed: bool = False) -> None:
     cv2.polylines(image, [_fixed(points)], closed, _scalar(colour), max(1, round(thickness)), cv2.LINE_AA, _SHIFT)
 
 
-def _circle(image: np.ndarray, centre: np.ndarray, radius: float, colour) -> None:
-    centre = tuple(int(v) for v in _fixed(np.asarray(centre)).reshape(2))
-    cv2.circle(image, centre, max(1, round(radius * (1 << _SHIFT))), _scalar(colour), -1, cv2.LINE_AA, _SHIFT)
+def _circle(image: np.ndarray, centre: np.ndarray, radius: float, colour: ArrayLike) -> None:
+    fixed = tuple(int(v) for v in _fixed(np.asarray(centre)).reshape(2))
+    cv2.circle(image, fixed, max(1, round(radius * (1 << _SHIFT))), _scalar(colour), -1, cv2.LINE_AA, _SHIFT)
 
 
-def _scalar(colour) -> tuple[float, ...]:
+def _scalar(colour: ArrayLike) -> tuple[float, ...]:
     return tuple(float(c) for c in np.atleast_1d(colour))
 
 
@@ -506,7 +508,9 @@ def render_face(
     return _light(rng, cfg, fg, alpha, pose), mesh.astype(np.float32)
 
 
-def _draw_head(fg: np.ndarray, alpha: np.ndarray, identity: FaceIdentity, pose: _Pose, points, mesh) -> None:
+def _draw_head(
+    fg: np.ndarray, alpha: np.ndarray, identity: FaceIdentity, pose: _Pose, points: np.ndarray, mesh: np.ndarray
+) -> None:
     """Back to front: hair behind, neck, ears, skin (the silhouette of mesh and skull), beard, fringe; then the
     identity's texture, which lives in template pixels and follows the face by an affine fit of template to image."""
     parts, skin = _parts(), identity.skin
@@ -538,7 +542,9 @@ def _draw_head(fg: np.ndarray, alpha: np.ndarray, identity: FaceIdentity, pose: 
     fg[:] = np.clip(fg * (texture.astype(np.float32) * (1 / _TEXTURE_ONE)), 0, 255)
 
 
-def _draw_features(fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points, mesh, gaze: np.ndarray) -> None:
+def _draw_features(
+    fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points: np.ndarray, mesh: np.ndarray, gaze: np.ndarray
+) -> None:
     """Eyes, brows, nose, mouth and moustache over the skin."""
     parts, skin, k = _parts(), identity.skin, pose.scale
     _draw_eyes(fg, identity, pose, points, mesh, gaze)
@@ -564,7 +570,9 @@ def _draw_features(fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points, 
         _fill(fg, pose.project(np.vstack([lip, top[::-1]])), identity.hair * 0.85)
 
 
-def _draw_eyes(fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points, mesh, gaze: np.ndarray) -> None:
+def _draw_eyes(
+    fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points: np.ndarray, mesh: np.ndarray, gaze: np.ndarray
+) -> None:
     """Sclera, then iris and pupil clipped to the eye opening, then the upper-lid line."""
     parts = _parts()
     loops = [mesh[eye] for eye in parts.eyes]
@@ -590,7 +598,9 @@ def _draw_eyes(fg: np.ndarray, identity: FaceIdentity, pose: _Pose, points, mesh
         _line(fg, mesh[upper], (35, 25, 22), identity.lash * pose.scale)
 
 
-def _light(rng: np.random.Generator, cfg: SyntheticFacesConfig, fg, alpha, pose: _Pose) -> np.ndarray:
+def _light(
+    rng: np.random.Generator, cfg: SyntheticFacesConfig, fg: np.ndarray, alpha: np.ndarray, pose: _Pose
+) -> np.ndarray:
     """Shade the head with a rotated-ellipsoid normal proxy, put it on a background, then camera effects."""
     size, strength = cfg.image_size, cfg.lighting
     tilt, azimuth = math.radians(60) * strength * rng.random(), rng.uniform(0, 2 * math.pi)
@@ -609,7 +619,9 @@ def _light(rng: np.random.Generator, cfg: SyntheticFacesConfig, fg, alpha, pose:
     image = np.clip(image, 0, 255).astype(np.uint8)
     if rng.random() < cfg.jpeg_prob:
         _, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert decoded is not None  # a JPEG imencode just wrote always decodes
+        image = decoded[..., ::-1]
     return np.ascontiguousarray(image)
 
 

@@ -81,6 +81,8 @@ def export_onnx(
     images = torch.zeros(2, 3, height, width)
     was_training = model.training
     model.eval()
+    module: torch.nn.Module
+    args: tuple[torch.Tensor, ...]
     if images_only:
         module, args, names = ImageEncoder(model, landmark_predictor).eval(), (images,), ["images"]
     else:
@@ -124,7 +126,7 @@ def _median_ms_per_image(run: Any, batch: int, repeats: int = 5, warmup: int = 2
 
 
 def check_onnx_parity(
-    model: LandmarkViT,
+    model: LandmarkViT | ImageEncoder,
     onnx_path: str | os.PathLike[str],
     images: torch.Tensor,
     landmarks: torch.Tensor | None = None,
@@ -132,15 +134,17 @@ def check_onnx_parity(
 ) -> dict[str, Any]:
     """Compare the ONNX file with ``model`` on ``images`` (batch, 3, H, W) normalised (real faces, not noise).
 
-    ``landmarks`` (batch, K, 2) feed a file with a ``landmarks`` input (the template if not given); an images-only
-    file is compared with ``model(images)``. Returns the smallest per-sample cosine similarity, the largest absolute
-    difference, and the median latency per image (ms) of a batch of ``latency_batch`` for PyTorch and ONNX Runtime
-    (CPU). Cosine below `MIN_PARITY_COSINE` is a `DataError`.
+    ``model`` is the encoder, or the `ImageEncoder` an images-only file was exported from. ``landmarks`` (batch, K,
+    2) feed a file with a ``landmarks`` input (the encoder's template if not given); an images-only file is compared
+    with ``model(images)``. Returns the smallest per-sample cosine similarity, the largest absolute difference, and
+    the median latency per image (ms) of a batch of ``latency_batch`` for PyTorch and ONNX Runtime (CPU). Cosine
+    below `MIN_PARITY_COSINE` is a `DataError`.
     """
     encoder = OnnxEncoder(onnx_path)
     images = images.detach().float().cpu()
     if encoder.needs_landmarks and landmarks is None:
-        landmarks = model.default_landmarks(images.shape[0]).cpu()
+        encoder_model = model.encoder if isinstance(model, ImageEncoder) else model
+        landmarks = encoder_model.default_landmarks(images.shape[0]).cpu()
     if not encoder.needs_landmarks:
         landmarks = None
     elif landmarks is not None:

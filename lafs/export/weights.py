@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 
 from lafs.errors import DataError
 from lafs.files import read_weights_folder, replace_folder, save_weights_folder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
-from lafs.models.vit import LandmarkViT
+from lafs.models.vit import LandmarkViT, block_dims
 
 EXPORT_FORMAT = "lafs-encoder"
 EXPORT_VERSION = 1
@@ -46,7 +46,7 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
             "landmark_set": model.landmark_set,
             "embed_dim": model.embed_dim,
             "depth": len(model.blocks),
-            "num_heads": model.blocks[0].attn.num_heads,
+            "num_heads": block_dims(model)[0],
         },
         "input_size": list(cfg["input_size"]),
         "mean": list(cfg["mean"]),
@@ -89,7 +89,7 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
     """
     config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
     try:
-        return timm.create_model(
+        model = timm.create_model(
             config["architecture"],
             pretrained=True,
             pretrained_cfg_overlay={"file": str(weights)},
@@ -98,6 +98,8 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
         )
     except (RuntimeError, KeyError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    # The format check admits only folders save_encoder wrote, whose architecture is a registered LandmarkViT.
+    return cast(LandmarkViT, model)
 
 
 def encoder_folder(path: str | os.PathLike[str]) -> Path:

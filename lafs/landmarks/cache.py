@@ -54,7 +54,7 @@ def shard_range(num_images: int, shard_index: int, shard_count: int) -> range:
 class LandmarkCache:
     """A landmark cache folder, opened read-only (training) or for writing (extraction)."""
 
-    def __init__(self, path: Path, info: CacheInfo, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, path: Path, info: CacheInfo, arrays: dict[str, np.memmap]) -> None:
         self.path, self.info = path, info
         self.landmarks, self.found, self.done = (arrays[name] for name in _ARRAYS)
         self._pending = np.empty(0, np.int64)  # written since the last flush, not yet marked done

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -92,6 +93,7 @@ def extract_landmarks(
     chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
     start_args = (str(dataset_path), bgr, landmark_set, image_size)
     pool = None
+    results: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]  # a pool's imap_unordered or a plain map
     if workers > 1:
         # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
         context = multiprocessing.get_context("forkserver")

@@ -32,7 +32,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -72,6 +72,8 @@ class LandmarkPredictorConfig:
 class LandmarkPredictor(nn.Module):
     """timm backbone -> pooled features -> Dropout -> Linear(features, K * 2), read as offsets from the template."""
 
+    template: torch.Tensor  # the buffer registered in __init__ (nn.Module.__getattr__ would type it Tensor | Module)
+
     def __init__(self, cfg: LandmarkPredictorConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -80,7 +82,8 @@ class LandmarkPredictor(nn.Module):
         self.scale = cfg.image_size / OFFSET_DIVISOR
         self.backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
         # MobileNetV3 and friends add a conv head after pooling: its width, not num_features, is what comes out.
-        features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        # (Every timm model sets an int num_features; create_model is typed as returning a plain nn.Module.)
+        features = int(getattr(self.backbone, "head_hidden_size", None) or cast(int, self.backbone.num_features))
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(features, self.num_landmarks * 2)
         # Zero start: an untrained predictor returns exactly the template.

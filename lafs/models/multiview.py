@@ -35,5 +35,7 @@ class MultiViewEncoder(nn.Module):
         """Images (batch, views, 3, H, W) normalised, landmarks (batch, views, k, 2), ids (batch, views, k)."""
         features = [self.backbone(view_major(global_images), view_major(global_landmarks))]
         if local_images is not None and local_images.shape[1] > 0:
+            if local_landmarks is None or local_ids is None:
+                raise ValueError("local views need local_landmarks and local_ids")
             features.append(self.backbone(view_major(local_images), view_major(local_landmarks), view_major(local_ids)))
         return self.head(torch.cat(features))

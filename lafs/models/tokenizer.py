@@ -22,6 +22,8 @@ class LandmarkPatchEmbed(nn.Module):
     number of landmarks in the set (the length of the position table).
     """
 
+    offsets: torch.Tensor  # the buffer registered in __init__ (nn.Module.__getattr__ would type it Tensor | Module)
+
     def __init__(
         self,
         num_landmarks: int,

@@ -32,6 +32,13 @@ class LandmarkViT(VisionTransformer):
     landmark set is used, which is right for faces aligned to the ArcFace template.
     """
 
+    # Narrower than VisionTransformer's Optional: the class token and the position table are always on
+    # (_FIXED_LAYOUT keeps the options that would drop them out).
+    cls_token: torch.nn.Parameter
+    pos_embed: torch.nn.Parameter
+    template: torch.Tensor  # the buffer registered in __init__ (nn.Module.__getattr__ would type it Tensor | Module)
+    pretrained_cfg: dict[str, Any]  # set by timm's build_model_with_cfg
+
     def __init__(
         self,
         landmark_set: str = "mediapipe196",
@@ -90,7 +97,8 @@ class LandmarkViT(VisionTransformer):
         tokens = self.pos_drop(torch.cat([cls, tokens], dim=1))
         return self.norm_pre(self.patch_drop(tokens))
 
-    def forward_features(
+    # The overrides take landmarks where timm takes attn_mask / is_causal: a different input by design.
+    def forward_features(  # type: ignore[override]
         self, images: torch.Tensor, landmarks: torch.Tensor | None = None, landmark_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Normalised tokens (batch, 1 + k, dim) after the transformer blocks."""
@@ -101,13 +109,13 @@ class LandmarkViT(VisionTransformer):
             tokens = self.blocks(tokens)
         return self.norm(tokens)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self, images: torch.Tensor, landmarks: torch.Tensor | None = None, landmark_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Pooled embedding (batch, dim), or logits (batch, classes) when a classifier is attached."""
         return self.forward_head(self.forward_features(images, landmarks, landmark_ids))
 
-    def forward_intermediates(
+    def forward_intermediates(  # type: ignore[override]
         self,
         images: torch.Tensor,
         landmarks: torch.Tensor | None = None,
@@ -140,6 +148,13 @@ class LandmarkViT(VisionTransformer):
             "stem": r"^cls_token|^pos_embed|^patch_embed",
             "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
         }
+
+
+def block_dims(model: VisionTransformer) -> tuple[int, int]:
+    """(attention heads, MLP hidden width) of ``model``'s first block: timm keeps neither on the model itself."""
+    # A timm Block; its .attn and .mlp come from layer factories, typed as plain nn.Module, so no precise type.
+    block: Any = model.blocks[0]
+    return int(block.attn.num_heads), int(block.mlp.fc1.out_features)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from lafs.engine.loop import train_micro_batch
 from lafs.errors import ConfigError
 from lafs.models import build_encoder
 from lafs.models.multiview import MultiViewEncoder
-from lafs.models.vit import LandmarkViT
+from lafs.models.vit import LandmarkViT, block_dims
 from lafs.tasks.pretrain import DinoConfig, PretrainConfig, PretrainTask, build_models, optimizer_groups
 from tools.benchmarks.common import DEFAULT_ENCODER, figure, resolve_device, result, time_side_by_side
 
@@ -83,20 +83,20 @@ def plain_vit_like(model: LandmarkViT, drop_path_rate: float = 0.0) -> PlainViT:
     """A `PlainViT` of the landmark ViT's width, depth, heads and MLP ratio over a grid of K = num_landmarks tokens."""
     patch = int(model.patch_embed.patch_size[0])
     rows, columns = grid_shape(int(model.num_landmarks))
-    block = model.blocks[0]
+    heads, mlp_width = block_dims(model)
     plain = PlainViT(
         img_size=(patch * rows, patch * columns),
         patch_size=patch,
         embed_dim=int(model.embed_dim),
         depth=len(model.blocks),
-        num_heads=int(block.attn.num_heads),
-        mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+        num_heads=heads,
+        mlp_ratio=mlp_width / model.embed_dim,
         num_classes=0,
         dynamic_img_size=True,
         drop_path_rate=drop_path_rate,
     )
-    same = (plain.embed_dim, len(plain.blocks), plain.blocks[0].attn.num_heads, plain.patch_embed.num_patches)
-    wanted = (model.embed_dim, len(model.blocks), block.attn.num_heads, model.num_landmarks)
+    same = (plain.embed_dim, len(plain.blocks), block_dims(plain)[0], plain.patch_embed.num_patches)
+    wanted = (model.embed_dim, len(model.blocks), heads, model.num_landmarks)
     if same != wanted:  # a silent mismatch would make the ratio meaningless
         raise RuntimeError(f"plain ViT (width, depth, heads, tokens) {same} != landmark ViT {wanted}")
     return plain
