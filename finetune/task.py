@@ -32,7 +32,6 @@ from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
 from lafs.data.collate import normalize_images
-from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
@@ -138,15 +137,6 @@ class _Positioned(Dataset):
         return {**self.base[i], "position": i}
 
 
-def build_dataset(cfg: FinetuneConfig, run_dir: Path | None) -> _Positioned:
-    """The labelled training set; with ``run_dir`` the few-shot list is written there (one process does)."""
-    options = dataclasses.asdict(cfg.data)
-    dataset = open_dataset(options.pop("path"), run_dir=run_dir, synthetic=cfg.synthetic, **options)
-    if dataset.num_classes < 2:
-        raise DataError(f"{cfg.data.path}: {dataset.num_classes} identity; a margin head needs at least 2")
-    return _Positioned(dataset)
-
-
 def initial_encoder(cfg: FinetuneConfig) -> LandmarkViT:
     """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
     if not cfg.init:
@@ -214,6 +204,7 @@ class FinetuneTask(Task):
     """Encoder (+ optional trainable landmark predictor) + objective; flips and mixup on the device; best model."""
 
     name = "finetune"
+    fixed_on_resume = ("data", "synthetic", "init", "encoder", "landmarks", "head", "regularisers")
     broadcast_buffers = False  # memory banks are large, and every process keeps them identical on its own
 
     def __init__(self, cfg: FinetuneConfig) -> None:
@@ -222,7 +213,11 @@ class FinetuneTask(Task):
         self.eval_sets: dict[str, tuple[Any, Any]] = {}
 
     def build_dataset(self, accelerator: Accelerator) -> _Positioned:
-        return build_dataset(self.cfg, self.cfg.output_dir if accelerator.is_main_process else None)
+        """The labelled training set, each item with its ``position`` in it."""
+        dataset = self.open_faces()
+        if dataset.num_classes < 2:
+            raise DataError(f"{self.cfg.data.path}: {dataset.num_classes} identity; a margin head needs at least 2")
+        return _Positioned(dataset)
 
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         cfg = self.cfg

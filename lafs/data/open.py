@@ -223,13 +223,20 @@ def few_shot_subset(dataset: Any, shots: int, seed: int, run_dir: str | os.PathL
     """``shots`` seeded images of every identity of ``dataset``; with ``run_dir``, the list goes to few_shot.csv."""
     subset = IndexSubset(dataset, few_shot_indices(np.asarray(dataset.labels), shots, seed))
     if run_dir is not None:
-        _write_subset(Path(run_dir) / "few_shot.csv", subset)
+        write_few_shot_list(subset, run_dir)
     return subset
 
 
-def _write_subset(target: Path, subset: IndexSubset) -> None:
+def write_few_shot_list(dataset: Any, run_dir: str | os.PathLike[str]) -> Path | None:
+    """Write ``run_dir/few_shot.csv`` (``index,label`` of each kept image) when ``dataset`` is a few-shot subset.
+
+    Training runs call it once their start-up checks have passed, so a failed start writes nothing.
+    """
+    if not isinstance(dataset, IndexSubset):
+        return None
+    subset = dataset
     base_index = getattr(subset.base, "positions", np.arange(len(subset.base)))[subset.positions]
     rows = "".join(
         f"{index},{label}\n" for index, label in zip(base_index.tolist(), subset.labels.tolist(), strict=True)
     )
-    write_atomic(target, "index,label\n" + rows)
+    return write_atomic(Path(run_dir) / "few_shot.csv", "index,label\n" + rows)

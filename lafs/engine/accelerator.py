@@ -40,6 +40,17 @@ def use_fused_adamw(accelerator: Accelerator) -> bool:
     return accelerator.device.type == "cuda" and accelerator.mixed_precision != "fp16"
 
 
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels, so reruns and resumed runs match bit for bit (the caller also uses one CPU thread).
+
+    On CUDA some kernels have no deterministic version (grid_sample's backward, which the landmark tokenizer uses,
+    adds with atomics): they warn instead of failing, and such runs match to rounding only.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = False
+
+
 def processes_on_this_node(accelerator: Accelerator) -> int:
     """Training processes sharing this machine's cores (torchrun's LOCAL_WORLD_SIZE; all of them on one node)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))

@@ -1,23 +1,36 @@
-"""Step checkpoints through `accelerator.save_state`, written atomically and rotated.
+"""Step checkpoints: written atomically, rotated, and loaded without ever unpickling anything that can run code.
 
 Each checkpoint is built in a hidden ``.tmp-step_N`` folder and renamed to ``step_N`` only once every process has
 written its part, so a kill during a save leaves the previous checkpoint as the newest loadable one. The run
 directory must be on a filesystem every process sees (one main process renames and rotates for all).
+
+What goes in: `accelerator.save_state` (model as safetensors; optimiser, sampler and random states, which accelerate
+loads with ``torch.load(weights_only=True)``), plus the run's own state, which accelerate would pickle and load with
+``weights_only=False`` (a crafted checkpoint could then run code): the task's extra modules (EMA teacher, DINO
+centre) as ``task_state.safetensors`` and the train state (step, best score) as ``train_state.json``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as torch_safe_load
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from lafs.errors import ConfigError
-from lafs.files import replace_folder
+from lafs.errors import ConfigError, DataError
+from lafs.files import replace_folder, write_atomic
 
+logger = logging.getLogger("lafs.engine")
 _NAME = re.compile(r"^step_(\d+)$")
+TASK_STATE = "task_state.safetensors"
+TRAIN_STATE = "train_state.json"
 
 
 class TrainState:
@@ -43,31 +56,40 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_point(resume: str, folder: Path) -> Path | None:
-    """``auto``: the newest finished checkpoint (or None); ``""``: None; else that path, which must exist."""
+def resume_candidates(resume: str, folder: Path) -> list[Path]:
+    """Checkpoints to try, in order: ``auto``: every finished one, newest first; ``""``: none; else that folder."""
     if not resume:
-        return None
+        return []
     if resume == "auto":
-        found = checkpoints(folder)
-        return found[-1] if found else None
+        return checkpoints(folder)[::-1]
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume={resume}: no such checkpoint folder")
     if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         hint = " (a run directory: use resume=auto, or name one of its checkpoints/step_* folders)"
         raise ConfigError(f"resume={resume}: not a checkpoint folder{hint if (path / 'checkpoints').is_dir() else ''}")
-    return path
+    return [path]
 
 
-def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, folder: Path, state: TrainState, modules: list[nn.Module], keep: int
+) -> Path:
     """Save the full training state as ``folder/step_N`` on every process, then keep the newest ``keep``."""
-    final = folder / f"step_{step:08d}"
+    final = folder / f"step_{state.step:08d}"
     temporary = folder / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        tensors = {
+            f"{i}.{name}": value.detach().cpu().contiguous()
+            for i, module in enumerate(modules)
+            for name, value in module.state_dict().items()
+        }
+        save_file(tensors, str(temporary / TASK_STATE))
+        write_atomic(temporary / TRAIN_STATE, json.dumps(state.state_dict()) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         replace_folder(temporary, final)  # re-saving a step after a resume keeps a whole copy throughout
@@ -75,3 +97,44 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState, modules: list[nn.Module]) -> None:
+    """Restore what `save_checkpoint` wrote; anything missing, damaged or not ours is a one-line `DataError`."""
+    if any(path.glob("custom_checkpoint_*.pkl")):  # accelerate would unpickle these with weights_only=False
+        raise DataError(f"{path}: holds pickled run state (custom_checkpoint_*.pkl), which could run code: not loaded")
+    if not (path / TASK_STATE).is_file() or not (path / TRAIN_STATE).is_file():
+        raise DataError(f"{path}: not a complete lafs checkpoint (no {TASK_STATE} or {TRAIN_STATE})")
+    try:
+        # accelerate skips random states it cannot read with a log line; a resumed run would then silently differ.
+        random_states = path / f"random_states_{accelerator.process_index}.pkl"
+        torch_safe_load(random_states)  # weights_only, as accelerate reads it: a payload there cannot run
+        accelerator.load_state(str(path))
+        tensors = load_file(str(path / TASK_STATE))
+        for i, module in enumerate(modules):
+            prefix = f"{i}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        state.load_state_dict(json.loads((path / TRAIN_STATE).read_text()))
+    except Exception as error:  # any failure to read the folder means it is damaged or another run's
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: cannot load this checkpoint: {reason[:300]}") from None
+
+
+def resume(
+    accelerator: Accelerator, resume: str, folder: Path, state: TrainState, modules: list[nn.Module]
+) -> Path | None:
+    """Load the checkpoint ``resume`` names (see `resume_candidates`); returns it, or None for a fresh start.
+
+    With ``auto`` a checkpoint that does not load (truncated by a full disk, say) is skipped with a warning for the
+    previous one; a checkpoint named explicitly must load.
+    """
+    candidates = resume_candidates(resume, folder)
+    for number, path in enumerate(candidates):
+        try:
+            load_checkpoint(accelerator, path, state, modules)
+            return path
+        except DataError as error:
+            if resume != "auto" or number == len(candidates) - 1:
+                raise
+            logger.warning(f"warning: {error}; trying the previous checkpoint")
+    return None

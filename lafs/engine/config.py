@@ -6,13 +6,25 @@ takes the stage's default (``output_dir``, ``num_workers``, ...).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
+
+from lafs.config import config_to_dict
 from lafs.data.open import SYNTHETIC, DatasetConfig
 from lafs.data.synthetic import SyntheticFacesConfig
 from lafs.errors import ConfigError
+
+logger = logging.getLogger("lafs.engine")
+# Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
+RUN_CONTROL = frozenset(
+    {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
+     "log_every", "eval_every", "dump_rank_weights", "deterministic"}
+)  # fmt: skip
 
 
 @dataclass
@@ -53,6 +65,9 @@ class RunConfig:
     log_every: int = 10  # optimiser steps between log lines
     eval_every: int = 0  # optimiser steps between validations (0 = only at the end, when the stage has eval sets)
     dump_rank_weights: bool = False  # each process writes a hash of its trained weights at the end (DDP sync check)
+    # Bit-exact reruns and resumes: deterministic kernels and one CPU thread (slower). Without it a rerun on a CPU
+    # with several threads can differ by rounding (1e-6), since some kernels add in a thread-dependent order.
+    deterministic: bool = False
 
     def validate(self) -> None:
         for key in ("checkpoint_every", "keep_checkpoints", "log_every"):
@@ -63,3 +78,41 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0 or null, got {self.max_steps}")
+
+
+def check_resumed_config(cfg: Any, run_dir: Path, fixed: tuple[str, ...]) -> None:
+    """Compare the config of a run about to resume with the one its run directory records.
+
+    A key under one of the ``fixed`` sections (what shapes the model or the data) that differs stops the run with
+    one line naming the keys; any other difference, except run control (`RUN_CONTROL`), is logged as a warning.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = _flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        raise ConfigError(f"{path}: unreadable; move it away to resume with the current config") from None
+    new = _flat(config_to_dict(cfg))
+    changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
+    shaping = [key for key in changed if key.split(".")[0] in fixed]
+    if shaping:
+        detail = ", ".join(f"{key} {saved.get(key)!r} -> {new.get(key)!r}" for key in shaping[:4])
+        raise ConfigError(
+            f"resuming {run_dir} with a different {'/'.join(sorted({k.split('.')[0] for k in shaping}))}: {detail}"
+            f"{' ...' if len(shaping) > 4 else ''} (use another output_dir, or resume='' to start afresh there)"
+        )
+    others = [key for key in changed if key.split(".")[0] not in RUN_CONTROL]
+    if others:
+        logger.warning(f"warning: resuming {run_dir} with changed {', '.join(others)} (saved config.yaml is replaced)")
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat

@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 
 from lafs.config import save_config
-from lafs.engine.accelerator import build_accelerator, processes_on_this_node, thread_count
+from lafs.engine.accelerator import build_accelerator, make_deterministic, processes_on_this_node, thread_count
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
-from lafs.engine.checkpoints import TrainState, find_resume_point, save_checkpoint
-from lafs.engine.config import RunConfig
+from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
+from lafs.engine.config import RunConfig, check_resumed_config
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task
+from lafs.errors import LafsError
 
 logger = logging.getLogger("lafs.engine")
 
@@ -46,10 +48,15 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
 
     Writes the run directory ``cfg.output_dir``: config.yaml, checkpoints/step_NNNNNNNN (rotated, atomic),
     log.jsonl, tensorboard/ and whatever the task exports. A run with a checkpoint there continues from it
-    (``resume=auto``) and ends exactly where an uninterrupted run would.
+    (``resume=auto``) and ends where an uninterrupted run would (bit for bit with ``deterministic=true``). Nothing
+    is written before every start-up check has passed.
     """
     accelerator = build_accelerator(cfg.mixed_precision, cfg.optim.grad_accum, task.broadcast_buffers)
-    torch.set_num_threads(thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers))
+    if cfg.deterministic:
+        make_deterministic(accelerator.device)
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
@@ -58,39 +65,33 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     o = cfg.optim
     loader = make_loader(dataset, o.batch_size, task.collate_fn(), cfg.num_workers, cfg.seed, accelerator.device)
     parts = task.build(accelerator, dataset)
-    if accelerator.is_main_process:  # after building: the config records what was used
-        save_config(task.resolved_config(), cfg.output_dir)
     model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
     for module in parts.on_device:
         module.to(accelerator.device)
-    state = TrainState()
-    # The task's objects first: checkpoints name them by position, and pretraining ones from before the engine
-    # hold (teacher, DINO loss, train state) in that order.
-    accelerator.register_for_checkpointing(*parts.checkpointed, state)
-    resume_from = find_resume_point(cfg.resume, cfg.output_dir / "checkpoints")
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        logger.info(f"resumed from {resume_from} at step {state.step}")
 
     processes = accelerator.num_processes
     steps = steps_per_epoch(len(dataset), len(loader), o.batch_size, o.grad_accum, processes)
+    resolved = task.resolved_config()
+    checkpoint_folder = cfg.output_dir / "checkpoints"
+    if resume_candidates(cfg.resume, checkpoint_folder):  # before loading: a changed model would not load anyway
+        check_resumed_config(resolved, cfg.output_dir, task.fixed_on_resume)
+    state = TrainState()
+    resumed_from = resume(accelerator, cfg.resume, checkpoint_folder, state, parts.checkpointed)
+    if accelerator.is_main_process:  # every check has passed: from here on the run directory is written
+        save_config(resolved, cfg.output_dir)
+        task.write_run_files(cfg.output_dir)
+        if resumed_from is not None:
+            logger.info(f"resumed from {resumed_from} at step {state.step}")
     left_out = left_out_per_epoch(len(dataset), steps, o.batch_size, o.grad_accum, processes)
     if left_out * 100 >= len(dataset):  # a visible share of a small dataset; each epoch leaves out others
         logger.info(f"each epoch trains on {len(dataset) - left_out} of {len(dataset)} images (whole batches)")
     run = RunContext(accelerator, state, steps, o.batch_size * o.grad_accum * processes, o.epochs * steps)
-    target = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
     task.model = model
     task.setup(run)
 
-    log = RunLog(cfg.output_dir, enabled=accelerator.is_main_process, resumed_from=state.step)
-    progress = Progress(accelerator.is_main_process, target, state.step, task.name)
     clock = time.perf_counter()
-    try:
-        last = _train(cfg, task, run, optimizer, loader, target, log, progress, getattr(dataset, "set_epoch", None))
-    finally:  # an interrupted run still flushes its log; its last checkpoint is already complete
-        progress.close()
-        log.close()
-
+    loop = _Loop(cfg, task, run, optimizer, loader, parts.checkpointed, getattr(dataset, "set_epoch", None))
+    last = loop.train()
     exported: dict[str, Path] = {}
     if accelerator.is_main_process:
         exported = task.export(cfg.output_dir, state.step)
@@ -104,53 +105,87 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     return summary
 
 
-def _train(
-    cfg: RunConfig,
-    task: Task,
-    run: RunContext,
-    optimizer: torch.optim.Optimizer,
-    loader: object,
-    target: int,
-    log: RunLog,
-    progress: Progress,
-    on_epoch: Callable[[int], None] | None,
-) -> dict[str, float]:
-    """Optimiser steps from ``run.state.step`` to ``target``; returns the last logged record.
+class _Loop:
+    """Optimiser steps with their logging, validation and checkpoints."""
 
-    ``on_epoch(epoch)`` is the dataset's ``set_epoch``, for datasets whose items depend on the epoch.
-    """
-    accelerator, state = run.accelerator, run.state
-    last: dict[str, float] = {}
-    if state.step >= target:
-        return last
-    images_seen, clock = 0, time.perf_counter()
-    for batch in training_batches(accelerator, loader, state.step, run.steps_per_epoch, cfg.optim.grad_accum, on_epoch):
-        step = state.step
-        terms = train_micro_batch(accelerator, task, optimizer, batch, step, cfg.optim.clip_grad)
-        images_seen += _batch_size(batch) * accelerator.num_processes
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        record = None
-        if state.step % cfg.log_every == 0 or state.step == target:
-            record = _record(task, step, terms, optimizer, images_seen / (time.perf_counter() - clock))
-            log.write(state.step, record)
-            last = record
-            images_seen, clock = 0, time.perf_counter()
-        progress.step(state.step, record)
-        # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
-        if task.validates and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == target):
-            if accelerator.is_main_process:  # the others wait at the barrier
-                # Random draws during validation (a loader's seed) must not shift training's: a run stopped at a
-                # validated step and resumed would otherwise differ from one that ran through.
-                with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
-                    log.write(state.step, task.validate(state.step))
-            accelerator.wait_for_everyone()
-        if state.step % cfg.checkpoint_every == 0 or state.step == target:
-            save_checkpoint(accelerator, cfg.output_dir / "checkpoints", state.step, cfg.keep_checkpoints)
-        if state.step >= target:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: Task,
+        run: RunContext,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        checkpointed: list[nn.Module],
+        on_epoch: Callable[[int], None] | None,
+    ) -> None:
+        self.cfg, self.task, self.run, self.optimizer, self.loader = cfg, task, run, optimizer, loader
+        self.checkpointed, self.on_epoch = checkpointed, on_epoch  # on_epoch: the dataset's set_epoch, if any
+        self.target = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
+        self.saved_step = run.state.step  # the step of the newest checkpoint
+
+    def train(self) -> dict[str, float]:
+        """Steps from ``run.state.step`` to the target; returns the last logged record.
+
+        A bad-input error mid-run (too many bad records, say) stops the run with a checkpoint of the steps done, so
+        rerunning after the fix continues (one process: with several, the others are not there to save with it).
+        """
+        accelerator, state, is_main = self.run.accelerator, self.run.state, self.run.accelerator.is_main_process
+        log = RunLog(self.cfg.output_dir, enabled=is_main, resumed_from=state.step)
+        progress = Progress(is_main, self.target, state.step, self.task.name)
+        try:
+            return self._steps(log, progress)
+        except LafsError:
+            if accelerator.num_processes == 1 and state.step > self.saved_step:
+                self._save()
+                logger.warning(f"stopped at step {state.step}; saved a checkpoint of the steps done")
+            raise
+        finally:  # an interrupted run still flushes its log; its last checkpoint is already complete
+            progress.close()
+            log.close()
+
+    def _steps(self, log: RunLog, progress: Progress) -> dict[str, float]:
+        cfg, task, run = self.cfg, self.task, self.run
+        accelerator, state = run.accelerator, run.state
+        last: dict[str, float] = {}
+        if state.step >= self.target:
             return last
-    raise AssertionError("training_batches is endless")  # pragma: no cover
+        images_seen, clock = 0, time.perf_counter()
+        batches = training_batches(
+            accelerator, self.loader, state.step, run.steps_per_epoch, cfg.optim.grad_accum, self.on_epoch
+        )
+        for batch in batches:
+            step = state.step
+            terms = train_micro_batch(accelerator, task, self.optimizer, batch, step, cfg.optim.clip_grad)
+            images_seen += _batch_size(batch) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            record = None
+            if state.step % cfg.log_every == 0 or state.step == self.target:
+                record = _record(task, step, terms, images_seen / (time.perf_counter() - clock))
+                log.write(state.step, record)
+                last = record
+                images_seen, clock = 0, time.perf_counter()
+            progress.step(state.step, record)
+            # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
+            if task.validates and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == self.target):
+                if accelerator.is_main_process:  # the others wait at the barrier
+                    # Random draws during validation (a loader's seed) must not shift training's: a run stopped at a
+                    # validated step and resumed would otherwise differ from one that ran through.
+                    with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
+                        log.write(state.step, task.validate(state.step))
+                accelerator.wait_for_everyone()
+            if state.step % cfg.checkpoint_every == 0 or state.step == self.target:
+                self._save()
+            if state.step >= self.target:
+                return last
+        raise AssertionError("training_batches is endless")  # pragma: no cover
+
+    def _save(self) -> None:
+        cfg, state = self.cfg, self.run.state
+        folder = cfg.output_dir / "checkpoints"
+        save_checkpoint(self.run.accelerator, folder, state, self.checkpointed, cfg.keep_checkpoints)
+        self.saved_step = state.step
 
 
 def train_micro_batch(
@@ -190,9 +225,7 @@ def _set_schedules(optimizer: torch.optim.Optimizer, task: Task, step: int) -> N
             group["weight_decay"] = decay
 
 
-def _record(
-    task: Task, step: int, terms: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer, images_per_second: float
-) -> dict[str, float]:
+def _record(task: Task, step: int, terms: Mapping[str, torch.Tensor], images_per_second: float) -> dict[str, float]:
     """One log record of optimiser step ``step`` (0-based): the terms, the task's values, epoch, schedules, speed."""
     values = {name: float(value.detach()) for name, value in terms.items()}
     record = {**values, **task.log_values(step, values), "epoch": task.epoch(step + 1), "lr": task.learning_rate(step)}

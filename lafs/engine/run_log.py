@@ -19,7 +19,7 @@ class RunLog:
     """``run_dir/log.jsonl`` (one object per logged step) and ``run_dir/tensorboard``.
 
     A run resumed from step ``resumed_from`` first drops the lines its crashed predecessor wrote after that step,
-    so the log reads as one uninterrupted run.
+    and a line torn by a crash mid-write, so the log reads as one uninterrupted run.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True, resumed_from: int = 0) -> None:
@@ -28,13 +28,10 @@ class RunLog:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in self._lines() if json.loads(line)["step"] <= resumed_from] if resumed_from else []
+        kept = [line for line, record in _records(self.path) if record["step"] <= resumed_from] if resumed_from else []
         self.path.write_text("".join(f"{line}\n" for line in kept))
         self._file = self.path.open("a", encoding="utf-8")
         self._board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_from or None)
-
-    def _lines(self) -> list[str]:
-        return [line for line in self.path.read_text().splitlines() if line] if self.path.exists() else []
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -52,9 +49,23 @@ class RunLog:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/log.jsonl``."""
-    path = run_dir / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    """The records of ``run_dir/log.jsonl`` (a line torn by a crash mid-write is left out)."""
+    return [record for _, record in _records(run_dir / "log.jsonl")]
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each whole line of a JSON-lines log."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            found.append((line, record))
+    return found
 
 
 class Progress:

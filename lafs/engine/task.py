@@ -14,6 +14,7 @@ schedules per optimiser step, logging, validation cadence, checkpoints, export).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from lafs.data.collate import collate_faces
+from lafs.data.open import open_dataset, write_few_shot_list
 from lafs.engine.checkpoints import TrainState
 from lafs.engine.config import RunConfig
 
@@ -60,6 +62,8 @@ class Task:
     """Base class of the stages' tasks; the hooks default to doing nothing."""
 
     name = "train"  # what the run's summary line calls it
+    # Config sections that shape the model or the data: resuming with any of them changed is refused.
+    fixed_on_resume: tuple[str, ...] = ("data", "synthetic")
     # DDP copies the main process's buffers to the others before each forward unless this is False (memory banks
     # that every process keeps identical on its own are too large to copy every step).
     broadcast_buffers = True
@@ -67,12 +71,19 @@ class Task:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.model: nn.Module | None = None  # the wrapped trainable module, set by the engine before `setup`
+        self.faces: Any = None  # the run's face data set, as `open_faces` opened it
 
     # ---------------------------------------------------------------------------------------------- building --
 
     def build_dataset(self, accelerator: Accelerator) -> Any:
         """The training set the loader shards and shuffles (items are dicts)."""
         raise NotImplementedError
+
+    def open_faces(self) -> Any:
+        """The run's face data set as ``data`` and ``synthetic`` say (`lafs.data.open.open_dataset`)."""
+        options = dataclasses.asdict(self.cfg.data)
+        self.faces = open_dataset(options.pop("path"), synthetic=self.cfg.synthetic, **options)
+        return self.faces
 
     def collate_fn(self) -> Callable[[Sequence[Any]], dict[str, Any]]:
         """The function that makes one batch from dataset items (default: stacked face items).
@@ -92,6 +103,11 @@ class Task:
         Subclasses call ``super().setup(run)``, which keeps ``run`` as ``self.run``.
         """
         self.run = run
+
+    def write_run_files(self, run_dir: Path) -> None:
+        """Files that describe the run beside config.yaml, written once start-up checks have passed: the few-shot
+        list (few_shot.csv) of `open_faces`' data set."""
+        write_few_shot_list(self.faces, run_dir)
 
     def resolved_config(self) -> RunConfig:
         """The config to save in the run directory: what was actually used (e.g. a loaded model's architecture)."""

@@ -8,7 +8,6 @@ pieces are in `lafs.landmarks.distill`; the engine (`lafs.engine.fit`) runs the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from lafs.config import config_to_dict
 from lafs.data.collate import collate_faces, normalize_images
-from lafs.data.open import SYNTHETIC, DatasetConfig, open_dataset
+from lafs.data.open import SYNTHETIC, DatasetConfig
 from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError, LafsError
@@ -102,22 +101,11 @@ class TrainLandmarksConfig(RunConfig):
         return LandmarkPredictorConfig(m.backbone, d.landmark_set, d.image_size, m.dropout)
 
 
-def open_faces(cfg: TrainLandmarksConfig, run_dir: Path | None) -> tuple[Any, np.ndarray]:
-    """The face data set (items with ``image``, ``landmarks``, ``landmark_valid``) and its labels (N,).
-
-    ``run_dir``: where a few-shot list is written (the main process's run directory; None on the others).
-    """
-    options = dataclasses.asdict(cfg.data)
-    faces = open_dataset(options.pop("path"), run_dir=run_dir, synthetic=cfg.synthetic, **options)
-    if len(faces) == 0:
-        raise DataError(f"{cfg.data.path}: no image with landmarks in {cfg.data.landmarks} (all skipped)")
-    return faces, np.asarray(faces.labels)
-
-
 class LandmarkTask(Task):
     """Predictor + AdamW, warm-up + cosine LR, smooth-L1 in pixels; held-out errors; exports predictor/ + report."""
 
     name = "landmarks"
+    fixed_on_resume = ("data", "synthetic", "model", "held_out_fraction")
 
     def __init__(self, cfg: TrainLandmarksConfig) -> None:
         super().__init__(cfg)
@@ -126,7 +114,10 @@ class LandmarkTask(Task):
 
     def build_dataset(self, accelerator: Accelerator) -> LandmarkFaces:
         cfg = self.cfg
-        faces, self.labels = open_faces(cfg, cfg.output_dir if accelerator.is_main_process else None)
+        faces = self.open_faces()  # items with image, landmarks, landmark_valid
+        if len(faces) == 0:
+            raise DataError(f"{cfg.data.path}: no image with landmarks in {cfg.data.landmarks} (all skipped)")
+        self.labels = np.asarray(faces.labels)
         self.train_positions, self.held_positions = split_by_identity(self.labels, cfg.held_out_fraction, cfg.seed)
         self.held_set = LandmarkFaces(faces, self.held_positions, cfg.data.landmark_set)
         return LandmarkFaces(faces, self.train_positions, cfg.data.landmark_set, cfg.augment, cfg.seed)

@@ -20,7 +20,6 @@ from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 
 from lafs.data.collate import collate_faces, normalize_images
-from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
 from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
 from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
@@ -135,6 +134,7 @@ class PretrainTask(Task):
     """Student, EMA teacher, DINO heads and loss with its centre, last-layer freeze; views made per batch."""
 
     name = "pretrain"
+    fixed_on_resume = ("data", "synthetic", "encoder", "dino")
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
@@ -147,9 +147,7 @@ class PretrainTask(Task):
         cfg = self.cfg
         if views_on_accelerator(cfg.views, accelerator.device):
             self.device_views = DeviceViews(cfg.views, cfg.data.landmark_set)
-        options = dataclasses.asdict(cfg.data)
-        run_dir = cfg.output_dir if accelerator.is_main_process else None  # one process writes few_shot.csv
-        base = open_dataset(options.pop("path"), run_dir=run_dir, synthetic=cfg.synthetic, **options)
+        base = self.open_faces()
         if self.device_views is not None:
             return base
         return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)

@@ -1,34 +1,102 @@
-"""Checkpoints: atomic, rotated, found again by resume=auto."""
+"""Checkpoints: atomic, rotated, found again by resume=auto, and never a pickle that can run code."""
 
 from __future__ import annotations
+
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 
-from lafs.engine.checkpoints import TrainState, checkpoints, find_resume_point, save_checkpoint
-from lafs.errors import ConfigError
+from lafs.engine.checkpoints import (
+    TASK_STATE,
+    TrainState,
+    checkpoints,
+    load_checkpoint,
+    resume,
+    resume_candidates,
+    save_checkpoint,
+)
+from lafs.errors import ConfigError, DataError
+
+MARKER = Path("/tmp/lafs-test-pickle-ran")  # a payload that runs would create it
 
 
-def test_rotation_keeps_the_newest_and_resume_finds_it(tmp_path):
+class Payload:
+    """Unpickling this runs code: it creates MARKER."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(MARKER),))
+
+
+def setup(tmp_path: Path) -> tuple[Accelerator, torch.nn.Module, TrainState, torch.nn.Module, Path]:
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(torch.nn.Linear(2, 2))
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    folder = tmp_path / "checkpoints"
+    extra = torch.nn.Linear(3, 1)  # an EMA teacher, say: saved as safetensors beside the model
+    return accelerator, model, TrainState(), extra, tmp_path / "checkpoints"
+
+
+def test_rotation_keeps_the_newest_and_resume_restores_everything(tmp_path):
+    accelerator, model, state, extra, folder = setup(tmp_path)
     (folder / ".tmp-step_00000004").mkdir(parents=True)  # a save that died half-way
     (folder / "notes").mkdir()  # not ours: never deleted
     for step in (2, 4, 6, 8):
-        state.step = step
-        save_checkpoint(accelerator, folder, step, keep=2)
+        state.step, state.best_score = step, step / 10
+        save_checkpoint(accelerator, folder, state, [extra], keep=2)
     assert [p.name for p in checkpoints(folder)] == ["step_00000006", "step_00000008"]
     assert (folder / "notes").is_dir() and not (folder / ".tmp-step_00000004").exists()
-    assert find_resume_point("auto", folder) == folder / "step_00000008"
-    assert find_resume_point("", folder) is None and find_resume_point("auto", tmp_path / "none") is None
+    assert not list(folder.glob("*/custom_checkpoint_*.pkl"))  # the run's own state is never pickled
+    assert resume_candidates("auto", folder) == [folder / "step_00000008", folder / "step_00000006"]
+    assert resume_candidates("", folder) == [] and resume_candidates("auto", tmp_path / "none") == []
+    saved = {k: v.clone() for k, v in extra.state_dict().items()}
     with torch.no_grad():
         model.weight.zero_()
-    state.step = 0
-    accelerator.load_state(str(folder / "step_00000006"))
-    assert state.step == 6 and model.weight.abs().sum() > 0
+        extra.weight.zero_()
+    fresh = TrainState()
+    assert resume(accelerator, "auto", folder, fresh, [extra]) == folder / "step_00000008"
+    assert (fresh.step, fresh.best_score) == (8, 0.8) and model.weight.abs().sum() > 0
+    assert torch.equal(extra.weight, saved["weight"])
     with pytest.raises(ConfigError, match="no such checkpoint"):
-        find_resume_point(str(tmp_path / "missing"), folder)
+        resume_candidates(str(tmp_path / "missing"), folder)
+    with pytest.raises(ConfigError, match=r"not a checkpoint folder .a run directory: use resume=auto"):
+        resume_candidates(str(tmp_path), folder)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    accelerator, _, state, extra, folder = setup(tmp_path)
+    for step in (2, 4):
+        state.step = step
+        save_checkpoint(accelerator, folder, state, [extra], keep=3)
+    newest = folder / "step_00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:20])  # a full disk cut it short
+    fresh = TrainState()
+    assert resume(accelerator, "auto", folder, fresh, [extra]) == folder / "step_00000002" and fresh.step == 2
+    assert "step_00000004: cannot load this checkpoint" in caplog.text and "trying the previous" in caplog.text
+    with pytest.raises(DataError, match=r"step_00000004: cannot load this checkpoint: ") as error:
+        resume(accelerator, str(folder / "step_00000004"), folder, TrainState(), [extra])  # named: must load
+    assert "\n" not in str(error.value)
+
+
+def test_planted_pickles_never_run(tmp_path):
+    accelerator, _, state, extra, folder = setup(tmp_path)
+    MARKER.unlink(missing_ok=True)
+    state.step = 2
+    path = save_checkpoint(accelerator, folder, state, [extra], keep=3)
+    # accelerate unpickles custom_checkpoint_*.pkl with weights_only=False: a folder holding one is refused (older
+    # lafs wrote the run state that way; a crafted one could run code).
+    planted = path / "custom_checkpoint_0.pkl"
+    planted.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DataError, match=r"holds pickled run state .custom_checkpoint_.*could run code: not loaded"):
+        load_checkpoint(accelerator, path, TrainState(), [extra])
+    assert not MARKER.exists()
+    planted.unlink()
+    load_checkpoint(accelerator, path, TrainState(), [extra])
+    # The files accelerate does read are read with weights_only=True: a payload there is refused in one line.
+    (path / "random_states_0.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DataError, match="cannot load this checkpoint") as error:
+        load_checkpoint(accelerator, path, TrainState(), [extra])
+    assert not MARKER.exists() and "\n" not in str(error.value)
+    (path / TASK_STATE).unlink()
+    with pytest.raises(DataError, match="not a complete lafs checkpoint"):
+        load_checkpoint(accelerator, path, TrainState(), [extra])

@@ -12,10 +12,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from lafs.data.open import DatasetConfig
 from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts, fit
 from lafs.engine.checkpoints import checkpoints
 from lafs.engine.run_log import read_log
-from lafs.errors import ConfigError
+from lafs.errors import ConfigError, DataError
 
 WEIGHTS = torch.tensor([1.5, -2.0, 0.5])
 
@@ -145,3 +146,55 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_too_few_batches_for_one_accumulation_cycle_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"16 images give each of 1 processes 4 batches of 4, fewer than "):
         train(tmp_path / "run", optim=OptimConfig(batch_size=4, grad_accum=5))
+
+
+def test_a_torn_log_line_is_dropped_on_resume(tmp_path):
+    out = tmp_path / "run"
+    train(out, max_steps=3)
+    with (out / "log.jsonl").open("a") as log:
+        log.write('{"step": 4, "loss": 0.12')  # a crash mid-write
+    train(out, max_steps=5)
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_resuming_with_a_changed_config(tmp_path, caplog):
+    out = tmp_path / "run"
+    train(out, max_steps=2)
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"resuming .* with a different data: data.image_size 112 -> 96 .use another"):
+        train(out, max_steps=4, data=DatasetConfig(path="synthetic", image_size=96))
+    assert (out / "config.yaml").read_text() == saved  # a failed start writes nothing
+    train(out, max_steps=4, images=12)  # not a fixed section: resumes, with a warning
+    assert "resuming" in caplog.text and "with changed images" in caplog.text
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_failed_start_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"fewer than optim\.grad_accum"):
+        train(out, optim=OptimConfig(batch_size=4, grad_accum=5))
+    assert not out.exists() or not any(out.iterdir())
+
+
+class FailingTask(LineTask):
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        if step == 5:
+            raise DataError("3 of 16 records are bad")  # what a reader raises past data.max_bad_fraction
+        return super().training_step(batch, step)
+
+
+def test_a_stop_on_bad_data_keeps_the_steps_done(tmp_path):
+    out = tmp_path / "run"
+    cfg = LineConfig(output_dir=out, checkpoint_every=100)
+    with pytest.raises(DataError, match="records are bad"):
+        fit(cfg, FailingTask(cfg))
+    assert [p.name for p in checkpoints(out / "checkpoints")] == ["step_00000005"]
+    assert train(out, max_steps=7).calls[0] == ("step", 5)  # fixed data: the rerun continues
+
+
+def test_deterministic_reruns_are_bit_identical(tmp_path):
+    a = train(tmp_path / "a", max_steps=4, deterministic=True)
+    b = train(tmp_path / "b", max_steps=4, deterministic=True)
+    assert torch.equal(a.run.accelerator.unwrap_model(a.model).weight, b.run.accelerator.unwrap_model(b.model).weight)
+    assert torch.get_num_threads() == 1
+    torch.use_deterministic_algorithms(False)
