@@ -546,7 +546,7 @@ class FaceRecordDataset(Dataset):
         if label != self._labels[i]:
             raise DataError(f"record {int(self._keys[i])}: header label {label} != indexed label {self._labels[i]}")
         try:
-            image = decode_image(payload, self.bgr, self.image_size)
+            image = decode_image(payload, self.bgr, self.image_size, strict=True)
         except DataError as exc:
             raise DataError(f"record {int(self._keys[i])}: {exc}") from None
         return {"image": image, "label": label, "index": i}
