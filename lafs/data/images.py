@@ -37,7 +37,8 @@ class _StderrCatcher:
 
     def _fd(self) -> int:
         if self._sink is None or self._pid != os.getpid():  # a forked worker gets its own file (and offset)
-            self._sink, self._pid = tempfile.TemporaryFile(), os.getpid()
+            # Held open for the life of the process, unlinked from the start.
+            self._sink, self._pid = tempfile.TemporaryFile(), os.getpid()  # noqa: SIM115
         return self._sink.fileno()
 
     def decode(self, data: np.ndarray, flags: int) -> tuple[np.ndarray | None, bytes]:
