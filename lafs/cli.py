@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -18,6 +19,23 @@ class Main(Protocol):
     def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
+# How torch re-raises an exception from a DataLoader worker (torch._utils.ExceptionWrapper): the same class, with
+# "Caught <Class> in DataLoader worker process N.\nOriginal Traceback ..." and the formatted traceback as message.
+_WORKER_TRACEBACK = re.compile(r"Caught \w+ in [^\n]*\nOriginal Traceback \(most recent call last\):\n")
+
+
+def error_message(error: LafsError) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker, that of the original (no traceback)."""
+    text = str(error)
+    if not _WORKER_TRACEBACK.match(text):
+        return text
+    kind = type(error)
+    prefix = f"{kind.__module__}.{kind.__qualname__}: "
+    lines = text.splitlines()
+    last = next((i for i in reversed(range(len(lines))) if lines[i].startswith(prefix)), None)
+    return text if last is None else "\n".join([lines[last][len(prefix) :], *lines[last + 1 :]]).strip()
+
+
 def entry_point(main: Main) -> Main:
     """Wrap ``main(argv) -> exit status`` so a `LafsError` prints ``error: <message>`` and returns 2."""
 
@@ -28,7 +46,7 @@ def entry_point(main: Main) -> Main:
         except LafsError as error:
             # A bad config fails the same way on every process of a launch: one process says so.
             if not (isinstance(error, ConfigError) and os.environ.get("RANK", "0") != "0"):
-                print(f"error: {error}", file=sys.stderr)
+                print(f"error: {error_message(error)}", file=sys.stderr)
             return 2
 
     return wrapper

@@ -117,7 +117,7 @@ class ImageFileDataset(Dataset):
 
     def load(self, i: int) -> dict[str, Any]:
         """Exactly item ``i`` (no substitute): a file that does not decode is a `DataError`."""
-        image = read_image_file(self.paths[i], self.bgr, self.image_size)
+        image = read_image_file(self.paths[i], self.bgr, self.image_size, strict=True)
         return {"image": image, "label": int(self.labels[i]), "index": i}
 
 

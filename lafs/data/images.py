@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import threading
+from typing import IO
 
 import cv2
 import numpy as np
@@ -14,22 +17,89 @@ class UndecodableImage(DataError):
     """An image buffer or file that OpenCV cannot decode."""
 
 
-def decode_image(buffer: bytes | np.ndarray, bgr: bool = False, size: int | None = None) -> np.ndarray:
+# libjpeg's warnings for damaged data (jerror.h: JWRN_*); others, such as an unknown JFIF revision, are harmless.
+_DAMAGE_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS", b"Inconsistent progression")
+
+
+class _StderrCatcher:
+    """What C code writes to file descriptor 2 during a call, caught in an unlinked temporary file.
+
+    libjpeg, inside OpenCV, reports a damaged JPEG that still yields an image only by printing a warning there
+    ("Corrupt JPEG data: 162 extraneous bytes before marker 0xd9"). Catching it costs a few system calls per image
+    (dup, two dup2, close, lseek) and a lock: one catcher per process, so a thread that writes to stderr meanwhile
+    is caught too; what is not a libjpeg damage warning is written back to stderr.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._sink: IO[bytes] | None = None
+
+    def _fd(self) -> int:
+        if self._sink is None or self._pid != os.getpid():  # a forked worker gets its own file (and offset)
+            # Held open for the life of the process, unlinked from the start.
+            self._sink, self._pid = tempfile.TemporaryFile(), os.getpid()  # noqa: SIM115
+        return self._sink.fileno()
+
+    def decode(self, data: np.ndarray, flags: int) -> tuple[np.ndarray | None, bytes]:
+        """``cv2.imdecode(data, flags)`` and what it wrote to stderr."""
+        with self._lock:
+            sink = self._fd()
+            saved = os.dup(2)
+            try:
+                os.dup2(sink, 2)
+                try:
+                    image = cv2.imdecode(data, flags)
+                finally:
+                    os.dup2(saved, 2)
+            finally:
+                os.close(saved)
+            written = os.lseek(sink, 0, os.SEEK_CUR)
+            if not written:
+                return image, b""
+            os.lseek(sink, 0, os.SEEK_SET)
+            text = os.read(sink, written)
+            os.ftruncate(sink, 0)
+            return image, text
+
+
+_CATCHER = _StderrCatcher()
+
+
+def decode_image(
+    buffer: bytes | np.ndarray, bgr: bool = False, size: int | None = None, strict: bool = False
+) -> np.ndarray:
     """Encoded image bytes -> H x W x 3 uint8 RGB (grey becomes 3 channels), resized to size x size if given.
 
     ``bgr=True`` declares that the encoded pixels are stored in BGR order (MS1MV3's ``.rec`` is), so the channels
-    are swapped once more than for an ordinary file.
+    are swapped once more than for an ordinary file. ``strict=True`` also refuses a JPEG that libjpeg decodes only
+    with a damaged-data warning (a garbled middle decodes to an image that is wrong below the damage); it decodes
+    one JPEG at a time per process (see `_StderrCatcher`), so it is for training's data sets, not thread pools.
     """
     data = np.frombuffer(buffer, dtype=np.uint8) if isinstance(buffer, (bytes, bytearray, memoryview)) else buffer
+    data = data.reshape(-1)
     # OpenCV's BGR result is the true RGB when the stored pixels were BGR.
-    mode = cv2.IMREAD_COLOR_BGR if bgr else cv2.IMREAD_COLOR_RGB
-    image = cv2.imdecode(data.reshape(-1), mode | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    flags = (cv2.IMREAD_COLOR_BGR if bgr else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+    if not data.size:
+        image = None
+    elif strict and data.size > 2 and data[0] == 0xFF and data[1] == 0xD8:  # a JPEG
+        image, text = _CATCHER.decode(data, flags)
+        damage = [line for line in text.splitlines() if line.startswith(_DAMAGE_WARNINGS)]
+        other = b"".join(line + b"\n" for line in text.splitlines() if not line.startswith(_DAMAGE_WARNINGS))
+        if other:
+            os.write(2, other)
+        if damage:
+            raise UndecodableImage(f"damaged JPEG: {damage[0].decode(errors='replace')}")
+    else:
+        image = cv2.imdecode(data, flags)
     if image is None:
         raise UndecodableImage("image does not decode")
     return resize_square(image, size)
 
 
-def read_image_file(path: str | os.PathLike[str], bgr: bool = False, size: int | None = None) -> np.ndarray:
+def read_image_file(
+    path: str | os.PathLike[str], bgr: bool = False, size: int | None = None, strict: bool = False
+) -> np.ndarray:
     """An image file -> H x W x 3 uint8 RGB (see `decode_image`); unreadable files are `UndecodableImage`."""
     try:
         with open(path, "rb") as f:
@@ -37,9 +107,9 @@ def read_image_file(path: str | os.PathLike[str], bgr: bool = False, size: int |
     except OSError as exc:
         raise UndecodableImage(f"{path}: {exc.strerror or exc}") from None
     try:
-        return decode_image(data, bgr, size)
-    except UndecodableImage:
-        raise UndecodableImage(f"{path}: image does not decode") from None
+        return decode_image(data, bgr, size, strict)
+    except UndecodableImage as exc:
+        raise UndecodableImage(f"{path}: {exc}") from None
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95, bgr: bool = False) -> bytes:

@@ -101,9 +101,13 @@ def describe_dataset(path: Path, bgr: bool, sample: int) -> list[tuple[str, str]
         # The dataset's own loader, not dataset[i]: indexing would stand in the next good record for a bad one.
         return dataset.load(i)["image"]
 
+    records = f"{len(dataset)} images"
+    left_out = getattr(getattr(dataset, "guard", None), "skipped", 0)  # a .rec's records whose label does not read
+    if left_out:
+        records += f" ({left_out} more left out: {'its label does' if left_out == 1 else 'their labels do'} not read)"
     return [
         ("format", fmt),
-        ("records", f"{len(dataset)} images"),
+        ("records", records),
         ("identities", identities),
         *sample_rows(read, len(dataset), sample, bgr),
     ]

@@ -403,10 +403,12 @@ class FaceRecordDataset(Dataset):
     images hold BGR pixel order (MS1MV3's do), so channels are swapped once more than by default.
 
     Labels are collected at open without decoding images: from the identity records in the insightface layout,
-    otherwise from each image's header. A record that fails to read or decode during training is replaced by the
+    otherwise from each image's header; a record whose header label does not read is left out and counts as bad. A
+    record 0 that claims the insightface layout but does not match the records is a DataError. A record that fails
+    to read or decode during training (a JPEG that decodes only with a libjpeg warning included) is replaced by the
     next good one (``i + 1``, ``i + 2``, ... wrapping), which keeps its own label and index, so no image ever gets
     another's label. Each bad key is logged once and counted in `bad_records` (per process: each DataLoader worker
-    counts what it reads); past ``max_bad_fraction`` of the records seen, after 100 (or all) of them, DataError.
+    counts what it reads); past ``max_bad_fraction`` of the data set's records, DataError (see `BadRecordGuard`).
     """
 
     def __init__(
@@ -426,40 +428,65 @@ class FaceRecordDataset(Dataset):
             raise DataError(f"{self.rec_path}: no image records")
         self._offsets = self._reader._offsets_of(self._keys)
         labels = self._identity_labels(ranges.array) if ranges is not None and ranges.tiles else None
-        self._labels = self._header_labels() if labels is None else labels
+        skipped = 0
+        if labels is None:
+            labels, readable = self._header_labels()
+            skipped = len(labels) - int(readable.sum())
+            if skipped:  # records whose label does not read are left out, and count as bad ones
+                self._keys, self._offsets, labels = self._keys[readable], self._offsets[readable], labels[readable]
+        self._labels = labels
+        self.guard = BadRecordGuard(str(self.rec_path), len(self._keys), max_bad_fraction, skipped)
+        if not len(self._keys):
+            raise DataError(f"{self.rec_path}: no record has a readable label")
         self.num_classes = max(0 if ranges is None else len(ranges.array), int(self._labels.max()) + 1)
-        self.guard = BadRecordGuard(str(self.rec_path), len(self._keys), max_bad_fraction)
 
     def _identity_ranges(self) -> _Ranges | None:
-        """Identity ranges if record 0 is an insightface header followed by sane identity records, else None."""
+        """Identity ranges if record 0 is an insightface header, None for the im2rec layout.
+
+        Record 0 without an image and with a (first, end) pair claims the insightface layout (an im2rec record 0 is
+        an image); if the records do not bear that claim out, DataError: never another layout, with wrong labels.
+        """
         reader = self._reader
         try:
-            header, _ = unpack_record(reader.read(0))
+            header, image = unpack_record(reader.read(0))
         except (KeyError, ValueError, DataError):
             return None
         pair = _integral_pair(header)
         if pair is None:
             return None
         first, end = int(pair[0]), int(pair[1])
-        if not 1 <= first < end or np.count_nonzero((reader._keys >= 1) & (reader._keys < end)) != end - 1:
-            return None  # keys are unique, so that count means all of 1 .. end - 1 are there
+        if image:  # an im2rec image with a label pair
+            return None
+        claim = f"record 0 (an insightface header) says images 1 .. {first - 1}, identities {first} .. {end - 1}"
+        if not 1 <= first < end:
+            raise DataError(f"{self.rec_path}: record 0 is an insightface header, but ({first}, {end}) is no key range")
+        if np.count_nonzero((reader._keys >= 1) & (reader._keys < end)) != end - 1:  # keys are unique
+            missing = np.setdiff1d(np.arange(1, end), reader._keys)
+            raise DataError(f"{self.rec_path}: {claim}, but the index has no key {missing[0]} ({missing.size} missing)")
+        offsets = reader._offsets_of(np.arange(first - 1, end)).tolist()
+        if first > 1 and self._identity_record(offsets[0]) is not None:
+            raise DataError(f"{self.rec_path}: {claim}, but record {first - 1} is an identity record, not an image")
         ranges = []
-        for offset in reader._offsets_of(np.arange(first, end)).tolist():
-            try:
-                identity, rest = unpack_record(reader.read_at(offset)[0])
-            except (ValueError, DataError):
-                return None
-            # Identity records carry a (start, stop) pair and no image; im2rec images with label pairs do not.
-            pair = _integral_pair(identity)
-            if pair is None or rest:
-                return None
+        for key, offset in enumerate(offsets[1:], first):
+            pair = self._identity_record(offset)
+            if pair is None:
+                raise DataError(f"{self.rec_path}: {claim}, but record {key} is no identity record (start, stop)")
             ranges.append(pair)
         array = np.asarray(ranges, dtype=np.int64)
         starts, stops = array[:, 0], array[:, 1]
         if starts.min() < 1 or stops.max() > first or np.any(stops < starts) or np.any(starts[1:] < stops[:-1]):
-            return None
+            raise DataError(f"{self.rec_path}: {claim}, but their images are no ordered ranges of 1 .. {first - 1}")
         tiles = bool(starts[0] == 1 and stops[-1] == first and np.all(starts[1:] == stops[:-1]))
         return _Ranges(first, array, tiles)
+
+    def _identity_record(self, offset: int) -> tuple[float, float] | None:
+        """(start, stop) if the record at ``offset`` is an identity record (such a pair, no image), else None."""
+        try:
+            identity, rest = unpack_record(self._reader.read_at(offset)[0])
+        except (ValueError, DataError):
+            return None
+        pair = _integral_pair(identity)
+        return None if rest else pair
 
     def _identity_labels(self, ranges: np.ndarray) -> np.ndarray | None:
         """Identity ordinal per image, or None if sampled image headers disagree (they win, as in insightface)."""
@@ -475,15 +502,19 @@ class FaceRecordDataset(Dataset):
                 return None
         return labels
 
-    def _header_labels(self) -> np.ndarray:
-        """Class of every image from its header: 36 bytes read per record, not the image."""
-        labels = np.empty(len(self._keys), dtype=np.int64)
+    def _header_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(class of every image from its header, which of them read): 36 bytes read per record, not the image.
+
+        A record whose header does not read or holds no class is logged here and marked unreadable."""
+        labels = np.zeros(len(self._keys), dtype=np.int64)
+        readable = np.ones(len(self._keys), dtype=bool)
         for i, offset in enumerate(self._offsets.tolist()):
             try:
                 labels[i] = _class_of(self._reader._head_at(offset, _HEADER.size + 4))
-            except ValueError as exc:
-                raise DataError(f"{self.rec_path}: record {self._keys[i]}: {exc}") from None
-        return labels
+            except (ValueError, DataError) as exc:
+                readable[i] = False
+                logger.warning("%s: skipping record %d: no label (%s)", self.rec_path, self._keys[i], exc)
+        return labels, readable
 
     @property
     def labels(self) -> np.ndarray:
@@ -492,7 +523,7 @@ class FaceRecordDataset(Dataset):
 
     @property
     def bad_records(self) -> int:
-        """Distinct bad records met so far in this process."""
+        """Distinct bad records met so far in this process, those left out at open included."""
         return self.guard.bad
 
     def __len__(self) -> int:
@@ -515,7 +546,7 @@ class FaceRecordDataset(Dataset):
         if label != self._labels[i]:
             raise DataError(f"record {int(self._keys[i])}: header label {label} != indexed label {self._labels[i]}")
         try:
-            image = decode_image(payload, self.bgr, self.image_size)
+            image = decode_image(payload, self.bgr, self.image_size, strict=True)
         except DataError as exc:
             raise DataError(f"record {int(self._keys[i])}: {exc}") from None
         return {"image": image, "label": label, "index": i}

@@ -12,7 +12,7 @@ import pytest
 from lafs.data.images import encode_jpeg
 from lafs.data.info import colour_verdict, sample_indices
 from lafs.data.pairs import write_bin
-from lafs.data.recordio import write_face_rec
+from lafs.data.recordio import RecordHeader, RecordIOWriter, pack_record, write_face_rec
 from tools.data_info import main
 
 LOOKS_BGR = "looks BGR: pass --bgr / data.bgr=true"
@@ -75,6 +75,18 @@ def test_bad_records_are_counted_in_the_sample(tmp_path, capsys):
     assert rows["bad records"] == "1 of 5 sampled" and rows["image size"] == "112x112 (4)"
     rows = info(capsys, str(rec), "--sample", "2")  # the first and the last record only
     assert rows["sampled"] == "2 images, evenly spread" and rows["bad records"] == "0 of 2 sampled"
+
+
+def test_flat_rec_with_a_damaged_label_is_described(tmp_path, capsys):
+    rec = tmp_path / "flat.rec"
+    with RecordIOWriter(rec) as writer:
+        for key in range(6):
+            record = pack_record(RecordHeader(0, float(key % 2), key, 0), encode_jpeg(skin(key)))
+            writer.write(key, record[:20] if key == 3 else record)  # record 3: shorter than its header
+    rows = info(capsys, str(rec))
+    assert rows["format"].startswith(".rec, flat layout")
+    assert rows["records"] == "5 images (1 more left out: its label does not read)"
+    assert rows["bad records"] == "0 of 5 sampled"
 
 
 def test_folder_and_list_file(tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_too_many_bad_images_stop_the_run(tmp_path):
         (tmp_path / f"{i}.png").write_bytes(b"junk")
     listed = tmp_path / "list.csv"
     listed.write_text("".join(f"{i}.png,0\n" for i in range(3)))
-    with pytest.raises(DataError, match="records read are bad"):
+    with pytest.raises(DataError, match="1 of 3 records are bad"):
         open_list_file(listed)[0]
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lafs.data import recordio
+from lafs.data.images import encode_jpeg
 from lafs.data.recordio import (
     FaceRecordDataset,
     RecordHeader,
@@ -23,9 +24,11 @@ from lafs.data.recordio import (
     rebuild_index,
     scan_offsets,
     unpack_record,
+    write_face_rec,
     write_index,
 )
 from lafs.errors import DataError
+from tests.lafs.data.common import garble, textured
 
 M = bytes.fromhex("0a23d7ce")  # 0xced7230a little-endian
 
@@ -45,15 +48,18 @@ def colour(i: int) -> tuple[int, int, int]:
     return (10 * i % 256, 255 - 7 * i % 256, 3 * i % 256)
 
 
-def write_classic(path: Path, images_per_identity: list[int], header_last: bool = False) -> list[int]:
+def write_classic(
+    path: Path, images_per_identity: list[int], header_last: bool = False, header: tuple[int, int] | None = None
+) -> list[int]:
     """insightface layout: images 1.., identity records, record 0; returns the class of every image key.
 
     ``header_last`` writes record 0 after the rest and gives images ``[class, aligned]`` label pairs, as
-    insightface's face2rec2 does.
+    insightface's face2rec2 does. ``header`` replaces record 0's (first identity key, end) pair.
     """
     labels = [c for c, n in enumerate(images_per_identity) for _ in range(n)]
     first = len(labels) + 1
-    header0 = pack_record(RecordHeader(2, (float(first), float(first + len(images_per_identity))), 0, 0), b"")
+    pair = header or (first, first + len(images_per_identity))
+    header0 = pack_record(RecordHeader(2, (float(pair[0]), float(pair[1])), 0, 0), b"")
     with RecordIOWriter(path) as writer:
         if not header_last:
             writer.write(0, header0)
@@ -253,6 +259,21 @@ def test_flat_pair_labels_are_not_mistaken_for_a_classic_header(tmp_path):
     assert ds.labels.tolist() == [2, 1, 2, 0, 1]
 
 
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ((7, 11), "no key 10"),  # one identity more than there are records
+        ((8, 10), "record 7"),  # the first identity record would count as an image
+        ((6, 10), "record 6"),  # the last image would count as an identity record
+    ],
+)
+def test_inconsistent_classic_header_is_an_error_not_the_flat_layout(tmp_path, header, problem):
+    write_classic(tmp_path / "c.rec", [2, 3, 1], header=header)  # right header: (7, 10)
+    with pytest.raises(DataError) as excinfo:
+        FaceRecordDataset(tmp_path / "c.rec")
+    assert_data_error(excinfo, tmp_path / "c.rec", "record 0", problem)
+
+
 def test_bgr_flag_swaps_channels(tmp_path):
     with RecordIOWriter(tmp_path / "red.rec") as writer:
         writer.write(0, pack_record(RecordHeader(0, 0.0, 0, 0), png((255, 0, 0))))
@@ -373,25 +394,71 @@ def test_bad_record_is_skipped_counted_and_warned_once(tmp_path, caplog):
 
 
 def test_malformed_header_wraps_around(tmp_path):
-    write_with_bad(tmp_path / "h.rec", 4, {3: pack_record(RecordHeader(0, 0.0, 3, 0), png(colour(3)))[:20]})
-    with pytest.raises(DataError):
-        FaceRecordDataset(tmp_path / "h.rec")  # flat labels come from headers: a broken one is an open-time error
     write_with_bad(tmp_path / "h.rec", 4, {3: pack_record(RecordHeader(0, 0.0, 3, 0), b"")})
     ds = FaceRecordDataset(tmp_path / "h.rec", max_bad_fraction=0.5)
     assert ds[3]["index"] == 0
     assert ds.bad_records == 1
 
 
+@pytest.mark.parametrize("damage", ["short", "label", "frame"])
+def test_flat_record_whose_label_does_not_read_is_skipped_and_counted(tmp_path, caplog, damage):
+    rec = tmp_path / "f.rec"
+    broken = {
+        "short": pack_record(RecordHeader(0, 0.0, 3, 0), png(colour(3)))[:20],  # shorter than the image header
+        "label": pack_record(RecordHeader(0, -1.0, 3, 0), png(colour(3))),  # a label that is no class
+    }
+    write_with_bad(rec, 6, {3: broken[damage]} if damage in broken else {})  # labels: key % 3
+    if damage == "frame":  # not even a RecordIO frame where the index points
+        data = bytearray(rec.read_bytes())
+        data[scan_offsets(rec)[3]] ^= 0xFF
+        rec.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="lafs.data"):
+        ds = FaceRecordDataset(rec, max_bad_fraction=0.5)
+    assert ds.layout == "flat"
+    assert len(ds) == 5 and ds.labels.tolist() == [0, 1, 2, 1, 2]
+    assert [ds[i]["label"] for i in range(5)] == [0, 1, 2, 1, 2]
+    assert ds.bad_records == 1 and "record 3" in caplog.text
+    with pytest.raises(DataError) as excinfo:  # 1 of 6 is more than the default 1 %: counted like any bad record
+        FaceRecordDataset(rec)
+    assert_data_error(excinfo, rec, "1 of 6")
+
+
 def test_too_many_bad_records_raise(tmp_path):
     write_with_bad(tmp_path / "many.rec", 10, {4: pack_record(RecordHeader(0, 1.0, 4, 0), b"junk")})
-    ds = FaceRecordDataset(tmp_path / "many.rec")  # 1 of 10 > 1 %: an error once all ten were seen
-    for i in range(9):
+    ds = FaceRecordDataset(tmp_path / "many.rec")  # 1 of 10 > 1 % of the data set: an error at the bad one
+    for i in range(4):
         ds[i]
     with pytest.raises(DataError) as excinfo:
-        ds[9]
+        ds[4]
     assert_data_error(excinfo, tmp_path / "many.rec", "1 of 10")
     lenient = FaceRecordDataset(tmp_path / "many.rec", max_bad_fraction=0.2)
     assert [lenient[i]["index"] for i in range(10)] == [0, 1, 2, 3, 5, 5, 6, 7, 8, 9]
+
+
+def test_bad_record_limit_is_a_share_of_the_data_set_not_of_the_reads_so_far(tmp_path):
+    n = 217
+    write_with_bad(tmp_path / "two.rec", n, {k: pack_record(RecordHeader(0, 1.0, k, 0), b"junk") for k in (5, 100)})
+    ds = FaceRecordDataset(tmp_path / "two.rec")  # 2 of 217 is under 1 %, though 2 of the first 190 is not
+    assert len({ds[i]["index"] for i in range(n)}) == n - 2
+    assert ds.bad_records == 2
+    write_with_bad(
+        tmp_path / "three.rec", n, {k: pack_record(RecordHeader(0, 1.0, k, 0), b"junk") for k in (5, 100, 150)}
+    )
+    ds = FaceRecordDataset(tmp_path / "three.rec")
+    with pytest.raises(DataError) as excinfo:
+        for i in range(n):
+            ds[i]
+    assert_data_error(excinfo, tmp_path / "three.rec", "3 of 217", "max_bad_fraction=0.01")
+    assert i == 150
+
+
+def test_garbled_jpeg_is_a_bad_record(tmp_path):
+    jpegs = [encode_jpeg(textured(seed)) for seed in range(4)]
+    jpegs[2] = garble(jpegs[2])
+    write_face_rec(tmp_path / "j.rec", [(jpeg, 0) for jpeg in jpegs])
+    ds = FaceRecordDataset(tmp_path / "j.rec", max_bad_fraction=0.5)
+    assert [ds[i]["index"] for i in range(4)] == [0, 1, 3, 3]
+    assert ds.bad_records == 1
 
 
 # --- processes and atomicity ---------------------------------------------------------------------------------------
