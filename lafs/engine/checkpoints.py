@@ -14,7 +14,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from lafs.errors import ConfigError
+from lafs.errors import ConfigError, DataError
 from lafs.files import replace_folder
 
 _NAME = re.compile(r"^step_(\d+)$")
@@ -43,6 +43,11 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether the folder ``path`` holds a saved training state (`save_checkpoint`: Accelerate's save_state)."""
+    return any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+
+
 def find_resume_point(resume: str, folder: Path) -> Path | None:
     """``auto``: the newest finished checkpoint (or None); ``""``: None; else that path, which must exist."""
     if not resume:
@@ -53,7 +58,7 @@ def find_resume_point(resume: str, folder: Path) -> Path | None:
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume={resume}: no such checkpoint folder")
-    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+    if not is_checkpoint(path):
         hint = " (a run directory: use resume=auto, or name one of its checkpoints/step_* folders)"
         raise ConfigError(f"resume={resume}: not a checkpoint folder{hint if (path / 'checkpoints').is_dir() else ''}")
     return path
@@ -70,8 +75,14 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep: int
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        replace_folder(temporary, final)  # re-saving a step after a resume keeps a whole copy throughout
-        for old in checkpoints(folder)[:-keep]:
+        # Re-saving a step after a resume keeps a whole copy throughout; a step_N folder that is not a checkpoint
+        # (no weights in it: not written by save_state) is never removed.
+        try:
+            replace_folder(temporary, final, is_checkpoint)
+        except DataError:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        for old in [path for path in checkpoints(folder) if is_checkpoint(path)][:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
