@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lafs.cli import entry_point, int_in_range
 from lafs.data.align_photos import (
+    ALIGNED_FOLDER_KIND,
     NO_FACE,
     OUTPUT_FORMATS,
     UNREADABLE,
@@ -47,7 +48,8 @@ from lafs.data.align_photos import (
     write_pairs,
     write_rec,
 )
-from lafs.errors import ConfigError, DataError
+from lafs.errors import ConfigError
+from lafs.files import prepare_output_files, prepare_output_folder
 from lafs.landmarks.align import ALIGNED_SIZE
 
 
@@ -79,9 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--bgr-rec applies to --format rec only")
     if fmt != "folder" and output.suffix != f".{fmt}":
         raise ConfigError(f"--output for --format {fmt} must end in .{fmt}, got {output}")
-    existing = [path for path in output_targets(output, fmt) if path.exists()]
-    if existing and not args.overwrite:
-        raise DataError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    if fmt == "folder":  # missing, empty or a previous aligned folder; only its own files are replaced
+        prepare_output_folder(output, ALIGNED_FOLDER_KIND, args.overwrite, inputs=[args.input])
+    else:
+        prepare_output_files(output_targets(output, fmt), args.overwrite)
 
     pairs: list[tuple[int, int, bool]] = []
     if fmt == "bin":
@@ -92,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     extra = []
     if fmt == "folder":
-        write_folder(output, photos, tally, args.input, args.workers)
+        write_folder(output, photos, tally, args.input, args.workers, args.overwrite)
         written = f"{output} (PNG crops, lossless)"
     elif fmt == "rec":
         identities = write_rec(output, photos, tally, args.input, args.workers, args.quality, args.bgr_rec)

@@ -1,7 +1,7 @@
 """Embed face images with a trained encoder: one L2-normalised row per image, in a .npy.
 
     python -m tools.embed --input IMAGES_OR_FOLDERS... --model RUN_DIR|ENCODER|MODEL.onnx --output OUT.npy
-                          [--align] [--batch-size 64] [--no-flip] [--device cpu|cuda]
+                          [--align] [--batch-size 64] [--no-flip] [--device cpu|cuda] [--overwrite]
 
 --input takes image files and folders (searched recursively, sorted). Without --align the images must be aligned
 square face crops (resized to 112 x 112 if of another size; non-square ones are refused); with --align any photo is
@@ -13,7 +13,7 @@ then L2-normalised.
 
 Writes OUT.npy (N, D) float32, OUT.index.csv (row,path: which image each row is) and, when some images fail,
 OUT.failed.csv (path,reason); failures are listed on stderr too. All files appear whole or not at all; if no image
-succeeds, nothing is written and the exit status is 2.
+succeeds, nothing is written and the exit status is 2. Existing output files are refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int_in_range(1), default=64, help="images per batch (default 64)")
     parser.add_argument("--no-flip", action="store_true", help="embed the image only, not image + mirror image")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     add_threads_option(parser)
     return parser
 
@@ -57,12 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.threads)
     if args.output.suffix != ".npy":
         raise ConfigError(f"--output must end in .npy, got {args.output}")
+    from lafs.files import prepare_output_files
+    from lafs.inference import embedding_side_paths
+
+    prepare_output_files([args.output, *embedding_side_paths(args.output)], args.overwrite)
 
     from lafs.evaluation.verification import embed_images
     from lafs.export import load_any_encoder
     from lafs.inference import (
         collect_images,
-        embedding_side_paths,
         l2_normalise_rows,
         load_faces,
         write_embeddings,

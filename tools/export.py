@@ -1,13 +1,16 @@
 """Export an encoder as a stand-alone folder (``model.safetensors`` + ``config.json``), optionally with ONNX.
 
     python -m tools.export --input RUN_DIR_OR_ENCODER_FOLDER --output FOLDER [--onnx] [--faces N] [--opset 17]
+                           [--overwrite]
 
 --input is a training run directory (its ``encoder/`` is used) or an exported encoder folder. The output folder
 loads with ``lafs.export.load_encoder`` and with ``timm.create_model`` (see ``lafs/export/weights.py``). With --onnx
 it also holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (landmarks inside the graph: the
 learned predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), each
 checked against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
-recorded in config.json. The output is written whole or not at all.
+recorded in config.json. --output must be missing, empty or a previous export (else pass --overwrite); only the
+files the export writes are replaced, each whole, and nothing else in the folder is touched. An --output that is,
+or holds, the input is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from pathlib import Path
 from lafs.cli import entry_point, int_in_range
 from lafs.data.synthetic import synthetic_batch
 from lafs.errors import DataError
-from lafs.export import ONNX_OPSET, load_encoder_and_predictor, save_encoder, save_encoder_onnx
+from lafs.export import (
+    EXPORT_FORMAT,
+    ONNX_OPSET,
+    encoder_folder,
+    load_encoder_and_predictor,
+    predictor_folder,
+    save_encoder,
+    save_encoder_onnx,
+)
+from lafs.files import prepare_output_folder
 
 
 @entry_point
@@ -33,21 +45,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write and check model.onnx, model_images_only.onnx")
     parser.add_argument("--faces", type=int_in_range(1), default=8, metavar="N", help="faces for the parity check")
     parser.add_argument("--opset", type=int_in_range(16), default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="write into a folder that is not a previous export")
     args = parser.parse_args(argv)
 
     if args.input.suffix == ".onnx":
         raise DataError(f"{args.input}: an ONNX file cannot be re-exported; give a run directory or encoder folder")
+    encoder = encoder_folder(args.input)
+    inputs = [args.input, encoder, *filter(None, [predictor_folder(encoder)])]
+    prepare_output_folder(args.output, EXPORT_FORMAT, args.overwrite, inputs)  # refuse before loading anything
     model, predictor = load_encoder_and_predictor(args.input)  # a fine-tuned LAFS model may have a predictor
     model.eval()
     source = {"input": str(args.input.resolve())}
     if not args.onnx:
-        save_encoder(model, args.output, source, predictor)
+        save_encoder(model, args.output, source, predictor, args.overwrite, inputs)
         print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
         return 0
 
     images, landmarks = synthetic_batch(model.landmark_set, args.faces)
     reports = save_encoder_onnx(
-        model, args.output, images, landmarks, source=source, opset=args.opset, landmark_predictor=predictor
+        model,
+        args.output,
+        images,
+        landmarks,
+        source=source,
+        opset=args.opset,
+        landmark_predictor=predictor,
+        overwrite=args.overwrite,
+        inputs=inputs,
     )
     print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
     print(f"parity on {args.faces} synthetic faces ({model.landmark_set}), latency at batch 8 on CPU:")

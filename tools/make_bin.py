@@ -1,11 +1,12 @@
 """Pack a face-verification pairs list into an insightface ``.bin`` (as LFW, CFP-FP and AgeDB-30 are published).
 
-    python -m tools.make_bin --input pairs.txt --output my_set.bin [--image-size 112] [--quality 95]
+    python -m tools.make_bin --input pairs.txt --output my_set.bin [--image-size 112] [--quality 95] [--overwrite]
 
 The pairs file has one pair per line: ``path_a path_b 1|0`` (1 = same person, 0 = different), whitespace separated.
 ``#`` starts a comment and blank lines are skipped; relative paths are resolved against the pairs file's folder.
 Images are read with OpenCV (anything it decodes), resized to N x N unless --image-size is 0, stored as JPEG.
-The result loads with ``lafs.data.pairs.load_bin`` and with insightface's own ``load_bin``.
+The result loads with ``lafs.data.pairs.load_bin`` and with insightface's own ``load_bin``. An existing --output is
+refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from lafs.cli import entry_point, int_in_range
 from lafs.data.pairs import load_pair_images, write_bin
+from lafs.files import prepare_output_files
 
 
 @entry_point
@@ -30,8 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--image-size", type=int_in_range(0), default=112, metavar="N", help="resize to N x N, 0 keeps (default 112)"
     )
     parser.add_argument("--quality", type=int_in_range(1, 100), default=95, help="JPEG quality 1..100 (default 95)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output if it already exists")
     args = parser.parse_args(argv)
 
+    prepare_output_files([args.output], args.overwrite)
     pairs, issame = load_pair_images(args.input, args.image_size or None)
     write_bin(args.output, pairs, issame, quality=args.quality)
     same = sum(issame)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from lafs.cli import entry_point, int_in_range
 from lafs.data.make_rec import make_rec, rebuild_rec_index
-from lafs.errors import ConfigError, DataError
+from lafs.errors import ConfigError
+from lafs.files import prepare_output_files
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output
     if output is None or output.suffix != ".rec":
         raise ConfigError(f"--output must name the .rec to write (OUT.rec), got {output}")
-    existing = [path for path in (output, output.with_suffix(".idx")) if path.exists()]
-    if existing and not args.overwrite:
-        raise DataError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    prepare_output_files([output, output.with_suffix(".idx")], args.overwrite)
     start = time.perf_counter()
     images, identities, copied = make_rec(args.input, output, args.size or None, args.quality, args.workers)
     rate = images / (time.perf_counter() - start)

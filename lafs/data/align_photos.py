@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from lafs.data.open import LIST_SUFFIXES
 from lafs.data.pairs import read_pairs_file, write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
-from lafs.files import replace_folder, write_atomic
+from lafs.files import output_folder, write_atomic
 from lafs.inference import NO_FACE, UNREADABLE, align_photo_file
 from lafs.landmarks.mediapipe import FaceMeshDetector
 
@@ -177,24 +175,19 @@ def write_report(path: Path, tally: Tally) -> None:
     write_atomic(path, "".join(lines))
 
 
-@contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` that replaces it after a clean exit and is deleted after an error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_folder(staging, target)  # --overwrite: the old output stays whole until the new one is in place
+ALIGNED_FOLDER_KIND = "lafs-aligned-folder"  # the manifest kind of a --format folder output
 
 
-def write_folder(output: Path, photos: Photos, tally: Tally, source: Path, workers: int) -> None:
-    """Write the crops as PNGs under ``output`` and the report beside them, all at once at the end."""
+def write_folder(
+    output: Path, photos: Photos, tally: Tally, source: Path, workers: int, overwrite: bool = False
+) -> None:
+    """Write the crops as PNGs under ``output`` and the report beside them, all at once at the end.
+
+    ``output`` is an output folder (`lafs.files.output_folder`): only the files written are replaced, and crops a
+    previous run recorded that this one does not write are removed; nothing else there is touched.
+    """
     names = output_names(photos)
-    with staged_folder(output) as staging:
+    with output_folder(output, ALIGNED_FOLDER_KIND, overwrite, inputs=[source]) as staging:
         for index, crop in aligned_crops(photos, tally, workers):
             target = staging / names[index]
             target.parent.mkdir(parents=True, exist_ok=True)

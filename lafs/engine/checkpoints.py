@@ -49,11 +49,20 @@ class TrainState:
 
 
 def checkpoints(folder: Path) -> list[Path]:
-    """Finished checkpoints in ``folder``, oldest first."""
+    """Finished checkpoints in ``folder``, oldest first (a ``step_N`` folder without saved weights is not one)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir() and (m := _NAME.match(p.name)) and is_checkpoint(p)
+    ]
     return [p for _, p in sorted(found)]
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether the folder ``path`` holds a saved training state (`save_checkpoint`: Accelerate's save_state)."""
+    return any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
 
 
 def resume_candidates(resume: str, folder: Path) -> list[Path]:
@@ -65,7 +74,7 @@ def resume_candidates(resume: str, folder: Path) -> list[Path]:
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume={resume}: no such checkpoint folder")
-    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+    if not is_checkpoint(path):
         hint = " (a run directory: use resume=auto, or name one of its checkpoints/step_* folders)"
         raise ConfigError(f"resume={resume}: not a checkpoint folder{hint if (path / 'checkpoints').is_dir() else ''}")
     return [path]
@@ -92,7 +101,13 @@ def save_checkpoint(
         write_atomic(temporary / TRAIN_STATE, json.dumps(state.state_dict()) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        replace_folder(temporary, final)  # re-saving a step after a resume keeps a whole copy throughout
+        # Re-saving a step after a resume keeps a whole copy throughout; a step_N folder that is not a checkpoint
+        # (no weights in it: not written by save_state) is never removed.
+        try:
+            replace_folder(temporary, final, is_checkpoint)
+        except DataError:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         for old in checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

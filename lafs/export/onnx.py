@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,14 @@ import numpy as np
 import torch
 
 from lafs.errors import DataError
-from lafs.export.weights import encoder_folder, load_encoder_and_predictor, save_encoder
-from lafs.files import replace_folder
+from lafs.export.weights import (
+    ENCODER_FILES,
+    EXPORT_FORMAT,
+    encoder_folder,
+    load_encoder_and_predictor,
+    write_encoder,
+)
+from lafs.files import output_folder, temporary_name, write_atomic
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor
 from lafs.models.vit import LandmarkViT
@@ -89,8 +94,7 @@ def export_onnx(
         module, args, names = model, (images, model.default_landmarks(2).clone()), ["images", "landmarks"]
     dynamic_axes = {name: {0: "batch"} for name in [*names, "embedding"]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = temporary_name(path)  # not mkstemp: its 0600 mode would survive the rename
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
@@ -105,12 +109,11 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        onnx.checker.check_model(temporary, full_check=True)
+        onnx.checker.check_model(str(temporary), full_check=True)
         os.replace(temporary, path)
     finally:
         model.train(was_training)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -188,18 +191,17 @@ def save_encoder_onnx(
     source: dict[str, Any] | None = None,
     opset: int = ONNX_OPSET,
     landmark_predictor: LandmarkPredictor | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, dict[str, Any]]:
     """`save_encoder` plus both ONNX files, parity-checked on ``images``/``landmarks``; returns the report per file.
 
     With a ``landmark_predictor``, the images-only file runs it inside the graph and the folder keeps it in
-    ``landmark_predictor/``. The folder is written whole or not at all: a failed export or parity check leaves it
-    as it was.
+    ``landmark_predictor/``. ``folder``, ``overwrite`` and ``inputs`` as for `save_encoder`: files it does not write
+    are left alone, and a failed export or parity check leaves the folder as it was.
     """
-    folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.onnx-staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save_encoder(model, staging, source, landmark_predictor)
+    with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
+        write_encoder(model, staging, source, landmark_predictor)
         reports, entries = {}, []
         for images_only, name in ONNX_FILES.items():
             export_onnx(
@@ -208,15 +210,12 @@ def save_encoder_onnx(
             reference = ImageEncoder(model, landmark_predictor) if images_only else model
             report = check_onnx_parity(reference, staging / name, images, None if images_only else landmarks)
             reports[name] = report
-            inputs = ["images"] if images_only else ["images", "landmarks"]
-            entries.append({"file": name, "inputs": inputs, "output": "embedding", "parity": report})
+            inputs_of = ["images"] if images_only else ["images", "landmarks"]
+            entries.append({"file": name, "inputs": inputs_of, "output": "embedding", "parity": report})
         config_path = staging / "config.json"
         config = json.loads(config_path.read_text())
         config["onnx"] = {"opset": opset, "dynamic_batch": True, "files": entries}
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return reports
 
 

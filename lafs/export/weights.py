@@ -17,14 +17,14 @@ A training run directory keeps its final encoder in ``encoder/`` and its landmar
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import timm
 
 from lafs.errors import DataError
-from lafs.files import read_weights_folder, replace_folder, save_weights_folder
+from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
 from lafs.models.vit import LandmarkViT, block_dims
 
@@ -59,27 +59,45 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
     }
 
 
+ENCODER_FILES = (
+    *WEIGHTS_FILES,
+    "model.onnx",
+    "model_images_only.onnx",
+    f"{PREDICTOR_FOLDER}/model.safetensors",
+    f"{PREDICTOR_FOLDER}/config.json",
+)  # what an encoder folder written before manifests may hold (`lafs.files.output_folder`'s ``known``)
+
+
 def save_encoder(
     model: LandmarkViT,
     folder: str | os.PathLike[str],
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
-    """Write ``folder`` whole or not at all (built beside it, then renamed into place).
+    """Write the encoder folder ``folder``: model.safetensors, config.json and, with a ``landmark_predictor`` (a
+    fine-tuned LAFS model), ``landmark_predictor/``.
 
-    With a ``landmark_predictor`` (a fine-tuned LAFS model) the folder keeps it in ``landmark_predictor/``.
+    ``folder`` is an output folder of kind ``lafs-encoder`` (`lafs.files.output_folder`): missing, empty or a
+    previous encoder folder, any other only with ``overwrite``, never one of ``inputs``; files it does not write are
+    left alone, and a failure leaves the folder as it was.
     """
-    if landmark_predictor is None:
-        return save_weights_folder(model, folder, encoder_config(model, source))
-    folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save_weights_folder(model, staging, encoder_config(model, source))
+    with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
+        write_encoder(model, staging, source, landmark_predictor)
+    return Path(folder)
+
+
+def write_encoder(
+    model: LandmarkViT,
+    staging: Path,
+    source: dict[str, Any] | None = None,
+    landmark_predictor: LandmarkPredictor | None = None,
+) -> None:
+    """The files of an encoder folder, into the staging folder ``staging`` of an `output_folder`."""
+    write_weights(model, staging, encoder_config(model, source))
+    if landmark_predictor is not None:
         save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
-        return replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:

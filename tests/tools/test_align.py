@@ -243,3 +243,22 @@ def test_help(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     assert "--format" in capsys.readouterr().out
+
+
+def test_folder_output_never_deletes_what_it_did_not_write(photos, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "person_a").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    (out / "person_a" / "extra.png").write_bytes(b"mine too")
+    assert main(["--input", str(photos), "--output", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["--input", str(photos), "--output", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "person_a" / "extra.png").read_bytes() == b"mine too"
+    assert (out / "person_a" / "upright.png").is_file()
+    assert main(["--input", str(photos), "--output", str(out)]) == 0  # its own previous output: no --overwrite needed
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old")) or "staging" in p.name]
+    capsys.readouterr()
+    for inside in (photos, photos.parent):
+        assert main(["--input", str(photos), "--output", str(inside), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "input" in err and err.count("\n") == 1, err

@@ -74,3 +74,26 @@ def test_help(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     assert "path_a path_b 1|0" in capsys.readouterr().out
+
+
+def test_existing_output_needs_overwrite(pairs_dir, capsys):
+    pairs = pairs_dir / "pairs.txt"
+    pairs.write_text("faces/0.png faces/1.png 1\n")
+    out = pairs_dir / "mine.bin"
+    out.write_bytes(b"not ours")
+    assert main(["--input", str(pairs), "--output", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {out}: already exists (pass --overwrite to replace it)\n"
+    assert out.read_bytes() == b"not ours"
+    assert main(["--input", str(pairs), "--output", str(out), "--overwrite"]) == 0
+    assert load_bin(out)[1].tolist() == [True]
+
+
+@pytest.mark.parametrize("output", [".", "faces", "faces/.."])
+def test_output_that_is_a_folder(pairs_dir, capsys, monkeypatch, output):
+    monkeypatch.chdir(pairs_dir)
+    (pairs_dir / "pairs.txt").write_text("faces/0.png faces/1.png 1\n")
+    before = sorted(p.name for p in pairs_dir.rglob("*"))
+    assert main(["--input", "pairs.txt", "--output", output, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is a folder" in err, err
+    assert sorted(p.name for p in pairs_dir.rglob("*")) == before

@@ -100,3 +100,19 @@ def test_planted_pickles_never_run(tmp_path):
     (path / TASK_STATE).unlink()
     with pytest.raises(DataError, match="not a complete lafs checkpoint"):
         load_checkpoint(accelerator, path, TrainState(), [extra])
+
+
+def test_a_step_folder_it_did_not_write_is_never_removed(tmp_path):
+    accelerator, _, state, extra, folder = setup(tmp_path)
+    for name in ("step_00000001", "step_00000004"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "notes.txt").write_text("mine")
+    for step in (2, 3):
+        state.step = step
+        save_checkpoint(accelerator, folder, state, [extra], keep=1)  # rotation passes over step_00000001
+    assert (folder / "step_00000001" / "notes.txt").read_text() == "mine"
+    assert resume_candidates("auto", folder) == [folder / "step_00000003"]  # only checkpoints are candidates
+    state.step = 4
+    with pytest.raises(DataError, match="not written by this program"):
+        save_checkpoint(accelerator, folder, state, [extra], keep=1)
+    assert sorted(p.name for p in (folder / "step_00000004").iterdir()) == ["notes.txt"]

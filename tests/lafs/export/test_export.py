@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_folder_round_trip(model, folder, faces):
     images, landmarks = faces
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == ARCH and config["model_args"] == SMALL and config["source"] == {"test": True}
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lafs-output.json", "config.json", "model.safetensors"]
     with torch.no_grad():
         expected = model(images, landmarks)
         loaded = load_encoder(folder).eval()
@@ -101,7 +102,12 @@ def test_predictor_folder_inside_an_export_or_beside_a_run_encoder(model, tmp_pa
     save_landmark_predictor(predictor, run / PREDICTOR_FOLDER)
     assert predictor_folder(encoder_folder(run)) == run / PREDICTOR_FOLDER
     exported = save_encoder(model, tmp_path / "export" / "folder", {"x": 1}, landmark_predictor=predictor)
-    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "landmark_predictor", "model.safetensors"]
+    assert sorted(p.name for p in exported.iterdir()) == [
+        ".lafs-output.json",
+        "config.json",
+        "landmark_predictor",
+        "model.safetensors",
+    ]
     assert not any(p.name.startswith(".") for p in exported.parent.iterdir())
     assert predictor_folder(exported) == exported / PREDICTOR_FOLDER
     for path in (run, exported):
@@ -206,12 +212,20 @@ def test_corrupted_folder(model, tmp_path, corrupt, capsys):
 def test_cli_exports_with_onnx(model, tmp_path, faces, capsys):
     save_encoder(model, tmp_path / "run" / "encoder")
     out = tmp_path / "exported"
-    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    finally:
+        os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+        [".lafs-output.json", "config.json", "model.onnx", "model.safetensors", "model_images_only.onnx"], 0o644
+    )  # every file follows the umask (mkstemp's and safetensors' 0600 did not)
     printed = capsys.readouterr().out
     for name in ("model.onnx", "model_images_only.onnx"):
         assert name in printed
     assert printed.count("min cosine") == 2 and printed.count("ms/image PyTorch") == 2
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lafs-output.json",
         "config.json",
         "model.onnx",
         "model.safetensors",
@@ -242,7 +256,8 @@ def test_cli_without_onnx(model, tmp_path, capsys):
     folder = save_encoder(model, tmp_path / "encoder")
     assert main(["--input", str(folder), "--output", str(tmp_path / "copy")]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors"]
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == [".lafs-output.json", "config.json", "model.safetensors"]
 
 
 def test_cli_missing_input(tmp_path, capsys):

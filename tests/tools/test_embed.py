@@ -1,0 +1,56 @@
+"""tools.embed never replaces a file it was not told to (issue 14): an existing output needs --overwrite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+
+import lafs  # noqa: F401  (registers the encoders with timm)
+from lafs.export import save_encoder
+from tests.conftest import write_face_folder
+from tools.embed import main
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = timm.create_model("lafs_vit_nano_p8_112", landmark_set="mediapipe49", embed_dim=32, depth=2, num_heads=2)
+    return save_encoder(model, tmp_path_factory.mktemp("model") / "encoder")
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faces, _ = write_face_folder(tmp_path / "faces", identities=1, per_identity=2)
+    output = tmp_path / "mine.npy"
+    np.save(output, np.arange(3))
+    args = ["--input", str(faces), "--model", str(encoder), "--output", str(output), "--device", "cpu"]
+    assert main(args) == 2
+    assert "pass --overwrite" in error_line(capsys)
+    np.testing.assert_array_equal(np.load(output), np.arange(3))
+    old = os.umask(0o022)
+    try:
+        assert main([*args, "--overwrite"]) == 0
+    finally:
+        os.umask(old)
+    assert np.load(output).shape == (2, 32)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()} == {
+        "mine.npy": 0o644,
+        "mine.index.csv": 0o644,
+    }
+
+
+def test_output_that_is_a_folder(tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faces, _ = write_face_folder(tmp_path / "faces", identities=1, per_identity=1)
+    (tmp_path / "out.npy").mkdir()
+    args = ["--input", str(faces), "--model", str(encoder), "--output", str(tmp_path / "out.npy"), "--overwrite"]
+    assert main(args) == 2
+    assert "is a folder" in error_line(capsys)
+    assert list((tmp_path / "out.npy").iterdir()) == []

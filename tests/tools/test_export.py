@@ -1,0 +1,120 @@
+"""tools.export never deletes what it did not write; bad --output paths are one-line errors (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import lafs  # noqa: F401  (registers the encoders with timm)
+from lafs.export import load_encoder, save_encoder
+from tools.export import main
+
+ARCH = "lafs_vit_nano_p8_112"
+SMALL = {"landmark_set": "mediapipe49", "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A training run directory: encoder/, checkpoints/ and a config of its own."""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    save_encoder(timm.create_model(ARCH, **SMALL).eval(), run / "encoder")
+    (run / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000010" / "model.safetensors").write_bytes(b"state")
+    (run / "config.json").write_text('{"task": "pretrain"}\n')
+    return run
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: "), captured.err
+    return captured.err
+
+
+def test_refuses_a_foreign_folder_and_overwrite_keeps_its_other_files(run_dir, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "config.json").write_text("{}")
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 2
+    assert "pass --overwrite" in error_line(capsys)
+    assert snapshot(out) == {"notes.txt": b"keep me", "config.json": b"{}"}
+    assert main(["--input", str(run_dir), "--output", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "keep me"
+    load_encoder(out)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old", "staging"))]
+
+
+def test_re_exports_into_a_previous_export_and_drops_only_its_own_stale_files(run_dir, tmp_path):
+    out = tmp_path / "export"
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 0
+    (out / "README.txt").write_text("mine")
+    (out / "landmark_predictor").mkdir()  # left over from an export of this kind: recorded, so it may go
+    manifest = json.loads((out / ".lafs-output.json").read_text())
+    manifest["files"].append("landmark_predictor/config.json")
+    (out / "landmark_predictor" / "config.json").write_text("{}")
+    (out / ".lafs-output.json").write_text(json.dumps(manifest))
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 0  # same kind: no --overwrite needed
+    assert (out / "README.txt").read_text() == "mine"
+    assert not (out / "landmark_predictor" / "config.json").exists()
+    load_encoder(out)
+
+
+def test_output_is_the_run_directory(run_dir, capsys):
+    before = snapshot(run_dir)
+    for flags in ([], ["--overwrite"]):
+        assert main(["--input", str(run_dir), "--output", str(run_dir), *flags]) == 2
+        error_line(capsys)
+        assert main(["--input", str(run_dir), "--output", str(run_dir / "encoder"), *flags]) == 2
+        error_line(capsys)
+    assert snapshot(run_dir) == before
+
+
+def test_output_inside_the_run_directory_is_written_beside_the_rest(run_dir, tmp_path):
+    run = tmp_path / "copy"
+    save_encoder(load_encoder(run_dir / "encoder"), run / "encoder")
+    assert main(["--input", str(run), "--output", str(run / "exported")]) == 0
+    load_encoder(run / "exported")
+    assert sorted(p.name for p in run.iterdir()) == ["encoder", "exported"]
+
+
+def test_output_dot_and_dotdot(run_dir, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work / "sub")
+    assert main(["--input", str(run_dir), "--output", "."]) == 0  # an empty folder: written in place
+    load_encoder(work / "sub")
+    monkeypatch.chdir(tmp_path)
+    (work / "other").mkdir()
+    assert main(["--input", str(run_dir), "--output", "work/other/.."]) == 2  # work/ holds sub/ and other/
+    error_line(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*") if ".tmp" in p.name or "staging" in p.name) == []
+    assert sorted(p.name for p in work.iterdir()) == ["other", "sub"]
+
+
+def test_output_is_a_file(run_dir, tmp_path, capsys):
+    out = tmp_path / "model.bin"
+    out.write_bytes(b"x")
+    assert main(["--input", str(run_dir), "--output", str(out), "--overwrite"]) == 2
+    assert "not a folder" in error_line(capsys)
+    assert out.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_files_follow_the_umask(run_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["--input", str(run_dir), "--output", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
