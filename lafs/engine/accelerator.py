@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -40,15 +42,26 @@ def use_fused_adamw(accelerator: Accelerator) -> bool:
     return accelerator.device.type == "cuda" and accelerator.mixed_precision != "fp16"
 
 
-def make_deterministic(device: torch.device) -> None:
-    """Deterministic kernels, so reruns and resumed runs match bit for bit (the caller also uses one CPU thread).
+@contextlib.contextmanager
+def torch_settings(threads: int, deterministic: bool, device: torch.device) -> Iterator[None]:
+    """torch's CPU threads and, with ``deterministic``, deterministic kernels for a run; restored afterwards (runs
+    in one process, such as the demo's or the tests', must not inherit each other's settings).
 
-    On CUDA some kernels have no deterministic version (grid_sample's backward, which the landmark tokenizer uses,
-    adds with atomics): they warn instead of failing, and such runs match to rounding only.
+    Deterministic kernels make reruns and resumed runs match bit for bit (with one CPU thread). On CUDA some kernels
+    have none (grid_sample's backward, which the landmark tokenizer uses, adds with atomics): they warn instead of
+    failing, and such runs match to rounding only.
     """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    torch.backends.cudnn.benchmark = False
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    before_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before_warn_only)
 
 
 def processes_on_this_node(accelerator: Accelerator) -> int:

@@ -15,7 +15,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from lafs.config import save_config
-from lafs.engine.accelerator import build_accelerator, make_deterministic, processes_on_this_node, thread_count
+from lafs.engine.accelerator import build_accelerator, processes_on_this_node, thread_count, torch_settings
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
 from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
 from lafs.engine.config import RunConfig, check_resumed_config
@@ -52,11 +52,14 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     is written before every start-up check has passed.
     """
     accelerator = build_accelerator(cfg.mixed_precision, cfg.optim.grad_accum, task.broadcast_buffers)
+    threads = thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers)
     if cfg.deterministic:
-        make_deterministic(accelerator.device)
-        torch.set_num_threads(1)
-    else:
-        torch.set_num_threads(thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers))
+        threads = 1  # several CPU threads add partial sums in varying order
+    with torch_settings(threads, cfg.deterministic, accelerator.device):
+        return _fit(cfg, task, accelerator)
+
+
+def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process

@@ -193,8 +193,9 @@ def test_a_stop_on_bad_data_keeps_the_steps_done(tmp_path):
 
 
 def test_deterministic_reruns_are_bit_identical(tmp_path):
+    threads = torch.get_num_threads()
     a = train(tmp_path / "a", max_steps=4, deterministic=True)
     b = train(tmp_path / "b", max_steps=4, deterministic=True)
     assert torch.equal(a.run.accelerator.unwrap_model(a.model).weight, b.run.accelerator.unwrap_model(b.model).weight)
-    assert torch.get_num_threads() == 1
-    torch.use_deterministic_algorithms(False)
+    # Restored afterwards: runs in one process do not inherit each other's settings.
+    assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()

@@ -67,7 +67,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     # Augmentation and dropout on: the resumed run must replay the item seeds, the batch order and the RNG state.
     # 24 training images, batch 8: 3 steps per epoch; the stop at step 3 validates (held-out errors) and
     # checkpoints, then the resumed run crosses into the second epoch.
-    common = [*TINY, "checkpoint_every=2"]
+    common = [*TINY, "checkpoint_every=2", "deterministic=true"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main([*common, f"output_dir={whole}", "max_steps=5"]) == 0
     assert main([*common, f"output_dir={part}", "max_steps=3"]) == 0
