@@ -31,6 +31,7 @@ from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
+from lafs.config import check_rates
 from lafs.data.collate import normalize_images
 from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
@@ -78,6 +79,7 @@ class OptimConfig(RunOptimConfig):
             raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
+        check_rates(self.lr, self.min_lr, {"weight_decay": self.weight_decay})
 
 
 @dataclass

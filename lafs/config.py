@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import math
 import os
 import textwrap
 import tokenize
@@ -79,6 +80,21 @@ def parse_cli(argv: Sequence[str] | None, cls: type[T], default_config: str | No
     )
     args = parser.parse_args(None if argv is None else list(argv))
     return load_config(cls, args.config, args.overrides)
+
+
+def check_rates(lr: float, min_lr: float, decays: Mapping[str, float], prefix: str = "optim.") -> None:
+    """`ConfigError` unless ``lr`` > 0, ``min_lr`` in [0, lr] and every weight decay in ``decays`` >= 0, all finite.
+
+    ``decays`` maps key names (``weight_decay``) to values; ``prefix`` is the section's dotted key. Every training
+    stage's optimiser section calls it, so a negative learning rate fails at start-up naming its key.
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"{prefix}lr must be a finite number > 0, got {lr}")
+    if not (math.isfinite(min_lr) and 0 <= min_lr <= lr):
+        raise ConfigError(f"{prefix}min_lr must lie in [0, {prefix}lr = {lr}], got {min_lr}")
+    for name, value in decays.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{prefix}{name} must be a finite number >= 0, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------------- help --
@@ -344,15 +360,23 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _validate(cfg: Any) -> None:
-    """Call ``validate()`` on nested configs first, then on ``cfg`` itself."""
+def _validate(cfg: Any, prefix: str = "") -> None:
+    """Call ``validate()`` on nested configs first, then on ``cfg`` itself.
+
+    A section that several configs nest under different keys (the synthetic faces: ``data`` in the demo,
+    ``synthetic`` in the training stages) declares ``validate(self, prefix: str = "")`` and gets the dotted key it
+    sits at (``"synthetic."``), so its messages name the key the user typed.
+    """
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            _validate(value)
+            _validate(value, f"{prefix}{field.name}.")
     validate = getattr(cfg, "validate", None)
     if callable(validate):
-        validate()
+        if "prefix" in inspect.signature(validate).parameters:
+            validate(prefix=prefix)
+        else:
+            validate()
 
 
 def _plain(value: Any) -> Any:

@@ -78,25 +78,31 @@ class SyntheticFacesConfig:
     blur_prob: float = 0.2  # share of images with a mild defocus blur, as in upscaled low-resolution crops
     jpeg_prob: float = 0.3  # share of images passed through JPEG (quality 30..90), as web photos are
 
-    def validate(self) -> None:
-        """Raise `ConfigError` for values no data set can be made from."""
+    def validate(self, prefix: str = "") -> None:
+        """Raise `ConfigError` for values no data set can be made from.
+
+        ``prefix``: the dotted key this section sits at (``"data."`` in the demo, ``"synthetic."`` in the training
+        stages; `lafs.config.load_config` passes it), so messages name the key the user typed.
+        """
         for name in ("num_identities", "images_per_identity"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{prefix}{name} must be at least 1, got {getattr(self, name)}")
         if self.image_size < 32:
-            raise ConfigError(f"data.image_size must be at least 32 pixels, got {self.image_size}")
+            raise ConfigError(f"{prefix}image_size must be at least 32 pixels, got {self.image_size}")
         if self.seed < 0:
-            raise ConfigError(f"data.seed must be non-negative, got {self.seed}")
+            raise ConfigError(f"{prefix}seed must be non-negative, got {self.seed}")
         for name in ("max_yaw", "max_pitch", "max_roll", "scale_jitter", "shift_px", "noise_std"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name} must be non-negative, got {getattr(self, name)}")
-        if max(self.max_yaw, self.max_pitch, self.max_roll) > 60:
-            raise ConfigError("data.max_yaw, max_pitch and max_roll must be at most 60 degrees (a frontal mesh)")
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{prefix}{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("max_yaw", "max_pitch", "max_roll"):
+            if getattr(self, name) > 60:
+                value = getattr(self, name)
+                raise ConfigError(f"{prefix}{name} must be at most 60 degrees (a frontal mesh), got {value}")
         if self.scale_jitter >= 0.5:
-            raise ConfigError(f"data.scale_jitter must be below 0.5, got {self.scale_jitter}")
+            raise ConfigError(f"{prefix}scale_jitter must be below 0.5, got {self.scale_jitter}")
         for name in ("expression", "lighting", "blur_prob", "jpeg_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"data.{name} must be between 0 and 1, got {getattr(self, name)}")
+                raise ConfigError(f"{prefix}{name} must be between 0 and 1, got {getattr(self, name)}")
         get_landmark_set(self.landmark_set)  # raises ConfigError for an unknown name
 
 

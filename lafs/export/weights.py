@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import timm
+from safetensors import SafetensorError
 
 from lafs.errors import DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
-from lafs.models.vit import LandmarkViT, block_dims
+from lafs.models.vit import SIZES, LandmarkViT, block_dims
 
 EXPORT_FORMAT = "lafs-encoder"
 EXPORT_VERSION = 1
@@ -106,6 +107,7 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
     ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
     """
     config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
+    _check_architecture(folder, config)
     try:
         model = timm.create_model(
             config["architecture"],
@@ -114,10 +116,44 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
             **config["model_args"],
             **overrides,
         )
-    except (RuntimeError, KeyError) as exc:
+    except (SafetensorError, OSError) as exc:  # an empty or truncated file, or one that cannot be read
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{weights}: unreadable weights (truncated or not safetensors: {problem})") from None
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
-    # The format check admits only folders save_encoder wrote, whose architecture is a registered LandmarkViT.
-    return cast(LandmarkViT, model)
+    encoder = cast(LandmarkViT, model)  # _check_architecture admits only the registered LandmarkViT sizes
+    for key, actual in (("landmark_set", encoder.landmark_set), ("num_features", encoder.num_features)):
+        if config.get(key, actual) != actual:
+            raise DataError(f"{folder}: config.json: {key} {config[key]!r} disagrees with the model's {actual}")
+    return encoder
+
+
+def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:
+    """`DataError` unless config.json names one of our encoders and its model_args do not contradict that name.
+
+    model_args are authoritative (the weights are checked against the model they build); the architecture name is
+    checked against them: shape arguments that are exactly another registered size's are a mislabelled encoder,
+    which would load and be reported under the wrong name. Shapes of no registered size are a custom size of the
+    named family, which timm builds the same way.
+    """
+    name, args = config.get("architecture"), config.get("model_args")
+    if name not in SIZES:
+        known = ", ".join(SIZES)
+        kind = (
+            "a timm model, not a lafs encoder"
+            if isinstance(name, str) and timm.is_model(name)
+            else "not a lafs encoder"
+        )
+        raise DataError(f"{folder}: config.json: architecture {name!r} is {kind} (known: {known})")
+    if not isinstance(args, dict):
+        raise DataError(f"{folder}: config.json: model_args must be a mapping of keyword arguments, got {args!r}")
+    shape = {key: args.get(key, default) for key, default in SIZES[name].items()}
+    others = [other for other, size in SIZES.items() if size == shape and other != name]
+    if others:
+        given = ", ".join(f"{key} {value}" for key, value in shape.items())
+        raise DataError(
+            f"{folder}: config.json: architecture {name} disagrees with model_args ({given}: those of {others[0]})"
+        )
 
 
 def encoder_folder(path: str | os.PathLike[str]) -> Path:

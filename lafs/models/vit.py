@@ -186,6 +186,15 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+# The registered sizes' shape arguments; model_args may change them (a custom size keeps its family's name).
+SIZES: dict[str, dict[str, int]] = {
+    "lafs_vit_nano_p8_112": {"embed_dim": 128, "depth": 4, "num_heads": 4},
+    "lafs_vit_tiny_p8_112": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "lafs_vit_small_p8_112": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "lafs_vit_base_p8_112": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+}
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> LandmarkViT:
     return build_model_with_cfg(
         LandmarkViT,
@@ -200,25 +209,25 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> LandmarkViT:
 @register_model
 def lafs_vit_nano_p8_112(pretrained: bool = False, **kwargs: Any) -> LandmarkViT:
     """128-wide, 4 blocks: for tests and the CPU demo."""
-    return _create("lafs_vit_nano_p8_112", pretrained, **{"embed_dim": 128, "depth": 4, "num_heads": 4, **kwargs})
+    return _create("lafs_vit_nano_p8_112", pretrained, **{**SIZES["lafs_vit_nano_p8_112"], **kwargs})
 
 
 @ENCODERS.register()
 @register_model
 def lafs_vit_tiny_p8_112(pretrained: bool = False, **kwargs: Any) -> LandmarkViT:
     """ViT-Ti shape: 192 wide, 12 blocks, 3 heads."""
-    return _create("lafs_vit_tiny_p8_112", pretrained, **{"embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+    return _create("lafs_vit_tiny_p8_112", pretrained, **{**SIZES["lafs_vit_tiny_p8_112"], **kwargs})
 
 
 @ENCODERS.register()
 @register_model
 def lafs_vit_small_p8_112(pretrained: bool = False, **kwargs: Any) -> LandmarkViT:
     """ViT-S shape: 384 wide, 12 blocks, 6 heads."""
-    return _create("lafs_vit_small_p8_112", pretrained, **{"embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+    return _create("lafs_vit_small_p8_112", pretrained, **{**SIZES["lafs_vit_small_p8_112"], **kwargs})
 
 
 @ENCODERS.register()
 @register_model
 def lafs_vit_base_p8_112(pretrained: bool = False, **kwargs: Any) -> LandmarkViT:
     """ViT-B shape: 768 wide, 12 blocks, 12 heads (LAFS's paper scale)."""
-    return _create("lafs_vit_base_p8_112", pretrained, **{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return _create("lafs_vit_base_p8_112", pretrained, **{**SIZES["lafs_vit_base_p8_112"], **kwargs})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 
+from lafs.config import check_rates
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.pairs import load_bin
 from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
@@ -49,6 +51,21 @@ class DinoConfig:
     center_momentum: float = 0.9  # DINO centring
     freeze_last_layer_epochs: int = 1  # prototypes stay fixed at first: LAFS/DINO default
 
+    def validate(self) -> None:
+        for key in ("out_dim", "hidden_dim", "bottleneck_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"dino.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"dino.{key} must be a finite number > 0, got {value}")
+        for key in ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"dino.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("momentum_teacher", "center_momentum"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"dino.{key} must lie in [0, 1], got {getattr(self, key)}")
+
 
 @dataclass
 class PretrainOptimConfig(OptimConfig):
@@ -65,6 +82,8 @@ class PretrainOptimConfig(OptimConfig):
         super().validate()
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
+        decays = {"weight_decay": self.weight_decay, "weight_decay_end": self.weight_decay_end}
+        check_rates(self.lr, self.min_lr, decays)
 
 
 @dataclass

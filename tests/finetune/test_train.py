@@ -168,6 +168,37 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert len(errors) == 4 and all(e.startswith("error: ") for e in errors)
 
 
+@pytest.mark.parametrize("size", [0, 1000], ids=["empty", "truncated"])
+def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
+    encoder = build_encoder(EncoderConfig(name="lafs_vit_nano_p8_112", landmark_set="mediapipe49"))
+    weights = save_encoder(encoder, tmp_path / "encoder") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:size])
+    assert main([*DEMO, f"output_dir={tmp_path / 'run'}", f"init={tmp_path / 'encoder'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {weights}: unreadable weights") and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.min_lr=-1e-6", "optim.min_lr"),
+        ("optim.min_lr=1", "optim.min_lr"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("num_workers=-1", "num_workers"),
+        ("max_steps=-1", "max_steps"),
+        ("synthetic.num_identities=0", "synthetic.num_identities"),
+        ("synthetic.blur_prob=2", "synthetic.blur_prob"),
+    ],
+)
+def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
+    assert main([*DEMO, f"output_dir={tmp_path / 'run'}", override]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_predictor_run_exports_an_images_only_model(tmp_path):
     from lafs.export import OnnxEncoder, load_any_encoder
     from lafs.models.image_encoder import ImageEncoder

@@ -55,6 +55,27 @@ class Top:
             raise ConfigError("flag cannot be combined with data.shots > 10")
 
 
+@dataclass
+class Faces:
+    count: int = 1
+
+    def validate(self, prefix: str = "") -> None:  # a section that several configs nest under different keys
+        if self.count < 1:
+            raise ConfigError(f"{prefix}count must be >= 1, got {self.count}")
+
+
+@dataclass
+class Inner:
+    faces: Faces = field(default_factory=Faces)
+
+
+@dataclass
+class Nesting:
+    data: Faces = field(default_factory=Faces)
+    synthetic: Faces = field(default_factory=Faces)
+    inner: Inner = field(default_factory=Inner)
+
+
 def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -229,6 +250,12 @@ def test_validate_called_nested_and_top() -> None:
         load_config(Top, overrides=["model.depth=0"])
     with pytest.raises(ConfigError, match="flag cannot be combined"):
         load_config(Top, overrides=["flag=true", "data.shots=20"])
+
+
+@pytest.mark.parametrize("key", ["data.count", "synthetic.count", "inner.faces.count"])
+def test_validate_with_prefix_names_the_key_as_typed(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key} must be >= 1, got 0$"):
+        load_config(Nesting, overrides=[f"{key}=0"])
 
 
 def test_config_to_dict_is_yaml_safe() -> None:

@@ -101,6 +101,38 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.min_lr=-1e-6", "optim.min_lr"),
+        ("optim.min_lr=1", "optim.min_lr"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("optim.weight_decay_end=-1", "optim.weight_decay_end"),
+        ("dino.out_dim=0", "dino.out_dim"),
+        ("dino.hidden_dim=0", "dino.hidden_dim"),
+        ("dino.bottleneck_dim=-1", "dino.bottleneck_dim"),
+        ("dino.student_temp=0", "dino.student_temp"),
+        ("dino.teacher_temp=-0.04", "dino.teacher_temp"),
+        ("dino.warmup_teacher_temp=.nan", "dino.warmup_teacher_temp"),
+        ("dino.warmup_teacher_temp_epochs=-1", "dino.warmup_teacher_temp_epochs"),
+        ("dino.momentum_teacher=1.5", "dino.momentum_teacher"),
+        ("dino.center_momentum=-0.1", "dino.center_momentum"),
+        ("dino.freeze_last_layer_epochs=-1", "dino.freeze_last_layer_epochs"),
+        ("num_workers=-1", "num_workers"),
+        ("max_steps=-1", "max_steps"),
+        ("synthetic.num_identities=0", "synthetic.num_identities"),
+        ("synthetic.max_yaw=90", "synthetic.max_yaw"),
+    ],
+)
+def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
+    assert main([*TINY, f"output_dir={tmp_path / 'run'}", override]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_through_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
     launch_two_processes(

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -109,11 +110,17 @@ def test_no_flip_and_run_directory(data, tmp_path):
         ({"bin": "junk.bin"}, "junk.bin: not a readable pickle"),
         ({"input": "nowhere"}, "not a run directory, an exported encoder folder or an .onnx file"),
         ({"bin": "tiny.bin"}, "tiny.bin: 4 pairs, the 10-fold protocol needs at least 10"),
+        ({"input": "truncated"}, "truncated/model.safetensors: unreadable weights (truncated or not safetensors"),
+        ({"input": "empty"}, "empty/model.safetensors: unreadable weights (truncated or not safetensors"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys, change, message):
     (tmp_path / "junk.bin").write_bytes(b"not a pickle")
     write_pair_set(tmp_path / "tiny.bin", 4, seed=2)
+    for name, size in (("truncated", 1000), ("empty", 0)):  # encoder folders whose weights were cut short
+        shutil.copytree(data / "encoder", tmp_path / name)
+        weights = tmp_path / name / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:size])
     out = tmp_path / "out" / "report"
     encoder = tmp_path / change["input"] if "input" in change else data / "encoder"
     bins = [str(data / "lfw.bin")] + ([str(tmp_path / change["bin"])] if "bin" in change else [])

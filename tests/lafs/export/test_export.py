@@ -186,6 +186,17 @@ def _landmark_set_changed(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _config_changed(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _weights_truncated(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -193,8 +204,11 @@ def _landmark_set_changed(folder: Path) -> None:
         _landmark_set_changed,
         lambda folder: (folder / "model.safetensors").unlink(),
         lambda folder: (folder / "config.json").write_text("{"),
+        _weights_truncated,
+        lambda folder: (folder / "model.safetensors").write_bytes(b""),
+        lambda folder: _config_changed(folder, architecture="vit_tiny_patch16_224"),
     ],
-    ids=["architecture", "landmark_set", "no_weights", "bad_json"],
+    ids=["architecture", "landmark_set", "no_weights", "bad_json", "truncated_weights", "empty_weights", "timm"],
 )
 def test_corrupted_folder(model, tmp_path, corrupt, capsys):
     folder = save_encoder(model, tmp_path / "encoder")
@@ -271,3 +285,52 @@ def test_cli_help():
         [sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and "--onnx" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_weights_truncated, "model.safetensors: unreadable weights (truncated or not safetensors:"),
+        (lambda folder: (folder / "model.safetensors").write_bytes(b""), "model.safetensors: unreadable weights"),
+        (
+            lambda folder: _config_changed(folder, architecture="vit_tiny_patch16_224"),
+            "config.json: architecture 'vit_tiny_patch16_224' is a timm model, not a lafs encoder (known: lafs_vit_",
+        ),
+        (
+            lambda folder: _config_changed(folder, architecture="no_such_net"),
+            "config.json: architecture 'no_such_net' is not a lafs encoder (known: lafs_vit_",
+        ),
+        (
+            lambda folder: _config_changed(folder, model_args=[1, 2]),
+            "config.json: model_args must be a mapping of keyword arguments, got [1, 2]",
+        ),
+        (
+            lambda folder: _config_changed(folder, landmark_set="mediapipe196"),
+            "config.json: landmark_set 'mediapipe196' disagrees with the model's mediapipe49",
+        ),
+    ],
+    ids=["truncated_weights", "empty_weights", "timm", "unknown", "model_args", "landmark_set"],
+)
+def test_bad_folder_message_says_what_is_wrong(model, tmp_path, corrupt, message):
+    folder = save_encoder(model, tmp_path / "encoder")
+    corrupt(folder)
+    with pytest.raises(DataError) as caught:
+        load_encoder(folder)
+    assert str(caught.value).startswith(f"{folder}") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_architecture_that_disagrees_with_model_args(tmp_path):
+    # model_args are what the weights fit, so they are authoritative: an architecture name whose registered size
+    # they contradict, while they are exactly another registered size, is a renamed (mislabelled) encoder.
+    nano = timm.create_model(ARCH, landmark_set="mediapipe49")
+    folder = save_encoder(nano, tmp_path / "encoder")
+    _config_changed(folder, architecture="lafs_vit_small_p8_112")
+    with pytest.raises(DataError) as caught:
+        load_encoder(folder)
+    assert str(caught.value) == (
+        f"{folder}: config.json: architecture lafs_vit_small_p8_112 disagrees with model_args "
+        "(embed_dim 128, depth 4, num_heads 4: those of lafs_vit_nano_p8_112)"
+    )
+    # A custom size of a registered family (the name is the timm entry point, model_args its shape) still loads.
+    assert load_encoder(save_encoder(timm.create_model(ARCH, **SMALL), tmp_path / "custom")).embed_dim == 32

@@ -127,6 +127,26 @@ def test_bad_input_is_one_line_and_writes_nothing(face_folder, tmp_path, capsys)
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.min_lr=-1e-6", "optim.min_lr"),
+        ("optim.min_lr=1", "optim.min_lr"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("num_workers=-1", "num_workers"),
+        ("max_steps=-1", "max_steps"),
+        ("synthetic.num_identities=0", "synthetic.num_identities"),
+    ],
+)
+def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
+    assert main([*TINY, f"output_dir={tmp_path / 'run'}", override]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_non_finite_loss_is_one_line_naming_the_step(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(landmark_task, "landmark_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     assert main([*TINY, f"output_dir={tmp_path / 'run'}"]) == 2
