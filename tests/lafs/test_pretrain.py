@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,18 @@ def test_no_decay_for_tokenizer_positions_biases_and_norms():
     assert {"backbone.pos_embed", "backbone.cls_token", "backbone.patch_embed.proj.weight"} <= undecayed
     assert "backbone.blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert decay["scheduled_decay"] and not no_decay["scheduled_decay"]
+
+
+def test_a_planted_pickle_in_the_run_directory_never_runs(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (str(marker),))
+
+    out = run(tmp_path, "run", "max_steps=2")
+    step = out / "checkpoints" / "step_00000002"
+    (step / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))  # what resume=auto would find
+    assert main([*TINY, f"output_dir={out}", "max_steps=4"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: ") and "could run code: not loaded" in error and not marker.exists()
