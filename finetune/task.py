@@ -206,7 +206,8 @@ class FinetuneTask(Task):
     """Encoder (+ optional trainable landmark predictor) + objective; flips and mixup on the device; best model."""
 
     name = "finetune"
-    fixed_on_resume = ("data", "synthetic", "init", "encoder", "landmarks", "head", "regularisers")
+    # (init is not: a resumed run's weights come from its checkpoint.)
+    fixed_on_resume = ("data", "synthetic", "encoder", "landmarks", "head", "regularisers")
     broadcast_buffers = False  # memory banks are large, and every process keeps them identical on its own
 
     def __init__(self, cfg: FinetuneConfig) -> None:

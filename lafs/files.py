@@ -94,6 +94,8 @@ def _recorded_files(folder: Path, known: Sequence[str]) -> list[str]:
 def _remove_recorded(folder: Path, name: str) -> None:
     """Remove the file ``name`` a previous output recorded, and the folders under ``folder`` that this empties."""
     stale = folder / name
+    if not stale.parent.resolve().is_relative_to(folder.resolve()):
+        return  # a sub-folder replaced by a link to elsewhere: what is there is not ours
     if stale.is_file() or stale.is_symlink():
         stale.unlink()
     parent = stale.parent

@@ -60,6 +60,7 @@ class _StderrCatcher:
             os.lseek(sink, 0, os.SEEK_SET)
             text = os.read(sink, written)
             os.ftruncate(sink, 0)
+            os.lseek(sink, 0, os.SEEK_SET)  # the next warning starts at 0 again, not after a run of NUL bytes
             return image, text
 
 

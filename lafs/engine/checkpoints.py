@@ -7,7 +7,8 @@ directory must be on a filesystem every process sees (one main process renames a
 What goes in: `accelerator.save_state` (model as safetensors; optimiser, sampler and random states, which accelerate
 loads with ``torch.load(weights_only=True)``), plus the run's own state, which accelerate would pickle and load with
 ``weights_only=False`` (a crafted checkpoint could then run code): the task's extra modules (EMA teacher, DINO
-centre) as ``task_state.safetensors`` and the train state (step, best score) as ``train_state.json``.
+centre) as ``task_state.safetensors`` and the train state (step, best score) as ``train_state.json``. Loading shows
+accelerate a view of the folder without any ``custom_checkpoint_*.pkl``, so nothing planted there is unpickled.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import load as torch_safe_load
 from safetensors.torch import load_file, save_file
@@ -115,21 +118,40 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState, modules: list[nn.Module]) -> None:
-    """Restore what `save_checkpoint` wrote; anything missing, damaged or not ours is a one-line `DataError`."""
-    if any(path.glob("custom_checkpoint_*.pkl")):  # accelerate would unpickle these with weights_only=False
-        raise DataError(f"{path}: holds pickled run state (custom_checkpoint_*.pkl), which could run code: not loaded")
-    if not (path / TASK_STATE).is_file() or not (path / TRAIN_STATE).is_file():
+    """Restore what `save_checkpoint` wrote; anything missing, damaged or not ours is a one-line `DataError`.
+
+    Checkpoints of lafs before 2026-12 pickled the run state (``custom_checkpoint_*.pkl``: the modules in order, then
+    the train state); they are read with ``weights_only=True``, which refuses anything but tensors and plain
+    containers, so a crafted one cannot run code. accelerate itself never sees those files.
+    """
+    ours = (path / TASK_STATE).is_file() and (path / TRAIN_STATE).is_file()
+    legacy = sorted(path.glob("custom_checkpoint_*.pkl"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not ours and len(legacy) != len(modules) + 1:
         raise DataError(f"{path}: not a complete lafs checkpoint (no {TASK_STATE} or {TRAIN_STATE})")
     try:
-        # accelerate skips random states it cannot read with a log line; a resumed run would then silently differ.
         random_states = path / f"random_states_{accelerator.process_index}.pkl"
-        torch_safe_load(random_states)  # weights_only, as accelerate reads it: a payload there cannot run
-        accelerator.load_state(str(path))
-        tensors = load_file(str(path / TASK_STATE))
-        for i, module in enumerate(modules):
-            prefix = f"{i}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        state.load_state_dict(json.loads((path / TRAIN_STATE).read_text()))
+        if random_states.is_file():
+            # accelerate skips random states it cannot read with a log line: the resumed run would silently differ.
+            torch_safe_load(random_states)  # weights_only, as accelerate reads it: a payload there cannot run
+        else:
+            logger.warning(f"warning: {path} has no random state for process {accelerator.process_index} (written by "
+                           "fewer processes): the resumed run draws other random numbers")  # fmt: skip
+        with tempfile.TemporaryDirectory() as view:
+            # accelerate unpickles every custom_checkpoint_*.pkl with weights_only=False: it gets a view without them.
+            for file in path.iterdir():
+                if not file.name.startswith("custom_checkpoint_"):
+                    (Path(view) / file.name).symlink_to(file.resolve())
+            accelerator.load_state(view)
+        if ours:
+            tensors = load_file(str(path / TASK_STATE))
+            for i, module in enumerate(modules):
+                prefix = f"{i}."
+                module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            state.load_state_dict(json.loads((path / TRAIN_STATE).read_text()))
+        else:
+            for module, file in zip(modules, legacy, strict=False):
+                module.load_state_dict(torch_safe_load(file, map_location="cpu"))
+            state.load_state_dict(torch_safe_load(legacy[-1]))
     except Exception as error:  # any failure to read the folder means it is damaged or another run's
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path}: cannot load this checkpoint: {reason[:300]}") from None
@@ -141,15 +163,21 @@ def resume(
     """Load the checkpoint ``resume`` names (see `resume_candidates`); returns it, or None for a fresh start.
 
     With ``auto`` a checkpoint that does not load (truncated by a full disk, say) is skipped with a warning for the
-    previous one; a checkpoint named explicitly must load.
+    previous one; a checkpoint named explicitly must load. The processes decide together: if one cannot load a
+    checkpoint, none resumes from it.
     """
     candidates = resume_candidates(resume, folder)
     for number, path in enumerate(candidates):
+        failure: DataError | None = None
         try:
             load_checkpoint(accelerator, path, state, modules)
-            return path
         except DataError as error:
-            if resume != "auto" or number == len(candidates) - 1:
-                raise
-            logger.warning(f"warning: {error}; trying the previous checkpoint")
+            failure = error
+        failed = torch.tensor([float(failure is not None)], device=accelerator.device)
+        if float(accelerator.reduce(failed, reduction="sum")) == 0:
+            return path
+        failure = failure or DataError(f"{path}: another process cannot load this checkpoint")
+        if resume != "auto" or number == len(candidates) - 1:
+            raise failure
+        logger.warning(f"warning: {failure}; trying the previous checkpoint")
     return None

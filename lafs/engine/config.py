@@ -94,17 +94,26 @@ def check_resumed_config(cfg: Any, run_dir: Path, fixed: tuple[str, ...]) -> Non
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
         raise ConfigError(f"{path}: unreadable; move it away to resume with the current config") from None
     new = _flat(config_to_dict(cfg))
-    changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
+    changed = sorted(key for key in saved.keys() | new.keys() if not _same(saved.get(key), new.get(key)))
     shaping = [key for key in changed if key.split(".")[0] in fixed]
     if shaping:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {new.get(key)!r}" for key in shaping[:4])
         raise ConfigError(
             f"resuming {run_dir} with a different {'/'.join(sorted({k.split('.')[0] for k in shaping}))}: {detail}"
-            f"{' ...' if len(shaping) > 4 else ''} (use another output_dir, or resume='' to start afresh there)"
+            f"{' ...' if len(shaping) > 4 else ''} (a new run needs another output_dir)"
         )
     others = [key for key in changed if key.split(".")[0] not in RUN_CONTROL]
     if others:
         logger.warning(f"warning: resuming {run_dir} with changed {', '.join(others)} (saved config.yaml is replaced)")
+
+
+def _same(saved: Any, new: Any) -> bool:
+    """Equal values; two spellings of one existing path (``runs/x/``, ``./runs/x``, absolute) are equal too."""
+    if saved == new:
+        return True
+    if isinstance(saved, str) and isinstance(new, str) and saved and new and Path(saved).exists():
+        return Path(saved).resolve() == Path(new).resolve()
+    return False
 
 
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -194,6 +194,13 @@ def test_a_planted_pickle_in_the_run_directory_never_runs(tmp_path, capsys):
     out = run(tmp_path, "run", "max_steps=2")
     step = out / "checkpoints" / "step_00000002"
     (step / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))  # what resume=auto would find
-    assert main([*TINY, f"output_dir={out}", "max_steps=4"]) == 2
-    (error,) = capsys.readouterr().err.strip().splitlines()
-    assert error.startswith("error: ") and "could run code: not loaded" in error and not marker.exists()
+    assert main([*TINY, f"output_dir={out}", "max_steps=3"]) == 0 and not marker.exists()  # never unpickled
+    # A checkpoint in the earlier, pickled layout is read with weights_only=True: the payload is refused.
+    step = out / "checkpoints" / "step_00000003"
+    for name in ("task_state.safetensors", "train_state.json"):
+        (step / name).unlink()
+    for i in range(3):  # teacher, DINO loss, train state
+        (step / f"custom_checkpoint_{i}.pkl").write_bytes(pickle.dumps(Payload()))
+    assert main([*TINY, f"output_dir={out}", "max_steps=4", "resume=" + str(step)]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert error.startswith("error: ") and "cannot load this checkpoint" in error and not marker.exists()

@@ -83,15 +83,10 @@ def test_planted_pickles_never_run(tmp_path):
     MARKER.unlink(missing_ok=True)
     state.step = 2
     path = save_checkpoint(accelerator, folder, state, [extra], keep=3)
-    # accelerate unpickles custom_checkpoint_*.pkl with weights_only=False: a folder holding one is refused (older
-    # lafs wrote the run state that way; a crafted one could run code).
-    planted = path / "custom_checkpoint_0.pkl"
-    planted.write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(DataError, match=r"holds pickled run state .custom_checkpoint_.*could run code: not loaded"):
-        load_checkpoint(accelerator, path, TrainState(), [extra])
-    assert not MARKER.exists()
-    planted.unlink()
+    # accelerate unpickles custom_checkpoint_*.pkl with weights_only=False: it is shown the folder without them.
+    (path / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
     load_checkpoint(accelerator, path, TrainState(), [extra])
+    assert not MARKER.exists()
     # The files accelerate does read are read with weights_only=True: a payload there is refused in one line.
     (path / "random_states_0.pkl").write_bytes(pickle.dumps(Payload()))
     with pytest.raises(DataError, match="cannot load this checkpoint") as error:
@@ -101,6 +96,24 @@ def test_planted_pickles_never_run(tmp_path):
     with pytest.raises(DataError, match="not a complete lafs checkpoint"):
         load_checkpoint(accelerator, path, TrainState(), [extra])
 
+
+def test_checkpoints_of_earlier_versions_load_safely(tmp_path):
+    # Before the run state moved to safetensors + JSON, accelerate pickled it: the modules, then the train state.
+    accelerator, _, state, extra, folder = setup(tmp_path)
+    state.step, state.best_score = 3, 0.5
+    accelerator.register_for_checkpointing(extra, state)
+    legacy = folder / "step_00000003"
+    accelerator.save_state(str(legacy))
+    accelerator._custom_objects.clear()  # the engine never registers anything (accelerate has no public unregister)
+    fresh, copy = TrainState(), torch.nn.Linear(3, 1)
+    assert resume(accelerator, "auto", folder, fresh, [copy]) == legacy
+    assert (fresh.step, fresh.best_score) == (3, 0.5) and torch.equal(copy.weight, extra.weight)
+    # Read with weights_only=True: a crafted one cannot run code.
+    MARKER.unlink(missing_ok=True)
+    (legacy / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DataError, match="cannot load this checkpoint"):
+        load_checkpoint(accelerator, legacy, TrainState(), [copy])
+    assert not MARKER.exists()
 
 def test_a_step_folder_it_did_not_write_is_never_removed(tmp_path):
     accelerator, _, state, extra, folder = setup(tmp_path)

@@ -161,7 +161,8 @@ def test_resuming_with_a_changed_config(tmp_path, caplog):
     out = tmp_path / "run"
     train(out, max_steps=2)
     saved = (out / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"resuming .* with a different data: data.image_size 112 -> 96 .use another"):
+    refused = r"resuming .* with a different data: data.image_size 112 -> 96 .a new run needs another output_dir"
+    with pytest.raises(ConfigError, match=refused):
         train(out, max_steps=4, data=DatasetConfig(path="synthetic", image_size=96))
     assert (out / "config.yaml").read_text() == saved  # a failed start writes nothing
     train(out, max_steps=4, images=12)  # not a fixed section: resumes, with a warning
@@ -199,3 +200,11 @@ def test_deterministic_reruns_are_bit_identical(tmp_path):
     assert torch.equal(a.run.accelerator.unwrap_model(a.model).weight, b.run.accelerator.unwrap_model(b.model).weight)
     # Restored afterwards: runs in one process do not inherit each other's settings.
     assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_two_spellings_of_one_path_are_the_same_config(tmp_path, caplog):
+    (tmp_path / "faces").mkdir()
+    out = tmp_path / "run"
+    train(out, max_steps=2, data=DatasetConfig(path=str(tmp_path / "faces")), images=16)
+    train(out, max_steps=3, data=DatasetConfig(path=f"{tmp_path}/./faces/"), images=16)  # no refusal
+    assert "with a different" not in caplog.text
