@@ -38,8 +38,8 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     # Moved to the device but not wrapped or trained by the optimiser (an EMA teacher, a frozen reference).
     on_device: list[nn.Module] = field(default_factory=list)
-    # Objects with state_dict / load_state_dict saved in every checkpoint besides the model and the optimiser.
-    checkpointed: list[Any] = field(default_factory=list)
+    # Modules saved in every checkpoint besides the model and the optimiser (their state as safetensors).
+    checkpointed: list[nn.Module] = field(default_factory=list)
 
 
 @dataclass
