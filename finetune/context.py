@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed.nn
 
 if TYPE_CHECKING:
     from finetune.heads import MarginHead
@@ -23,6 +25,9 @@ class Communicator:
     is_main: bool = True  # the process that runs once-per-run jobs (clustering)
     rank: int = 0  # this process's index: its chunk of a gathered tensor starts at rank * local batch
     gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenates every process's tensor along dim 0
+    # The same, differentiable: each process's chunk gets the gradient of every process's loss back (summed), so
+    # after DDP averages, a loss over gathered rows has the gradient of one loss over the whole batch.
+    gather_with_grad: Callable[[torch.Tensor], torch.Tensor] = _same
     broadcast: Callable[[torch.Tensor], torch.Tensor] = _same  # returns the main process's tensor on every process
 
 
@@ -66,3 +71,14 @@ class LossContext:
     def mixed(self) -> bool:
         """Mixup changed this batch (pair and contrastive terms skip such batches)."""
         return self.soft_labels is not None
+
+
+def differentiable_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` (b, ...) concatenated along dim 0 (processes x b, ...), gradients flowing back.
+
+    The backward sums each chunk's gradient over the processes (torch.distributed.nn's all_gather).
+    """
+    # (torch 2.14 marks it deprecated for _functional_collectives, whose gradient support is still private API.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(torch.distributed.nn.functional.all_gather(tensor))

@@ -25,7 +25,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import Dataset
 
-from finetune.context import Communicator
+from finetune.context import Communicator, differentiable_gather
 from finetune.device_augment import AugmentConfig, BatchMixup, random_flip
 from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
@@ -257,10 +257,11 @@ class FinetuneTask(Task):
         accelerator = run.accelerator
         self.schedule = Schedule(self.cfg.optim, run.steps_per_epoch, run.total_batch)
         self.comm = Communicator(
-            accelerator.is_main_process,
-            accelerator.process_index,
-            accelerator.gather,
-            lambda t: broadcast(t, from_process=0),
+            is_main=accelerator.is_main_process,
+            rank=accelerator.process_index,
+            gather=accelerator.gather,
+            gather_with_grad=differentiable_gather if accelerator.num_processes > 1 else (lambda t: t),
+            broadcast=lambda t: broadcast(t, from_process=0),
         )
         landmark_set = get_landmark_set(self.cfg.data.landmark_set)
         self.flip_permutation = torch.tensor(landmark_set.flip_permutation, device=run.device)

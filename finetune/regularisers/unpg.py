@@ -121,13 +121,16 @@ class UNPG(Regulariser):
 
     @staticmethod
     def _gathered(local: torch.Tensor, labels: torch.Tensor, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every process's normalised embeddings (N, d) and labels (N,), this process's rows live (with gradient)."""
-        gathered = ctx.comm.gather(local.detach())
-        gathered_labels = ctx.comm.gather(labels)
+        """Every process's normalised embeddings (N, d) and labels (N,), all with gradient.
+
+        The gather is differentiable: the pair term of every process reaches this process's rows (a detached
+        gather left only the local share, about 1 / processes of the true gradient once DDP averaged).
+        """
+        gathered = ctx.comm.gather_with_grad(local)
         start, b = ctx.comm.rank * local.shape[0], local.shape[0]
-        if gathered.shape[0] < start + b or not torch.equal(gathered[start : start + b], local.detach()):
+        if gathered.shape[0] < start + b or not torch.equal(gathered[start : start + b].detach(), local.detach()):
             raise ConfigError("unpg.gather: this process's rows are not its chunk of the gathered batch")
-        return torch.cat([gathered[:start], local, gathered[start + b :]]), gathered_labels
+        return gathered, ctx.comm.gather(labels)
 
     def extra_repr(self) -> str:
         return f"whisker={self.whisker}, gather={self.gather}, mixed_batches={self.mixed_batches}"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from finetune.context import Communicator, LossContext
@@ -275,30 +276,82 @@ def test_mixed_batches_skip_or_dominant() -> None:
     torch.testing.assert_close(dominant, UNPG()(make_ctx(x, labels, head))["unpg_loss"])
 
 
-def test_gather_uses_every_process_pairs_with_local_gradient() -> None:
+def test_gather_uses_every_process_pairs() -> None:
     head, x, labels = random_problem(b=12)
-    local, remote = slice(4, 8), torch.cat([torch.arange(0, 4), torch.arange(8, 12)])
+    local = slice(4, 8)
     xn = F.normalize(x, dim=-1)
     # A fake three-process all-gather: this process is the middle chunk.
     comm = Communicator(
         rank=1,
-        gather=lambda t: (
-            torch.cat([xn[:4], t, xn[8:]]) if t.is_floating_point() else torch.cat([labels[:4], t, labels[8:]])
-        ),
+        gather=lambda t: torch.cat([labels[:4], t, labels[8:]]),
+        gather_with_grad=lambda t: torch.cat([xn[:4], t, xn[8:]]),
     )
     x_local = x[local].clone().requires_grad_(True)
     ctx = make_ctx(x_local, labels[local], head, comm=comm)
     loss = UNPG(gather=True)(ctx)["unpg_loss"]
-    sim = xn @ xn.t()
-    values = negative_pairs(sim, labels)
+    values = negative_pairs(xn @ xn.t(), labels)
     values = values[tukey_keep(values, 1.5)]
     torch.testing.assert_close(loss, unpg_addon(ctx.logits[0], values, head.scale))
-    loss.backward()
-    assert torch.isfinite(x_local.grad).all() and x_local.grad.abs().sum() > 0
-    assert remote.numel() == 8
-    bad = Communicator(gather=lambda t: t + 1)
+    bad = Communicator(gather_with_grad=lambda t: t + 1)
     with pytest.raises(ConfigError):
         UNPG(gather=True)(make_ctx(x[:4], labels[:4], head, comm=bad))
+
+
+# Each rank: UNPG with gather=True over its chunk of one batch, on 2 real gloo processes; it saves its chunk's
+# gradient. Spawned children import this small module, not the test module.
+GATHER_WORKER = """
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def run(rank, world, init_file, out_dir, x, labels, weight, scale):
+    dist.init_process_group(
+        "gloo", init_method="file://" + init_file, rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        from finetune.context import Communicator, LossContext, differentiable_gather
+        from finetune.heads import MarginHead
+        from finetune.regularisers.unpg import UNPG
+
+        def gather(t):
+            out = [torch.empty_like(t) for _ in range(world)]
+            dist.all_gather(out, t)
+            return torch.cat(out)
+
+        head = MarginHead(weight.shape[0], weight.shape[1], scale=scale, margins=(1.0, 0.5, 0.0)).double()
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight))
+        b = x.shape[0] // world
+        chunk = torch.from_numpy(x[rank * b : (rank + 1) * b]).requires_grad_(True)
+        comm = Communicator(is_main=rank == 0, rank=rank, gather=gather, gather_with_grad=differentiable_gather)
+        ctx = LossContext.from_embeddings(
+            head, chunk, chunk[None], torch.from_numpy(labels[rank * b : (rank + 1) * b]), None, comm=comm
+        )
+        UNPG(gather=True)(ctx)["unpg_loss"].backward()
+        torch.save(chunk.grad, f"{out_dir}/grad{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+"""
+
+
+def test_gathered_gradient_equals_the_single_process_gradient(tmp_path, monkeypatch) -> None:
+    # DDP averages the ranks' gradients: with the detached gather of before, the pair term's gradient came out at
+    # 1 / world of the true one (0.50 on 2 processes).
+    import importlib
+
+    world = 2
+    head, x, labels = random_problem(b=8)
+    full = x.clone().requires_grad_(True)
+    UNPG()(make_ctx(full, labels, head))["unpg_loss"].backward()
+    (tmp_path / "unpg_gather_worker.py").write_text(GATHER_WORKER)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned children inherit sys.path
+    worker = importlib.import_module("unpg_gather_worker")
+    args = (world, str(tmp_path / "init"), str(tmp_path), x.numpy(), labels.numpy(), head.weight.detach().numpy())
+    mp.spawn(worker.run, args=(*args, head.scale), nprocs=world, join=True)
+    per_rank = torch.cat([torch.load(tmp_path / f"grad{rank}.pt") for rank in range(world)])
+    torch.testing.assert_close(per_rank / world, full.grad)  # what DDP's average makes of it
 
 
 # -- config and registry ----------------------------------------------------------------------------------------
