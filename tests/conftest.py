@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,16 @@ def launch_two_processes(script: str, *arguments: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_bad_value_is_one_line(
+    main: Callable[[list[str]], int], arguments: list[str], run_dir: Path, key: str, capsys: pytest.CaptureFixture
+) -> None:
+    """An entry point given a bad value for ``key`` prints one ``error: <key> ...`` line, exits 2, writes nothing."""
+    assert main([*arguments, f"output_dir={run_dir}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
+    assert not run_dir.exists()
 
 
 def write_face_folder(root: Path, identities: int = 3, per_identity: int = 4, seed: int = 0) -> tuple[Path, list]:

@@ -158,15 +158,14 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState, mod
 
 
 def resume(
-    accelerator: Accelerator, resume: str, folder: Path, state: TrainState, modules: list[nn.Module]
+    accelerator: Accelerator, candidates: list[Path], fall_back: bool, state: TrainState, modules: list[nn.Module]
 ) -> Path | None:
-    """Load the checkpoint ``resume`` names (see `resume_candidates`); returns it, or None for a fresh start.
+    """Load the first of ``candidates`` (`resume_candidates`) that loads; returns it, or None for a fresh start.
 
-    With ``auto`` a checkpoint that does not load (truncated by a full disk, say) is skipped with a warning for the
-    previous one; a checkpoint named explicitly must load. The processes decide together: if one cannot load a
-    checkpoint, none resumes from it.
+    With ``fall_back`` (``resume=auto``) a checkpoint that does not load (truncated by a full disk, say) is skipped
+    with a warning for the next candidate; otherwise it must load. The processes decide together: if one cannot load
+    a checkpoint, none resumes from it.
     """
-    candidates = resume_candidates(resume, folder)
     for number, path in enumerate(candidates):
         failure: DataError | None = None
         try:
@@ -177,7 +176,7 @@ def resume(
         if float(accelerator.reduce(failed, reduction="sum")) == 0:
             return path
         failure = failure or DataError(f"{path}: another process cannot load this checkpoint")
-        if resume != "auto" or number == len(candidates) - 1:
+        if not fall_back or number == len(candidates) - 1:
             raise failure
         logger.warning(f"warning: {failure}; trying the previous checkpoint")
     return None

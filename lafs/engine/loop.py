@@ -75,11 +75,11 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
     processes = accelerator.num_processes
     steps = steps_per_epoch(len(dataset), len(loader), o.batch_size, o.grad_accum, processes)
     resolved = task.resolved_config()
-    checkpoint_folder = cfg.output_dir / "checkpoints"
-    if resume_candidates(cfg.resume, checkpoint_folder):  # before loading: a changed model would not load anyway
+    candidates = resume_candidates(cfg.resume, cfg.output_dir / "checkpoints")
+    if candidates:  # before loading: a changed model would not load anyway
         check_resumed_config(resolved, cfg.output_dir, task.fixed_on_resume)
     state = TrainState()
-    resumed_from = resume(accelerator, cfg.resume, checkpoint_folder, state, parts.checkpointed)
+    resumed_from = resume(accelerator, candidates, cfg.resume == "auto", state, parts.checkpointed)
     if accelerator.is_main_process:  # every check has passed: from here on the run directory is written
         save_config(resolved, cfg.output_dir)
         task.write_run_files(cfg.output_dir)

@@ -20,7 +20,7 @@ from lafs.engine.run_log import read_log
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
-from tests.conftest import ROOT, launch_two_processes
+from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
 
 CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
 # Any config of configs/finetune shrunk to seconds on CPU: tiny synthetic data, the nano encoder, 2 steps.
@@ -193,10 +193,7 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
-    assert main([*DEMO, f"output_dir={tmp_path / 'run'}", override]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_bad_value_is_one_line(main, [*DEMO, override], tmp_path / "run", key, capsys)
 
 
 def test_predictor_run_exports_an_images_only_model(tmp_path):

@@ -13,7 +13,7 @@ from lafs.engine.run_log import read_log
 from lafs.export import load_encoder
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
-from tests.conftest import ROOT, launch_two_processes
+from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
 
 TINY = [
     "--config",
@@ -128,10 +128,7 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
-    assert main([*TINY, f"output_dir={tmp_path / 'run'}", override]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_bad_value_is_one_line(main, [*TINY, override], tmp_path / "run", key, capsys)
 
 
 def test_two_processes_through_accelerate_launch(tmp_path):

@@ -54,7 +54,7 @@ def test_rotation_keeps_the_newest_and_resume_restores_everything(tmp_path):
         model.weight.zero_()
         extra.weight.zero_()
     fresh = TrainState()
-    assert resume(accelerator, "auto", folder, fresh, [extra]) == folder / "step_00000008"
+    assert resume(accelerator, resume_candidates("auto", folder), True, fresh, [extra]) == folder / "step_00000008"
     assert (fresh.step, fresh.best_score) == (8, 0.8) and model.weight.abs().sum() > 0
     assert torch.equal(extra.weight, saved["weight"])
     with pytest.raises(ConfigError, match="no such checkpoint"):
@@ -71,10 +71,12 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
     newest = folder / "step_00000004" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:20])  # a full disk cut it short
     fresh = TrainState()
-    assert resume(accelerator, "auto", folder, fresh, [extra]) == folder / "step_00000002" and fresh.step == 2
+    resumed = resume(accelerator, resume_candidates("auto", folder), True, fresh, [extra])
+    assert resumed == folder / "step_00000002" and fresh.step == 2
     assert "step_00000004: cannot load this checkpoint" in caplog.text and "trying the previous" in caplog.text
     with pytest.raises(DataError, match=r"step_00000004: cannot load this checkpoint: ") as error:
-        resume(accelerator, str(folder / "step_00000004"), folder, TrainState(), [extra])  # named: must load
+        named = resume_candidates(str(folder / "step_00000004"), folder)  # named: must load
+        resume(accelerator, named, False, TrainState(), [extra])
     assert "\n" not in str(error.value)
 
 
@@ -106,7 +108,7 @@ def test_checkpoints_of_earlier_versions_load_safely(tmp_path):
     accelerator.save_state(str(legacy))
     accelerator._custom_objects.clear()  # the engine never registers anything (accelerate has no public unregister)
     fresh, copy = TrainState(), torch.nn.Linear(3, 1)
-    assert resume(accelerator, "auto", folder, fresh, [copy]) == legacy
+    assert resume(accelerator, resume_candidates("auto", folder), True, fresh, [copy]) == legacy
     assert (fresh.step, fresh.best_score) == (3, 0.5) and torch.equal(copy.weight, extra.weight)
     # Read with weights_only=True: a crafted one cannot run code.
     MARKER.unlink(missing_ok=True)

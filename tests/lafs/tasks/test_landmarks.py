@@ -15,6 +15,7 @@ from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.distill import AugmentConfig, LandmarkFaces, random_affine, split_by_identity
 from lafs.models.landmark_predictor import load_landmark_predictor
 from lafs.tasks import landmarks as landmark_task
+from tests.conftest import assert_bad_value_is_one_line
 from tools.train_landmarks import main
 
 TINY = [
@@ -141,10 +142,7 @@ def test_bad_input_is_one_line_and_writes_nothing(face_folder, tmp_path, capsys)
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
-    assert main([*TINY, f"output_dir={tmp_path / 'run'}", override]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith(f"error: {key} ") and error.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_bad_value_is_one_line(main, [*TINY, override], tmp_path / "run", key, capsys)
 
 
 def test_non_finite_loss_is_one_line_naming_the_step(tmp_path, capsys, monkeypatch):
