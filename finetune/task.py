@@ -31,7 +31,6 @@ from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from lafs.config import check_rates
 from lafs.data.collate import normalize_images
 from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
@@ -75,11 +74,9 @@ class OptimConfig(RunOptimConfig):
         super().validate()
         if self.lr_reference_batch < 1:
             raise ConfigError(f"optim.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
-        check_rates(self.lr, self.min_lr, {"weight_decay": self.weight_decay})
+        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, {"weight_decay": self.weight_decay})
 
 
 @dataclass

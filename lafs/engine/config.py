@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lafs.config import config_to_dict
+from lafs.config import check_rates, config_to_dict
 from lafs.data.open import SYNTHETIC, DatasetConfig
 from lafs.data.synthetic import SyntheticFacesConfig
 from lafs.errors import ConfigError
@@ -43,6 +43,11 @@ class OptimConfig:
         if self.clip_grad < 0:
             raise ConfigError(f"optim.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
 
+    def check_recipe(self, warmup_epochs: float, lr: float, min_lr: float, decays: Mapping[str, float]) -> None:
+        """What every stage's learning-rate recipe must satisfy: a warm-up within the run, sensible rates."""
+        if not 0 <= warmup_epochs <= self.epochs:
+            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {warmup_epochs}")
+        check_rates(lr, min_lr, decays)
 
 @dataclass
 class RunConfig:

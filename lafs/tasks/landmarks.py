@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader
 
-from lafs.config import check_rates, config_to_dict
+from lafs.config import config_to_dict
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import SYNTHETIC, DatasetConfig
 from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts
@@ -56,9 +56,7 @@ class LandmarkOptimConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
-        check_rates(self.lr, self.min_lr, {"weight_decay": self.weight_decay})
+        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, {"weight_decay": self.weight_decay})
 
 
 @dataclass

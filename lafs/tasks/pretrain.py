@@ -20,7 +20,6 @@ import torch
 from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 
-from lafs.config import check_rates
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.pairs import load_bin
 from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
@@ -80,10 +79,8 @@ class PretrainOptimConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {self.warmup_epochs}")
         decays = {"weight_decay": self.weight_decay, "weight_decay_end": self.weight_decay_end}
-        check_rates(self.lr, self.min_lr, decays)
+        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, decays)
 
 
 @dataclass
