@@ -186,6 +186,7 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
         ("optim.min_lr=-1e-6", "optim.min_lr"),
         ("optim.min_lr=1", "optim.min_lr"),
         ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("optim.warmup_epochs=99", "optim.warmup_epochs"),
         ("num_workers=-1", "num_workers"),
         ("max_steps=-1", "max_steps"),
         ("synthetic.num_identities=0", "synthetic.num_identities"),

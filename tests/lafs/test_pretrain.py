@@ -111,6 +111,7 @@ def test_bad_config_is_one_line(tmp_path, capsys):
         ("optim.min_lr=1", "optim.min_lr"),
         ("optim.weight_decay=-0.1", "optim.weight_decay"),
         ("optim.weight_decay_end=-1", "optim.weight_decay_end"),
+        ("optim.warmup_epochs=99", "optim.warmup_epochs"),
         ("dino.out_dim=0", "dino.out_dim"),
         ("dino.hidden_dim=0", "dino.hidden_dim"),
         ("dino.bottleneck_dim=-1", "dino.bottleneck_dim"),
