@@ -19,6 +19,7 @@ from torch import nn
 from finetune.context import Communicator, LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.regularisers import Regulariser, RegularisersConfig
+from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
 from lafs.schedules import WeightSchedule
@@ -122,10 +123,17 @@ class Objective(nn.Module):
 
 
 def build_objective(
-    head: MarginHead, cfg: RegularisersConfig, *, num_classes: int, embed_dim: int, num_samples: int
+    head: MarginHead,
+    cfg: RegularisersConfig,
+    *,
+    num_classes: int,
+    embed_dim: int,
+    num_samples: int,
+    optim: OptimConfig,
 ) -> Objective:
-    """The objective with every enabled regulariser of ``cfg``."""
-    enabled = cfg.enabled()
+    """The objective with every enabled regulariser of ``cfg``, their weights in the epochs of the run ``optim``
+    describes (its length and its ``schedules`` switch)."""
+    enabled = cfg.in_run(optim)
     regularisers = {
         name: REGULARISERS.get(name)(options, num_classes=num_classes, embed_dim=embed_dim, num_samples=num_samples)
         for name, options in enabled.items()

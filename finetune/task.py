@@ -51,7 +51,7 @@ from lafs.models.landmark_predictor import (
     save_landmark_predictor,
 )
 from lafs.models.vit import LandmarkViT
-from lafs.schedules import cosine_schedule
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, cosine_schedule
 
 logger = logging.getLogger("lafs.finetune")
 
@@ -76,7 +76,8 @@ class OptimConfig(RunOptimConfig):
             raise ConfigError(f"optim.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
-        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, {"weight_decay": self.weight_decay})
+        decays = {"weight_decay": self.weight_decay}
+        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, decays, recipe_epochs=LAFS_FINETUNE_EPOCHS)
 
 
 @dataclass
@@ -186,14 +187,23 @@ def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False)
 
 
 class Schedule:
-    """Warm-up then cosine learning rate, per optimiser step."""
+    """Warm-up then cosine learning rate, per optimiser step.
+
+    ``optim.warmup_epochs`` is LAFS's 5 of 34 epochs: ``optim.schedules=relative`` stretches it to the run.
+    """
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int, total_batch: int) -> None:
         ratio = total_batch / cfg.lr_reference_batch
         factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
         self.base_lr, self.min_lr = cfg.lr * factor, cfg.min_lr
         self.total = cfg.epochs * steps_per_epoch
-        self.warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        warmup_epochs = cfg.warmup_epochs * cfg.stretch(LAFS_FINETUNE_EPOCHS)
+        if cfg.schedules == "relative":
+            logger.info(
+                f"optim.schedules=relative, LAFS fine-tuning's {LAFS_FINETUNE_EPOCHS} epochs -> {cfg.epochs}: "
+                f"optim.warmup_epochs {cfg.warmup_epochs:g} -> {warmup_epochs:.4g}"
+            )
+        self.warmup = round(warmup_epochs * steps_per_epoch)
 
     def lr(self, step: int) -> float:
         return cosine_schedule(step, self.total, self.base_lr, self.min_lr, self.warmup)
@@ -232,6 +242,7 @@ class FinetuneTask(Task):
             num_classes=dataset.num_classes,
             embed_dim=encoder.num_features,
             num_samples=len(dataset),
+            optim=cfg.optim,
         )
         model = FinetuneModel(encoder, self.objective, predictor)
         # regularisers.landmark pulls the trained predictor towards a frozen copy of where it started (LAFS).

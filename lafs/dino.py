@@ -30,6 +30,8 @@ persistent state, the centre, is a registered buffer so that ``accelerator.save_
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -40,8 +42,10 @@ from torch.nn.utils.parametrizations import weight_norm
 __all__ = [
     "DINOHead",
     "DINOLoss",
+    "StallWatch",
     "collapse_warning",
     "ema_update",
+    "stall_warning",
 ]
 
 
@@ -221,6 +225,77 @@ def collapse_warning(signals: dict[str, float]) -> str | None:
             f"one-dimension collapse: teacher batch-mean entropy {batch_entropy:.3f} < 0.1 * log K = {0.1 * log_k:.3f}"
         )
     return "; ".join(messages) or None
+
+
+def stall_warning(
+    losses: Sequence[float],
+    entropy_ratios: Sequence[float],
+    progress: float,
+    *,
+    min_progress: float = 0.2,
+    min_points: int = 6,
+    max_change: float = 0.02,
+    min_entropy: float = 0.9,
+) -> str | None:
+    """A one-line warning, with what to try, when pretraining has learned nothing so far; else None.
+
+    ``losses``: the DINO loss at each log point so far, oldest first; ``entropy_ratios``: the teacher's per-sample
+    entropy over log K at the same points; ``progress``: the fraction of the run's steps done. It fires once
+    ``progress >= min_progress`` with at least ``min_points`` log points, when the mean loss of the last ``w`` points
+    differs from that of the first ``w`` by less than ``max_change`` (relative; ``w = min(5, points // 3)``, so
+    single noisy points do not decide) and the teacher's mean entropy over the last ``w`` points is above
+    ``min_entropy`` log K: a teacher that says almost nothing about any image, and a student that stopped moving.
+
+    The thresholds sit between the two runs measured: on 1,368 real faces at small scale the loss went 6.72 ->
+    6.74 (+0.3 %) with the teacher at 0.94 log K, and nothing was learned; the synthetic demo
+    (configs/pretrain/demo.yaml), which learns, fell 9.5 % from its first to its last five log points (6.48 ->
+    5.86) with the teacher at 0.67-0.85 log K, and single log points there scatter by about 5 %, hence windows.
+    (`collapse_warning` flags every log point above 0.95 log K; this catches the slower failure below it.)
+    """
+    points = min(len(losses), len(entropy_ratios))
+    if progress < min_progress or points < max(min_points, 2):
+        return None
+    w = max(1, min(5, points // 3))
+    early, late = sum(losses[:w]) / w, sum(losses[points - w : points]) / w
+    entropy = sum(entropy_ratios[points - w : points]) / w
+    change = (late - early) / abs(early) if early else math.inf
+    if abs(change) >= max_change or entropy <= min_entropy:
+        return None
+    return (
+        f"nothing learned after {progress:.0%} of the run: DINO loss {early:.3f} -> {late:.3f} ({change:+.1%}) with "
+        f"the teacher near uniform (entropy {entropy:.2f} of log K). Try more steps, a higher optim.lr, fewer "
+        "prototypes (dino.out_dim), a sharper teacher (lower dino.teacher_temp / dino.warmup_teacher_temp, or "
+        "optim.schedules=relative so its warm-up fits a short run), and check the data (faces, landmarks)"
+    )
+
+
+@dataclass
+class StallWatch:
+    """The log points of one pretraining run, fed to `stall_warning`: it warns once, and once more at the end."""
+
+    losses: list[float] = field(default_factory=list)
+    entropy_ratios: list[float] = field(default_factory=list)
+    warned_at: int | None = None  # the step of the warning, once it has fired
+
+    def observe(self, terms: Mapping[str, float], progress: float, step: int) -> str | None:
+        """Add the log point of ``step`` (`DINOLoss`'s ``dino_loss``, ``teacher_entropy``, ``log_classes``);
+        returns the warning the first time it fires, else None."""
+        self.losses.append(float(terms["dino_loss"]))
+        self.entropy_ratios.append(float(terms["teacher_entropy"]) / float(terms["log_classes"]))
+        if self.warned_at is not None:
+            return None
+        warning = stall_warning(self.losses, self.entropy_ratios, progress)
+        if warning is not None:
+            self.warned_at = step
+        return warning
+
+    def closing(self) -> str | None:
+        """For the end of a run that warned: the warning over the whole run, or that it no longer holds."""
+        if self.warned_at is None:
+            return None
+        return stall_warning(self.losses, self.entropy_ratios, 1.0) or (
+            f"the loss has moved since the nothing-learned warning of step {self.warned_at}"
+        )
 
 
 def _strip_wrappers(name: str) -> str:

@@ -12,16 +12,25 @@ The fine-tuning regularisers' weights lambda(t), as a small declarative dataclas
 pure function of the (fractional) epoch. Kinds (``WeightSchedule.kind``):
 
 - ``constant``: ``value`` throughout.
-- ``piecewise``: ``values[i]`` from epoch ``boundaries[i - 1]`` on (whole epochs, 0-based), ``values[0]`` before
-  the first boundary. LAFS's landmark regulariser is ``boundaries=[8, 14, 21, 28]``,
-  ``values=[1000, 100, 1, 0.11, 0]``.
+- ``piecewise``: ``values[i]`` from epoch ``boundaries[i - 1]`` on, ``values[0]`` before the first boundary. LAFS's
+  landmark regulariser is ``boundaries=[8, 14, 21, 28]``, ``values=[1000, 100, 1, 0.11, 0]`` (0-based whole epochs:
+  epoch 7.9 still has epoch 7's weight).
 - ``start_at``: 0 before ``start_epoch``, ``value`` from then on (CoReFace switches on at epoch index 7).
 - ``warmup``: 0 before ``start_epoch``, then linear up to ``value`` over ``warmup_epochs``.
+
+Every epoch-valued field (``boundaries``, ``start_epoch``, ``warmup_epochs``) is read in ``WeightSchedule.unit``:
+``epochs``, or ``fraction`` of the run's ``optim.epochs``. :meth:`WeightSchedule.in_run` turns a schedule into this
+run's epochs (fractions times the run's length; epochs times the stretch factor of ``optim.schedules=relative``).
+
+Recipe lengths. The defaults copy epoch-valued keys from published recipes; under ``optim.schedules=relative`` each
+is read as written for its recipe's length (below, and ``recipe_epochs`` of each regulariser config) and stretched
+to the run's ``optim.epochs``.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +38,18 @@ from typing import Literal
 
 from lafs.errors import ConfigError
 
-__all__ = ["ScheduleKind", "WeightSchedule", "cosine_schedule", "teacher_temperature"]
+__all__ = [
+    "LAFS_FINETUNE_EPOCHS",
+    "LAFS_PRETRAIN_EPOCHS",
+    "ScheduleKind",
+    "ScheduleUnit",
+    "WeightSchedule",
+    "cosine_schedule",
+    "teacher_temperature",
+]
+
+LAFS_PRETRAIN_EPOCHS = 41  # LAFS lafs_train.py: 10 LR warm-up epochs, 30 teacher-temperature epochs, 1 frozen
+LAFS_FINETUNE_EPOCHS = 34  # LAFS train_largescale.py: 5 LR warm-up epochs, landmark weight steps at 8/14/21/28
 
 # ------------------------------------------------------------------------------------------------------- DINO --
 
@@ -85,36 +105,84 @@ def teacher_temperature(step: int, warmup_steps: int, start: float = 0.07, end: 
 # ---------------------------------------------------------------------------------------- regulariser weights --
 
 
-
 ScheduleKind = Literal["constant", "piecewise", "start_at", "warmup"]
+ScheduleUnit = Literal["epochs", "fraction"]
 
 
 @dataclass
 class WeightSchedule:
+    """A regulariser's weight lambda as a function of the (fractional) epoch; see the kinds above."""
+
     kind: ScheduleKind = "constant"  # constant unless the method's paper switches or decays its weight
     value: float = 1.0  # the weight of constant, start_at and warmup (after the warm-up)
     boundaries: list[float] = field(default_factory=list)  # piecewise: the epochs at which the next value starts
     values: list[float] = field(default_factory=list)  # piecewise: one more value than boundaries
     start_epoch: float = 0.0  # start_at / warmup: the weight is 0 before this epoch
     warmup_epochs: float = 0.0  # warmup: epochs of the linear ramp from 0 to value
+    # What boundaries, start_epoch and warmup_epochs count: epochs, or fractions of the run (0.25 = a quarter of
+    # optim.epochs), which keeps a schedule's proportions whatever the run's length.
+    unit: ScheduleUnit = "epochs"
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "weight.") -> None:
+        """One-line `ConfigError` naming the bad key (``prefix``: this schedule's dotted key, from the loader)."""
+        if self.kind not in _KINDS:
+            raise ConfigError(f"{prefix}kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
+        if self.unit not in ("epochs", "fraction"):
+            raise ConfigError(f"{prefix}unit must be epochs or fraction, got {self.unit!r}")
         if self.kind == "piecewise":
             if len(self.values) != len(self.boundaries) + 1:
                 raise ConfigError(
-                    f"piecewise weight: {len(self.values)} values for {len(self.boundaries)} boundaries "
-                    "(need one more value than boundaries)"
+                    f"{prefix}values: {len(self.values)} values for {len(self.boundaries)} boundaries "
+                    "(a piecewise weight needs one more value than boundaries)"
                 )
             if list(self.boundaries) != sorted(self.boundaries):
-                raise ConfigError(f"piecewise weight: boundaries must increase, got {self.boundaries}")
-        if self.start_epoch < 0 or self.warmup_epochs < 0:
-            raise ConfigError("weight schedule: start_epoch and warmup_epochs must be >= 0")
-        if any(not math.isfinite(v) or v < 0 for v in [self.value, *self.values]):
-            raise ConfigError("weight schedule: weights must be finite and >= 0")
+                raise ConfigError(f"{prefix}boundaries must increase, got {self.boundaries}")
+        for key in ("start_epoch", "warmup_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{prefix}{key} must be >= 0, got {getattr(self, key)}")
+        if self.unit == "fraction":
+            for key in ("boundaries", "start_epoch", "warmup_epochs"):
+                times = getattr(self, key)
+                if any(not 0 <= t <= 1 for t in (times if isinstance(times, list) else [times])):
+                    raise ConfigError(f"{prefix}{key} is a fraction of the run (unit=fraction): in [0, 1], got {times}")
+        for key, weights in (("value", [self.value]), ("values", self.values)):
+            if any(not math.isfinite(v) or v < 0 for v in weights):
+                raise ConfigError(f"{prefix}{key}: weights must be finite and >= 0, got {getattr(self, key)}")
 
     def __call__(self, epoch: float) -> float:
-        """lambda at ``epoch`` (fractional: step / steps_per_epoch)."""
+        """lambda at ``epoch`` (fractional: step / steps_per_epoch); a fraction-unit schedule needs `in_run` first."""
+        if self.unit != "epochs":
+            raise ValueError("a weight schedule in fractions of the run is read through in_run(run_epochs)")
         return _KINDS[self.kind](self, epoch)
+
+    def in_run(self, run_epochs: float, stretch: float = 1.0) -> WeightSchedule:
+        """This schedule in the run's epochs: fractions times ``run_epochs``, epochs times ``stretch`` (the run's
+        length over the recipe's under ``optim.schedules=relative``, else 1)."""
+        scale = run_epochs if self.unit == "fraction" else stretch
+        return dataclasses.replace(
+            self,
+            unit="epochs",
+            boundaries=[b * scale for b in self.boundaries],
+            start_epoch=self.start_epoch * scale,
+            warmup_epochs=self.warmup_epochs * scale,
+        )
+
+    def first_active(self) -> float:
+        """The first time (in ``unit``) from which the weight is > 0; inf when it never is."""
+        if self.kind == "piecewise":
+            starts = [0.0, *self.boundaries]
+            return next((float(t) for t, v in zip(starts, self.values, strict=True) if v > 0), math.inf)
+        if self.value <= 0:
+            return math.inf
+        return 0.0 if self.kind == "constant" else float(self.start_epoch)
+
+    def describe(self) -> str:
+        """The epoch-valued fields of this kind, for a log line (``start_epoch 7``, ``boundaries [8, 14]``)."""
+        if self.kind == "piecewise":
+            return "boundaries [" + ", ".join(f"{b:g}" for b in self.boundaries) + "]"
+        if self.kind == "warmup":
+            return f"start_epoch {self.start_epoch:g}, warmup_epochs {self.warmup_epochs:g}"
+        return f"start_epoch {self.start_epoch:g}" if self.kind == "start_at" else "constant"
 
 
 def _constant(s: WeightSchedule, epoch: float) -> float:
@@ -122,8 +190,9 @@ def _constant(s: WeightSchedule, epoch: float) -> float:
 
 
 def _piecewise(s: WeightSchedule, epoch: float) -> float:
-    # Whole epochs, as the papers count them: epoch 7.9 still has epoch 7's weight.
-    return s.values[bisect.bisect_right(s.boundaries, math.floor(epoch))]
+    # The epoch itself, not its floor: on whole-epoch boundaries both give the papers' steps (epoch 7.9 keeps
+    # epoch 7's weight), and a boundary stretched to 10.5 epochs switches half-way through epoch 10.
+    return s.values[bisect.bisect_right(s.boundaries, epoch)]
 
 
 def _start_at(s: WeightSchedule, epoch: float) -> float:

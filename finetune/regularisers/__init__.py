@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from finetune.regularisers.base import Regulariser, RegulariserConfig
@@ -10,6 +11,9 @@ from finetune.regularisers.coreface import CoReFaceConfig
 from finetune.regularisers.intraloss import IntraLossConfig
 from finetune.regularisers.landmark import LandmarkConfig
 from finetune.regularisers.unpg import UNPGConfig
+from lafs.engine import OptimConfig
+
+logger = logging.getLogger("lafs.finetune")
 
 
 @dataclass
@@ -25,6 +29,23 @@ class RegularisersConfig:
     def enabled(self) -> dict[str, RegulariserConfig]:
         """Name -> config of the switched-on regularisers, in a fixed order."""
         return {name: cfg for name, cfg in vars(self).items() if cfg.enabled}
+
+    def in_run(self, optim: OptimConfig) -> dict[str, RegulariserConfig]:
+        """Name -> config of the switched-on regularisers with their weights in the run's epochs (validated first,
+        so that a key checked against another, such as coreface.phase2_epoch, is checked as written). Each weight
+        that changed is logged once, so the values a run used are on record."""
+        resolved = {}
+        for name, cfg in self.enabled().items():
+            cfg.validate()
+            resolved[name] = cfg.in_run(optim)
+            if resolved[name].weight != cfg.weight:
+                written, used = cfg.weight, resolved[name].weight
+                unit = "fractions of the run" if written.unit == "fraction" else f"{cfg.recipe_epochs:g} epochs"
+                logger.info(
+                    f"regularisers.{name}.weight: {written.describe()} ({unit}) -> {used.describe()} "
+                    f"(this run's {optim.epochs} epochs, optim.schedules={optim.schedules})"
+                )
+        return resolved
 
 
 __all__ = ["Regulariser", "RegulariserConfig", "RegularisersConfig"]

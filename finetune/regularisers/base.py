@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from finetune.context import LossContext
-from lafs.schedules import WeightSchedule
+from lafs.engine import OptimConfig
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, WeightSchedule
+
+_Config = TypeVar("_Config", bound="RegulariserConfig")
 
 
 @dataclass
 class RegulariserConfig:
     """Fields every regulariser config has (each method's config subclasses this)."""
 
+    # Epochs of the recipe the method's epoch-valued defaults come from; optim.schedules=relative stretches them
+    # from it to the run's optim.epochs. (A constant, not a key: it describes the defaults.)
+    recipe_epochs: ClassVar[float] = LAFS_FINETUNE_EPOCHS
+
     enabled: bool = False  # off unless an experiment file switches it on
     weight: WeightSchedule = field(default_factory=WeightSchedule)  # lambda(t), multiplies every term it returns
+
+    def validate(self) -> None:
+        self.weight.validate()
+
+    def in_run(self: _Config, optim: OptimConfig) -> _Config:
+        """This config with its weight schedule in the run's epochs (fractions of the run and, under
+        ``optim.schedules=relative``, epochs of ``recipe_epochs`` stretched to ``optim.epochs``)."""
+        return dataclasses.replace(self, weight=self.weight.in_run(optim.epochs, optim.stretch(self.recipe_epochs)))
 
 
 class Regulariser(nn.Module):

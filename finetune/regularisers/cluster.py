@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from finetune.context import Communicator, LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
-from lafs.schedules import WeightSchedule
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, WeightSchedule
 
 Hardness = Literal["purity", "dispersion"]
 BankDtype = Literal["float16", "float32"]
@@ -55,6 +55,10 @@ def _default_weight() -> WeightSchedule:
 
 @dataclass
 class ClusterConfig(RegulariserConfig):
+    # The paper's length is unknown (only its abstract was read): the start at epoch 1 is read against LAFS
+    # fine-tuning's 34. (recluster_every_epochs is not stretched: it counts passes over the data, which refill the
+    # bank, not a share of the recipe.)
+    recipe_epochs: ClassVar[float] = LAFS_FINETUNE_EPOCHS
     weight: WeightSchedule = field(default_factory=_default_weight)  # lambda(t) on scc + align (see above)
     base_margin: float = 0.5  # m0: ArcFace's m2, the margin of every class before clustering / at mean hardness
     alpha: float = 0.1  # margin change per unit of (hardness - mean hardness); 0 gives plain ArcFace(m0)

@@ -21,15 +21,17 @@ checkpoint keeps the main process's, so a resumed multi-process run restarts the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
+from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
 from lafs.schedules import WeightSchedule
@@ -39,9 +41,14 @@ Mask = Literal["zero", "remove"]
 
 @dataclass
 class CoReFaceConfig(RegulariserConfig):
-    # wC = 0.05 from epoch index 7 (config.py / train.py: the contrastive term starts with the first LR decay).
+    recipe_epochs: ClassVar[float] = 24  # CoReFace's config.py trains 24 epochs (its log shows 26)
+
+    # wC = 0.05 from epoch index 7 (config.py / train.py: the contrastive term starts with the first LR decay). The
+    # switch to two dropout views (phase 2) happens where this weight first turns positive.
     weight: WeightSchedule = field(default_factory=lambda: WeightSchedule(kind="start_at", value=0.05, start_epoch=7))
-    phase2_epoch: float = 7.0  # epoch index of the switch to two views (train.py, the first LR decay)
+    # Older configs set the phase-2 epoch here as well; it is accepted only equal to the weight's start (in the
+    # weight's unit). Unset (null), the switch simply follows the weight.
+    phase2_epoch: float | None = None
     dropout: float = 0.4  # phase-1 single-view dropout (config.py)
     dropout_phase2: float = 0.6  # phase-2 dropout of each of the two views (config.py)
     scale: float = 64.0  # s of the contrastive logits (utils/losses.py)
@@ -63,13 +70,17 @@ class CoReFaceConfig(RegulariserConfig):
             raise ConfigError(f"coreface.reverse_weight must be >= 0, got {self.reverse_weight}")
         if self.mask not in ("zero", "remove") or self.mixed_batches not in ("skip", "dominant"):
             raise ConfigError("coreface.mask must be zero|remove and coreface.mixed_batches skip|dominant")
-        if self.phase2_epoch < 0:
-            raise ConfigError(f"coreface.phase2_epoch must be >= 0, got {self.phase2_epoch}")
-        # The term needs two views, which exist only from phase2_epoch on. Schedules are piecewise in whole
-        # epochs or switch on at start_epoch, so whole epochs plus the instant before the switch cover them.
-        probes = [float(e) for e in range(math.ceil(self.phase2_epoch))] + [self.phase2_epoch - 1e-6]
-        if any(self.weight(e) > 0 for e in probes if 0 <= e < self.phase2_epoch):
-            raise ConfigError(f"coreface.weight must be 0 before coreface.phase2_epoch={self.phase2_epoch} (one view)")
+        start = self.weight.first_active()
+        if self.phase2_epoch is not None and self.phase2_epoch != start:
+            raise ConfigError(
+                f"coreface.phase2_epoch={self.phase2_epoch:g} disagrees with coreface.weight, which starts at "
+                f"{start:g}: the two-view phase follows the weight's start, so drop coreface.phase2_epoch"
+            )
+
+    def in_run(self, optim: OptimConfig) -> CoReFaceConfig:
+        """As the base, and phase 2 follows the converted weight (a written phase2_epoch equals its start as
+        written, which `validate` checks)."""
+        return dataclasses.replace(super().in_run(optim), phase2_epoch=None)
 
 
 def masked_cross_view_cosines(
@@ -174,8 +185,10 @@ class CoReFace(Regulariser):
 def build_coreface(cfg: CoReFaceConfig, *, num_classes: int, embed_dim: int, num_samples: int) -> CoReFace:
     """CoReFace from its config (its only state is the scalar running margin)."""
     cfg.validate()
+    if cfg.weight.unit != "epochs":
+        raise ValueError("build_coreface needs its weight in the run's epochs (CoReFaceConfig.in_run)")
     return CoReFace(
-        phase2_epoch=cfg.phase2_epoch,
+        phase2_epoch=cfg.weight.first_active(),
         dropout=cfg.dropout,
         dropout_phase2=cfg.dropout_phase2,
         scale=cfg.scale,

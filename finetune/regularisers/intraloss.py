@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -26,13 +26,16 @@ from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
-from lafs.schedules import WeightSchedule
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, WeightSchedule
 
 Shape = Literal["linear", "square"]
 
 
 @dataclass
 class IntraLossConfig(RegulariserConfig):
+    # The paper's length is unknown (only its abstract was read): a start written in epochs (after the warm-up,
+    # spec 6(d); configs/finetune/arcface_intraloss.yaml starts at 5) is read against LAFS fine-tuning's 34.
+    recipe_epochs: ClassVar[float] = LAFS_FINETUNE_EPOCHS
     # lambda = 1 with G = theta / pi is the ArcFace paper's Intra-Loss (spec 6(d)); sweep {0.1, 0.5, 1, 2}.
     weight: WeightSchedule = field(default_factory=lambda: WeightSchedule(kind="constant", value=1.0))
     shape: Shape = "linear"  # G = theta / pi: the documented ArcFace-paper form; "square" is our [INFER] variant

@@ -13,6 +13,7 @@ placement is kept too (the predictor sits in layer 0). The reference is a frozen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from finetune.context import LossContext
 from finetune.regularisers.base import Regulariser, RegulariserConfig
 from lafs.registry import REGULARISERS
-from lafs.schedules import WeightSchedule
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, WeightSchedule
 
 
 def _lafs_schedule() -> WeightSchedule:
@@ -29,6 +30,7 @@ def _lafs_schedule() -> WeightSchedule:
 
 @dataclass
 class LandmarkConfig(RegulariserConfig):
+    recipe_epochs: ClassVar[float] = LAFS_FINETUNE_EPOCHS  # the boundaries 8/14/21/28 are of LAFS's 34 epochs
     weight: WeightSchedule = field(default_factory=_lafs_schedule)  # LAFS train_largescale.py's schedule
 
 

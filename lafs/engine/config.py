@@ -35,6 +35,10 @@ class OptimConfig:
     batch_size: int = 64  # images per process and micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_grad: float = 0.0  # max gradient norm; 0 turns clipping off
+    # How epoch-valued schedule keys (LR and DINO warm-ups, regulariser weights) are read: "epochs" as written;
+    # "relative" as written for their recipe's length (LAFS pretraining 41, fine-tuning 34, ...) and stretched to
+    # optim.epochs, so a short run keeps the recipe's proportions.
+    schedules: Literal["epochs", "relative"] = "epochs"
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "grad_accum"):
@@ -42,11 +46,27 @@ class OptimConfig:
                 raise ConfigError(f"optim.{key} must be >= 1, got {getattr(self, key)}")
         if self.clip_grad < 0:
             raise ConfigError(f"optim.clip_grad must be >= 0 (0 = off), got {self.clip_grad}")
+        if self.schedules not in ("epochs", "relative"):
+            raise ConfigError(f"optim.schedules must be epochs or relative, got {self.schedules!r}")
 
-    def check_recipe(self, warmup_epochs: float, lr: float, min_lr: float, decays: Mapping[str, float]) -> None:
-        """What every stage's learning-rate recipe must satisfy: a warm-up within the run, sensible rates."""
-        if not 0 <= warmup_epochs <= self.epochs:
-            raise ConfigError(f"optim.warmup_epochs must lie in [0, optim.epochs], got {warmup_epochs}")
+    def stretch(self, recipe_epochs: float) -> float:
+        """Factor from a recipe's epochs to this run's: ``epochs / recipe_epochs`` under ``schedules=relative``,
+        else 1 (keys read as written)."""
+        return self.epochs / recipe_epochs if self.schedules == "relative" else 1.0
+
+    def check_recipe(
+        self, warmup_epochs: float, lr: float, min_lr: float, decays: Mapping[str, float], recipe_epochs: float = 0.0
+    ) -> None:
+        """What every stage's learning-rate recipe must satisfy: a warm-up within the run, sensible rates.
+
+        ``recipe_epochs``: the length the stage's ``warmup_epochs`` is written for, under ``schedules=relative``
+        (0: the stage does not stretch it).
+        """
+        limit, name = float(self.epochs), "optim.epochs"
+        if self.schedules == "relative" and recipe_epochs > 0:  # stretched, it lies within the run iff this holds
+            limit, name = recipe_epochs, "the recipe's epochs (optim.schedules=relative)"
+        if not 0 <= warmup_epochs <= limit:
+            raise ConfigError(f"optim.warmup_epochs must lie in [0, {name}] = [0, {limit:g}], got {warmup_epochs}")
         check_rates(lr, min_lr, decays)
 
 @dataclass

@@ -22,7 +22,7 @@ from timm.optim import param_groups_weight_decay
 
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.pairs import load_bin
-from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
+from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_update
 from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError
@@ -30,7 +30,7 @@ from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
-from lafs.schedules import cosine_schedule, teacher_temperature
+from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature
 from lafs.views import DeviceViews, LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
 
 logger = logging.getLogger("lafs.pretrain")
@@ -45,10 +45,10 @@ class DinoConfig:
     student_temp: float = 0.1  # DINO and LAFS
     teacher_temp: float = 0.04  # final teacher temperature (LAFS)
     warmup_teacher_temp: float = 0.07  # LAFS starts the teacher hotter and cools it (reverse of DINO)
-    warmup_teacher_temp_epochs: int = 30  # LAFS
+    warmup_teacher_temp_epochs: float = 30.0  # LAFS (of its 41 epochs: optim.schedules=relative stretches it)
     momentum_teacher: float = 0.996  # EMA momentum, cosine to 1 over training (DINO, LAFS)
     center_momentum: float = 0.9  # DINO centring
-    freeze_last_layer_epochs: int = 1  # prototypes stay fixed at first: LAFS/DINO default
+    freeze_last_layer_epochs: float = 1.0  # prototypes stay fixed at first: LAFS/DINO default (stretched as above)
 
     def validate(self) -> None:
         for key in ("out_dim", "hidden_dim", "bottleneck_dim"):
@@ -68,19 +68,19 @@ class DinoConfig:
 
 @dataclass
 class PretrainOptimConfig(OptimConfig):
-    epochs: int = 41  # LAFS pretraining length
+    epochs: int = LAFS_PRETRAIN_EPOCHS  # LAFS pretraining length: what the epoch-valued keys are written for
     batch_size: int = 82  # per process: LAFS on an A100-40GB
     clip_grad: float = 3.0  # max gradient norm (LAFS); 0 turns clipping off
     lr: float = 5e-4  # at a total batch of 256; scaled linearly with the real total batch (DINO rule)
     min_lr: float = 1e-6  # end of the cosine decay (LAFS)
-    warmup_epochs: int = 10  # linear LR warm-up (LAFS)
+    warmup_epochs: float = 10.0  # linear LR warm-up (LAFS; optim.schedules=relative stretches it from 41 epochs)
     weight_decay: float = 0.04  # start of the cosine weight-decay schedule (DINO, LAFS)
     weight_decay_end: float = 0.4  # end of it
 
     def validate(self) -> None:
         super().validate()
         decays = {"weight_decay": self.weight_decay, "weight_decay_end": self.weight_decay_end}
-        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, decays)
+        self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, decays, recipe_epochs=LAFS_PRETRAIN_EPOCHS)
 
 
 @dataclass
@@ -182,14 +182,31 @@ class PretrainTask(Task):
     def setup(self, run: RunContext) -> None:
         super().setup(run)
         self.base_lr = self.cfg.optim.lr * run.total_batch / 256  # DINO's linear scaling rule
+        self.schedule_steps = self.resolve_schedules()
+        self.stall_watch = StallWatch()
         if self.cfg.eval_bin and run.accelerator.is_main_process:
             self.eval_set = load_bin(self.cfg.eval_bin, self.cfg.data.image_size)
 
     # ---------------------------------------------------------------------------------------- schedules --
 
+    def resolve_schedules(self) -> dict[str, int]:
+        """Optimiser steps of each epoch-valued key, stretched from LAFS's 41 epochs under optim.schedules=relative
+        (logged once, so the values a run used are on record)."""
+        o, d = self.cfg.optim, self.cfg.dino
+        stretch, spe = o.stretch(LAFS_PRETRAIN_EPOCHS), self.run.steps_per_epoch
+        written = {
+            "optim.warmup_epochs": o.warmup_epochs,
+            "dino.warmup_teacher_temp_epochs": d.warmup_teacher_temp_epochs,
+            "dino.freeze_last_layer_epochs": d.freeze_last_layer_epochs,
+        }
+        if o.schedules == "relative":
+            resolved = ", ".join(f"{key} {value:g} -> {value * stretch:.4g}" for key, value in written.items())
+            logger.info(f"optim.schedules=relative, LAFS's {LAFS_PRETRAIN_EPOCHS} epochs -> {o.epochs}: {resolved}")
+        return {key: round(value * stretch * spe) for key, value in written.items()}
+
     def learning_rate(self, step: int) -> float:
-        o, spe = self.cfg.optim, self.run.steps_per_epoch
-        return cosine_schedule(step, self.run.total_steps, self.base_lr, o.min_lr, o.warmup_epochs * spe)
+        warmup = self.schedule_steps["optim.warmup_epochs"]
+        return cosine_schedule(step, self.run.total_steps, self.base_lr, self.cfg.optim.min_lr, warmup)
 
     def weight_decay(self, step: int) -> float:
         o = self.cfg.optim
@@ -197,7 +214,7 @@ class PretrainTask(Task):
 
     def teacher_temp(self, step: int) -> float:
         d = self.cfg.dino
-        warmup = d.warmup_teacher_temp_epochs * self.run.steps_per_epoch
+        warmup = self.schedule_steps["dino.warmup_teacher_temp_epochs"]
         return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
 
     def momentum(self, step: int) -> float:
@@ -226,7 +243,7 @@ class PretrainTask(Task):
         return self.dino_loss(student_out.float(), teacher_out.float(), self.teacher_temp(step), num_views)
 
     def after_backward(self, step: int) -> None:
-        if step < self.cfg.dino.freeze_last_layer_epochs * self.run.steps_per_epoch:  # prototypes still frozen
+        if step < self.schedule_steps["dino.freeze_last_layer_epochs"]:  # prototypes still frozen
             self.run.accelerator.unwrap_model(self.model).head.cancel_last_layer_gradients()
 
     def after_step(self, step: int, skipped: bool) -> None:
@@ -238,6 +255,13 @@ class PretrainTask(Task):
         warning = collapse_warning(dict(terms))
         if warning:
             logger.warning(f"step {step + 1}: {warning}")
+        # The loop's last step: it is always logged, so the warning is repeated there, next to the run's summary.
+        last = self.run.total_steps if self.cfg.max_steps is None else min(self.cfg.max_steps, self.run.total_steps)
+        stalled = self.stall_watch.observe(terms, (step + 1) / last, step + 1)
+        if stalled:
+            logger.warning(f"step {step + 1}: {stalled}")
+        elif step + 1 == last and (closing := self.stall_watch.closing()):
+            logger.warning(f"{self.name} ended: {closing}")
         return {"teacher_temp": self.teacher_temp(step), "momentum": self.momentum(step)}
 
     # ------------------------------------------------------------------------------ validation and export --

@@ -6,6 +6,7 @@ import torch
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.objective import Objective, build_objective
 from finetune.regularisers import RegularisersConfig
+from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.schedules import WeightSchedule
 
@@ -25,14 +26,14 @@ def all_enabled(weight: float) -> RegularisersConfig:
             continue
         options.enabled = True
         options.weight = WeightSchedule(value=weight)
-    cfg.coreface.phase2_epoch = 0.0  # two dropout views, and the contrast, from the start
-    return cfg
+    return cfg  # coreface: two dropout views, and the contrast, from the start (or never, with weight 0)
 
 
 def objective(cfg: RegularisersConfig) -> Objective:
     torch.manual_seed(0)
     head = MarginHead(CLASSES, DIM, margins=(1.0, 0.5, 0.0)).double()
-    return build_objective(head, cfg, num_classes=CLASSES, embed_dim=DIM, num_samples=32).double().eval()
+    optim = OptimConfig()
+    return build_objective(head, cfg, num_classes=CLASSES, embed_dim=DIM, num_samples=32, optim=optim).double().eval()
 
 
 def test_terms_dict_and_weighted_sum():

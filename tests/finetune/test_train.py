@@ -79,6 +79,7 @@ def test_layer_decay_groups():
         num_classes=4,
         embed_dim=encoder.num_features,
         num_samples=8,
+        optim=OptimConfig(),
     )
     model = FinetuneModel(encoder, objective, predictor)
     optimizer = build_optimizer(model, OptimConfig(layer_decay=0.58, weight_decay=0.1))

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from lafs.dino import DINOHead, DINOLoss, collapse_warning, ema_update
+from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_update, stall_warning
 
 LN2 = math.log(2.0)
 
@@ -358,3 +358,52 @@ def test_centre_is_all_reduced_across_processes(tmp_path, monkeypatch):
     expected = 0.1 * torch.cat(teachers).mean(0, keepdim=True)
     torch.testing.assert_close(centres[0], centres[1], rtol=0, atol=0)
     torch.testing.assert_close(centres[0], expected, rtol=0, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------- nothing learned
+
+
+# The run that learned nothing (real faces, K = 1024): loss 6.72 -> 6.74 of log K = 6.93, teacher at 0.94 log K.
+FLAT = [6.72, 6.71, 6.73, 6.72, 6.74, 6.73, 6.74, 6.73, 6.74, 6.74]
+
+
+def test_stall_warning_fires_on_a_flat_loss_with_a_near_uniform_teacher():
+    warning = stall_warning(FLAT, [0.94] * 10, progress=0.5)
+    # w = min(5, 10 // 3) = 3: mean(6.72, 6.71, 6.73) = 6.72 -> mean(6.73, 6.74, 6.74) = 6.73667, +0.25 %
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith("nothing learned after 50% of the run: DINO loss 6.720 -> 6.737 (+0.2%)")
+    for advice in ("more steps", "optim.lr", "dino.out_dim", "dino.teacher_temp", "optim.schedules=relative", "data"):
+        assert advice in warning
+
+
+def test_stall_warning_waits_for_a_meaningful_part_of_the_run():
+    assert stall_warning(FLAT, [0.94] * 10, progress=0.19) is None  # under 20 % of the steps
+    assert stall_warning(FLAT[:5], [0.94] * 5, progress=0.9) is None  # under 6 log points
+    assert stall_warning(FLAT[:6], [0.94] * 6, progress=0.9) is not None
+
+
+def test_stall_warning_thresholds():
+    """Change of the windowed mean loss: below 2 % fires, above does not; teacher entropy: above 0.9 log K fires."""
+
+    def moved(change: float) -> list[float]:  # 6 points, w = 2: the last two points moved by ``change``
+        return [5.0, 5.0, 5.0, 5.0, 5.0 * (1 + change), 5.0 * (1 + change)]
+
+    assert stall_warning(moved(-0.019), [0.95] * 6, 0.5) is not None
+    assert stall_warning(moved(-0.021), [0.95] * 6, 0.5) is None  # it learns
+    assert stall_warning(moved(+0.021), [0.95] * 6, 0.5) is None  # it moves (collapse_warning judges which way)
+    assert stall_warning(moved(0.0), [0.95] * 4 + [0.91, 0.91], 0.5) is not None
+    assert stall_warning(moved(0.0), [0.95] * 4 + [0.89, 0.89], 0.5) is None  # the teacher says something
+
+
+def test_stall_watch_warns_once_and_again_at_the_end():
+    def terms(loss: float, ratio: float = 0.94) -> dict[str, float]:
+        return {"dino_loss": loss, "teacher_entropy": ratio * 6.93, "log_classes": 6.93}
+
+    watch = StallWatch()
+    fired = [watch.observe(terms(loss), (i + 1) / 10, 10 * (i + 1)) for i, loss in enumerate(FLAT)]
+    assert [i for i, warning in enumerate(fired) if warning] == [5]  # the 6th point, at 60 % of the run
+    assert watch.warned_at == 60 and watch.closing().startswith("nothing learned after 100% of the run")
+    for _ in range(10):  # the loss falls after the warning
+        watch.observe(terms(5.0, 0.7), 1.0, 100)
+    assert watch.closing() == "the loss has moved since the nothing-learned warning of step 60"
+    assert StallWatch().closing() is None

@@ -8,7 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from finetune.regularisers import RegularisersConfig
 from finetune.regularisers.landmark import LandmarkConfig
+from finetune.task import FinetuneConfig
+from lafs.config import load_config
+from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.schedules import WeightSchedule, cosine_schedule, teacher_temperature
 
@@ -99,3 +103,51 @@ def test_constant_start_at_and_warmup():
 def test_impossible_schedules_are_config_errors(schedule):
     with pytest.raises(ConfigError):
         schedule.validate()
+
+
+# ------------------------------------------------------------------------------------- schedules of a short run
+
+
+def test_landmark_boundaries_stretched_to_a_17_epoch_run():
+    """LAFS's 8/14/21/28 of 34 epochs in a 17-epoch run under optim.schedules=relative: 4/7/10.5/14."""
+    weight = LandmarkConfig().in_run(OptimConfig(epochs=17, schedules="relative")).weight
+    assert weight.boundaries == [4.0, 7.0, 10.5, 14.0] and weight.unit == "epochs"
+    expected = {0: 1000, 3.99: 1000, 4: 100, 6.99: 100, 7: 1, 10.49: 1, 10.5: 0.11, 13.99: 0.11, 14: 0, 17: 0}
+    assert {epoch: weight(epoch) for epoch in expected} == pytest.approx(expected)
+
+
+def test_epochs_mode_keeps_every_schedule_as_written():
+    """The default (optim.schedules=epochs) reads every key as written, whatever the run's length."""
+    for name, options in vars(RegularisersConfig()).items():
+        resolved = options.in_run(OptimConfig(epochs=3))
+        assert resolved.weight == options.weight, name
+        assert all(resolved.weight(e) == options.weight(e) for e in np.arange(0, 40, 0.25)), name
+    assert OptimConfig(epochs=3).stretch(34) == 1.0 and OptimConfig(epochs=17, schedules="relative").stretch(34) == 0.5
+
+
+def test_fraction_unit_schedule():
+    """A warm-up from 10 % of the run over 20 % of it: epochs 5 -> 15 of a 50-epoch run, whatever optim.schedules."""
+    fraction = WeightSchedule(kind="warmup", value=2.0, start_epoch=0.1, warmup_epochs=0.2, unit="fraction")
+    fraction.validate()
+    for stretch in (1.0, 0.37):  # the stretch of optim.schedules=relative applies to epochs, not fractions
+        weight = fraction.in_run(50, stretch)
+        assert (weight.start_epoch, weight.warmup_epochs) == pytest.approx((5.0, 10.0))
+        assert [weight(e) for e in (4.9, 5, 10, 15, 50)] == pytest.approx([0.0, 0.0, 1.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="in_run"):
+        fraction(1.0)  # a fraction of which run? it must be converted first
+    steps = WeightSchedule(kind="piecewise", boundaries=[0.25, 0.5], values=[0.0, 1.0, 0.5], unit="fraction")
+    assert steps.in_run(200).boundaries == [50.0, 100.0] and steps.first_active() == 0.25
+    with pytest.raises(ConfigError, match=r"^regularisers\.intraloss\.weight\.start_epoch is a fraction"):
+        load_config(FinetuneConfig, overrides=["regularisers.intraloss.weight.unit=fraction",
+                                               "regularisers.intraloss.weight.start_epoch=5"])  # fmt: skip
+
+
+def test_first_active():
+    assert WeightSchedule(kind="start_at", value=0.05, start_epoch=7).first_active() == 7.0
+    assert WeightSchedule(kind="warmup", value=1.0, start_epoch=2, warmup_epochs=3).first_active() == 2.0
+    assert WeightSchedule(value=0.3).first_active() == 0.0
+    assert WeightSchedule(value=0.0).first_active() == math.inf
+    assert LandmarkConfig().weight.first_active() == 0.0
+    late = WeightSchedule(kind="piecewise", boundaries=[4, 9], values=[0.0, 0.0, 1.0])
+    assert late.first_active() == 9.0
+    assert WeightSchedule(kind="piecewise", boundaries=[4], values=[0.0, 0.0]).first_active() == math.inf

@@ -18,6 +18,9 @@ from finetune.regularisers.coreface import (
     contrastive_loss,
     masked_cross_view_cosines,
 )
+from finetune.task import FinetuneConfig
+from lafs.config import load_config
+from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
 from lafs.schedules import WeightSchedule
@@ -274,7 +277,7 @@ def test_config_defaults_and_validation() -> None:
     cfg = CoReFaceConfig()
     assert cfg.weight == WeightSchedule(kind="start_at", value=0.05, start_epoch=7)
     assert (cfg.weight(6.99), cfg.weight(7.0)) == (0.0, 0.05)
-    assert (cfg.phase2_epoch, cfg.dropout, cfg.dropout_phase2, cfg.scale) == (7.0, 0.4, 0.6, 64.0)
+    assert (cfg.phase2_epoch, cfg.dropout, cfg.dropout_phase2, cfg.scale) == (None, 0.4, 0.6, 64.0)
     assert (cfg.ema_weight_on_new, cfg.mask, cfg.reverse_weight, cfg.mixed_batches) == (0.99, "zero", 0.0, "skip")
     cfg.validate()
     bad = [
@@ -284,13 +287,46 @@ def test_config_defaults_and_validation() -> None:
         CoReFaceConfig(ema_weight_on_new=1.5),
         CoReFaceConfig(reverse_weight=-1.0),
         CoReFaceConfig(mask="ignore"),
-        CoReFaceConfig(weight=WeightSchedule(kind="constant", value=0.05)),  # on while there is one view
-        CoReFaceConfig(weight=WeightSchedule(kind="start_at", value=0.05, start_epoch=6.5)),
     ]
     for cfg_bad in bad:
         with pytest.raises(ConfigError):
             cfg_bad.validate()
-    CoReFaceConfig(weight=WeightSchedule(kind="constant", value=0.05), phase2_epoch=0.0).validate()
     module = REGULARISERS.get("coreface")(cfg, num_classes=5, embed_dim=4, num_samples=100)
     assert isinstance(module, CoReFace) and build_coreface is REGULARISERS.get("coreface")
-    assert module.margin.item() == 0.0
+    assert module.margin.item() == 0.0 and module.phase2_epoch == 7.0
+
+
+def phase2(cfg: CoReFaceConfig, optim: OptimConfig | None = None) -> float:
+    """The epoch of the two-view switch of the module built from ``cfg`` in a run ``optim`` describes."""
+    resolved = cfg.in_run(optim or OptimConfig(epochs=34))
+    return build_coreface(resolved, num_classes=5, embed_dim=4, num_samples=100).phase2_epoch
+
+
+def test_phase2_follows_the_weight_start() -> None:
+    """One key moves the switch: the two views start where the weight first turns positive."""
+    start_at = WeightSchedule(kind="start_at", value=0.05, start_epoch=5)
+    assert phase2(CoReFaceConfig(weight=start_at)) == 5.0
+    assert phase2(CoReFaceConfig(weight=WeightSchedule(kind="constant", value=0.05))) == 0.0
+    assert phase2(CoReFaceConfig(weight=WeightSchedule(kind="constant", value=0.0))) == math.inf  # never on
+    piecewise = WeightSchedule(kind="piecewise", boundaries=[3, 9], values=[0.0, 0.0, 0.1])
+    assert phase2(CoReFaceConfig(weight=piecewise)) == 9.0
+    # CoReFace's 7 of its 24 epochs, in a 12-epoch run under optim.schedules=relative: 3.5.
+    assert phase2(CoReFaceConfig(), OptimConfig(epochs=12, schedules="relative")) == 3.5
+    fraction = WeightSchedule(kind="start_at", value=0.05, start_epoch=0.25, unit="fraction")
+    assert phase2(CoReFaceConfig(weight=fraction), OptimConfig(epochs=200)) == 50.0
+
+
+def test_old_configs_with_both_keys() -> None:
+    """phase2_epoch equal to the weight's start (as written) still works, stretched together; any other is one line."""
+    both = CoReFaceConfig(phase2_epoch=7.0)
+    both.validate()
+    assert phase2(both, OptimConfig(epochs=12, schedules="relative")) == 3.5
+    expected = r"^coreface\.phase2_epoch=.* disagrees with coreface\.weight, which starts at 7: .*drop"
+    for cfg in (CoReFaceConfig(phase2_epoch=6.0), CoReFaceConfig(phase2_epoch=-1.0)):
+        with pytest.raises(ConfigError, match=expected) as error:
+            cfg.validate()
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"^regularisers\.coreface\.phase2_epoch|^coreface\.phase2_epoch=5 "):
+        load_config(FinetuneConfig, overrides=["regularisers.coreface.phase2_epoch=5"])
+    cfg = load_config(FinetuneConfig, overrides=["regularisers.coreface.weight.start_epoch=5"])
+    assert phase2(cfg.regularisers.coreface) == 5.0

@@ -1,0 +1,31 @@
+"""The engine's OptimConfig: the optim.schedules switch and the warm-up check it changes."""
+
+import pytest
+
+from lafs.engine import OptimConfig
+from lafs.errors import ConfigError
+
+
+def test_stretch_is_one_unless_relative():
+    assert OptimConfig(epochs=200).stretch(41) == 1.0
+    assert OptimConfig(epochs=200, schedules="relative").stretch(41) == pytest.approx(200 / 41)
+    assert OptimConfig(epochs=17, schedules="relative").stretch(34) == 0.5
+
+
+def test_warmup_bound_follows_the_switch():
+    """As written, a warm-up must fit the run; relative, it must fit the recipe it is written for."""
+    rates = {"lr": 1e-3, "min_lr": 0.0, "decays": {}}
+    OptimConfig(epochs=12).check_recipe(5, **rates, recipe_epochs=34)
+    with pytest.raises(ConfigError, match=r"^optim\.warmup_epochs must lie in \[0, optim\.epochs\] = \[0, 4\]"):
+        OptimConfig(epochs=4).check_recipe(5, **rates, recipe_epochs=34)
+    OptimConfig(epochs=4, schedules="relative").check_recipe(5, **rates, recipe_epochs=34)  # 5 / 34 of 4 epochs
+    with pytest.raises(ConfigError, match=r"the recipe's epochs \(optim\.schedules=relative\)\] = \[0, 34\], got 35"):
+        OptimConfig(epochs=400, schedules="relative").check_recipe(35, **rates, recipe_epochs=34)
+    # A stage that does not stretch its warm-up (no recipe_epochs) is checked against the run as before.
+    with pytest.raises(ConfigError, match=r"optim\.epochs\] = \[0, 4\]"):
+        OptimConfig(epochs=4, schedules="relative").check_recipe(5, **rates)
+
+
+def test_unknown_switch_is_one_line():
+    with pytest.raises(ConfigError, match=r"^optim\.schedules must be epochs or relative, got 'fraction'$"):
+        OptimConfig(schedules="fraction").validate()  # type: ignore[arg-type]
