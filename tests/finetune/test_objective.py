@@ -1,5 +1,7 @@
 """The combined objective: named terms, lambda = 0 bit-identity, requirement checks, state updates."""
 
+import logging
+
 import pytest
 import torch
 
@@ -85,3 +87,23 @@ def test_update_feeds_state_with_detached_tensors():
     assert filled, "the cluster regulariser keeps a filled mask for its memory bank"
     assert any(getattr(cluster, name)[3 : 3 + BATCH].all() for name in filled)
     obj.update()  # a second call without a new step is a no-op
+
+
+def test_weights_in_the_run_epochs_are_logged_once(caplog):
+    """build_objective converts every weight to the run's epochs; each one that changed is logged."""
+    cfg = RegularisersConfig()
+    cfg.landmark.enabled = cfg.coreface.enabled = cfg.intraloss.enabled = True
+    cfg.intraloss.weight = WeightSchedule(kind="start_at", value=1.0, start_epoch=0.5, unit="fraction")
+    head = MarginHead(CLASSES, DIM)
+    with caplog.at_level(logging.INFO, logger="lafs.finetune"):
+        optim = OptimConfig(epochs=17, schedules="relative")
+        obj = build_objective(head, cfg, num_classes=CLASSES, embed_dim=DIM, num_samples=32, optim=optim)
+    assert obj.weights["landmark"].boundaries == [4.0, 7.0, 10.5, 14.0]
+    assert obj.weights["coreface"].start_epoch == pytest.approx(7 * 17 / 24)
+    assert obj.weights["intraloss"].start_epoch == 8.5
+    assert obj.regularisers["coreface"].phase2_epoch == pytest.approx(7 * 17 / 24)
+    lines = [r.getMessage() for r in caplog.records]
+    landmark = "regularisers.landmark.weight: boundaries [8, 14, 21, 28] (34 epochs) -> boundaries [4, 7, 10.5, 14]"
+    intraloss = "regularisers.intraloss.weight: start_epoch 0.5 (fractions of the run) -> start_epoch 8.5"
+    assert len(lines) == 3 and f"{landmark} (this run's 17 epochs, optim.schedules=relative)" in lines
+    assert sum(line.startswith(intraloss) for line in lines) == 1

@@ -1,6 +1,8 @@
 """The fine-tuning entry point: configs, layer decay, few-shot, init, validation, resume, augmentation."""
 
 import csv
+import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -108,6 +110,26 @@ def test_warmup_cosine_per_step_and_batch_scaling():
     assert schedule.lr(30) == pytest.approx(1e-3)  # half-way through the cosine
     linear = Schedule(OptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
     assert linear.base_lr == pytest.approx(4e-3)
+
+
+def test_relative_warmup_is_stretched_from_lafs_34_epochs(caplog):
+    """LAFS's 5 of 34 warm-up epochs in a 17-epoch run of 4 steps per epoch: 2.5 epochs, 10 steps (logged once)."""
+    cfg = OptimConfig(epochs=17, warmup_epochs=5, lr=1e-3, lr_reference_batch=100, min_lr=0, schedules="relative")
+    with caplog.at_level(logging.INFO, logger="lafs.finetune"):
+        schedule = Schedule(cfg, 4, 100)
+    assert schedule.warmup == 10 and schedule.lr(9) == pytest.approx(1e-3) and schedule.lr(4) < 1e-3
+    assert "optim.warmup_epochs 5 -> 2.5" in caplog.text
+    assert Schedule(dataclasses.replace(cfg, schedules="epochs"), 4, 100).warmup == 20  # as written: 5 epochs
+
+
+def test_relative_schedules_through_a_run(tmp_path):
+    """CoReFace's switch at 7 of its 24 epochs, in a 2-epoch run of 4 steps: epoch 7 / 12 = 0.583, so from the 4th
+    step (epoch 0.75) on; as written it would come after the run."""
+    coreface = ["regularisers.coreface.enabled=true", "max_steps=4"]
+    relative = run(tmp_path / "relative", *coreface, "optim.schedules=relative")
+    assert [r["lambda_coreface"] for r in read_log(relative)] == [0.0, 0.0, 0.0, 0.05]
+    written = run(tmp_path / "written", *coreface)
+    assert [r["lambda_coreface"] for r in read_log(written)] == [0.0] * 4
 
 
 def test_few_shot_list_is_saved(tmp_path):

@@ -138,8 +138,8 @@ def test_fraction_unit_schedule():
     steps = WeightSchedule(kind="piecewise", boundaries=[0.25, 0.5], values=[0.0, 1.0, 0.5], unit="fraction")
     assert steps.in_run(200).boundaries == [50.0, 100.0] and steps.first_active() == 0.25
     with pytest.raises(ConfigError, match=r"^regularisers\.intraloss\.weight\.start_epoch is a fraction"):
-        load_config(FinetuneConfig, overrides=["regularisers.intraloss.weight.unit=fraction",
-                                               "regularisers.intraloss.weight.start_epoch=5"])  # fmt: skip
+        overrides = ["regularisers.intraloss.weight.unit=fraction", "regularisers.intraloss.weight.start_epoch=5"]
+        load_config(FinetuneConfig, overrides=overrides)
 
 
 def test_first_active():
