@@ -133,7 +133,7 @@ def build_objective(
 ) -> Objective:
     """The objective with every enabled regulariser of ``cfg``, their weights in the epochs of the run ``optim``
     describes (its length and its ``schedules`` switch)."""
-    enabled = cfg.in_run(optim)
+    enabled = cfg.enabled_in_run(optim)
     regularisers = {
         name: REGULARISERS.get(name)(options, num_classes=num_classes, embed_dim=embed_dim, num_samples=num_samples)
         for name, options in enabled.items()

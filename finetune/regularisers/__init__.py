@@ -30,7 +30,7 @@ class RegularisersConfig:
         """Name -> config of the switched-on regularisers, in a fixed order."""
         return {name: cfg for name, cfg in vars(self).items() if cfg.enabled}
 
-    def in_run(self, optim: OptimConfig) -> dict[str, RegulariserConfig]:
+    def enabled_in_run(self, optim: OptimConfig) -> dict[str, RegulariserConfig]:
         """Name -> config of the switched-on regularisers with their weights in the run's epochs (validated first,
         so that a key checked against another, such as coreface.phase2_epoch, is checked as written). Each weight
         that changed is logged once, so the values a run used are on record."""
