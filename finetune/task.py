@@ -68,7 +68,11 @@ class OptimConfig(RunOptimConfig):
     min_lr: float = 1e-6  # end of the cosine decay
     warmup_epochs: float = 5.0  # linear warm-up (LAFS)
     weight_decay: float = 0.1  # AdamW (LAFS); biases, norms, tokenizer and position table get none
-    layer_decay: float = 0.58  # layer-wise LR decay (LAFS): layer l of L trains at lr * 0.58^(L - l)
+    # Layer-wise LR decay, ours (timm's groups; the engine applies each group's lr_scale): layer l of L trains at
+    # lr * layer_decay^(L - l), the stem and landmark predictor at layer 0. The released LAFS code builds 0.58 groups
+    # but its torch optimiser and schedulers never read lr_scale, so every layer trains at the full rate there:
+    # 1.0 is the released behaviour (the LAFS recipe configs set it).
+    layer_decay: float = 0.58
 
     def validate(self) -> None:
         super().validate()
@@ -176,7 +180,8 @@ def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
 
 
 def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``.
+    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``
+    (all 1 with ``layer_decay`` 1, the released LAFS behaviour).
 
     ``fused``: torch's single-kernel AdamW (CUDA parameters only).
     """
