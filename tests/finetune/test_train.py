@@ -209,6 +209,10 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
         ("max_steps=-1", "max_steps"),
         ("synthetic.num_identities=0", "synthetic.num_identities"),
         ("synthetic.blur_prob=2", "synthetic.blur_prob"),
+        ("augment.crop_scale=[0.5,1.5]", "augment.crop_scale"),
+        ("augment.color_jitter=0.6", "augment.color_jitter"),
+        ("augment.erasing=2", "augment.erasing"),
+        ("augment.randaugment=11", "augment.randaugment"),
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
