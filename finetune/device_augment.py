@@ -67,8 +67,7 @@ class AugmentConfig:
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, got {list(scale)}")
         if not 0 <= self.color_jitter <= 0.5:
-            raise ConfigError(f"augment.color_jitter must lie in [0, 0.5] (a hue shift of half a turn), got "
-                              f"{self.color_jitter}")  # fmt: skip
+            raise ConfigError(f"augment.color_jitter must lie in [0, 0.5] (hue turns), got {self.color_jitter}")
         if not 0 <= self.randaugment <= 10:
             raise ConfigError(f"augment.randaugment must be a magnitude in 0..10 (0 = off), got {self.randaugment}")
 
@@ -229,4 +228,3 @@ class BatchMixup:
         if landmarks is not None:
             landmarks = torch.where(dominant[:, None, None], landmarks, landmarks[partner])
         return images, soft, labels, landmarks
-
