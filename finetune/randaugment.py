@@ -5,8 +5,7 @@ ops drawn uniformly with replacement from the 13 below, each applied with probab
 ``N(M, 0.5)`` clipped to [0, 10] (LAFS: M = 1 on WebFace4M, 2 on MS1MV3). Every op with a strength applies it with a
 random sign. Here the numbers are drawn per image as tensors (`draw_randaugment`); the geometric ops become one 3 x 3
 map per image (`geometric_maps`), composed with the other warps of the batch by the caller, and the colour ops run
-on float images in [0, 1] (`apply_colour_ops`), each op taken by some image on the whole batch, every image picking
-its own result.
+on float images in [0, 1] (`apply_colour_ops`), each op on the images that take it.
 
 Geometric strengths (timm's): rotation 30 degrees about the image centre, shear 0.3 (about the top-left corner, as
 PIL's affine), translation 0.45 of the side, all times magnitude / 10; uncovered pixels take the fill grey 128.
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -50,6 +48,20 @@ MAX_ROTATION_DEGREES = 30.0
 MAX_SHEAR = 0.3
 MAX_TRANSLATE = 0.45  # fraction of the image side (timm's translate_pct)
 MAX_ENHANCE = 0.9  # colour / contrast / brightness / sharpness factors 1 +- 0.9 level
+
+
+# Each colour op as f(images (N, 3, H, W), factor (N,), bits (N,)): the enhance factor 1 +- 0.9 level and the
+# posterize bit count of each image.
+COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "auto_contrast": lambda images, factor, bits: TF.autocontrast(images),
+    "equalize": lambda images, factor, bits: TF.equalize(images),
+    "invert": lambda images, factor, bits: TF.invert(images),
+    "posterize": lambda images, factor, bits: posterize(images, bits),
+    "color": lambda images, factor, bits: adjust_saturation(images, factor),
+    "contrast": lambda images, factor, bits: adjust_contrast(images, factor),
+    "brightness": lambda images, factor, bits: adjust_brightness(images, factor),
+    "sharpness": lambda images, factor, bits: adjust_sharpness(images, factor),
+}
 
 
 @dataclass
@@ -111,28 +123,18 @@ def apply_colour_ops(images: torch.Tensor, draws: RandAugmentDraws) -> torch.Ten
     """The colour ops of the draws on float images (B, 3, H, W) in [0, 1], layer by layer (geometric ops are left to
     `geometric_maps`). Images an op does not apply to keep their pixels exactly.
 
-    Only ops some image takes are computed: that costs one read of the (B, L) op table on the host per batch, and
-    saves computing the other ops for the whole batch (on a CPU, most of the time)."""
+    Each op runs on the images that take it only: one read of the (B, L) op table on the host per batch buys not
+    computing 8 ops x 2 layers on the whole batch (about 0.6 image-ops per image instead of 16)."""
     taken = torch.where(draws.applied, draws.ops, -1).tolist()
     for layer in range(NUM_LAYERS):
-        used = {OPS[row[layer]] for row in taken if row[layer] >= 0}
         factor = 1.0 + draws.signs[:, layer] * draws.levels[:, layer] * MAX_ENHANCE
         bits = 4 - torch.floor(draws.levels[:, layer] * 4)  # timm's "increasing" posterize: 4 bits at level 0
-        ops: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-            "auto_contrast": TF.autocontrast,
-            "equalize": TF.equalize,
-            "invert": TF.invert,
-            "posterize": partial(posterize, bits=bits),
-            "color": partial(adjust_saturation, factor=factor),
-            "contrast": partial(adjust_contrast, factor=factor),
-            "brightness": partial(adjust_brightness, factor=factor),
-            "sharpness": partial(adjust_sharpness, factor=factor),
-        }
-        # An image takes at most one op per layer, so every op reads the layer's input.
-        out = images
-        for name, op in ops.items():
-            if name in used:
-                out = torch.where(draws.chosen(layer, name)[:, None, None, None], op(images), out)
+        out = images.clone()
+        for name, op in COLOUR_OPS.items():
+            rows = [i for i, row in enumerate(taken) if row[layer] == OPS.index(name)]
+            if rows:  # an image takes at most one op per layer, so every op reads the layer's input
+                index = torch.tensor(rows, device=images.device)
+                out[index] = op(images[index], factor[index], bits[index])
         images = out
     return images
 
