@@ -1,8 +1,9 @@
 """Fine-tuning as a task: a (LAFS-pretrained) encoder becomes a face recogniser with a margin head and regularisers.
 
 The model is `FinetuneModel` (encoder, optional trainable landmark predictor, objective with the margin head and the
-regularisers), so DDP synchronises the class centres with the encoder. Each micro-batch is flipped (landmark ids
-follow the flip) and maybe mixed on the device. The engine (`lafs.engine.fit`) runs the loop.
+regularisers), so DDP synchronises the class centres with the encoder. Each micro-batch is augmented on the device
+(flips and the released LAFS transforms, landmarks moving with the image: `finetune.device_augment`) and maybe mixed.
+The engine (`lafs.engine.fit`) runs the loop.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from finetune.context import Communicator, differentiable_gather
-from finetune.device_augment import AugmentConfig, BatchMixup, random_flip
+from finetune.device_augment import AugmentConfig, BatchMixup, augment_batch
 from finetune.heads import HeadConfig, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from lafs.data.collate import normalize_images
 from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
@@ -68,7 +68,11 @@ class OptimConfig(RunOptimConfig):
     min_lr: float = 1e-6  # end of the cosine decay
     warmup_epochs: float = 5.0  # linear warm-up (LAFS)
     weight_decay: float = 0.1  # AdamW (LAFS); biases, norms, tokenizer and position table get none
-    layer_decay: float = 0.58  # layer-wise LR decay (LAFS): layer l of L trains at lr * 0.58^(L - l)
+    # Layer-wise LR decay, ours (timm's groups; the engine applies each group's lr_scale): layer l of L trains at
+    # lr * layer_decay^(L - l), the stem and landmark predictor at layer 0. The released LAFS code builds 0.58 groups
+    # but its torch optimiser and schedulers never read lr_scale, so every layer trains at the full rate there:
+    # 1.0 is the released behaviour (the LAFS recipe configs set it).
+    layer_decay: float = 0.58
 
     def validate(self) -> None:
         super().validate()
@@ -177,7 +181,8 @@ def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
 
 
 def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``.
+    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``
+    (all 1 with ``layer_decay`` 1, the released LAFS behaviour).
 
     ``fused``: torch's single-kernel AdamW (CUDA parameters only).
     """
@@ -210,7 +215,7 @@ class Schedule:
 
 
 class FinetuneTask(Task):
-    """Encoder (+ optional trainable landmark predictor) + objective; flips and mixup on the device; best model."""
+    """Encoder (+ optional trainable landmark predictor) + objective; augmented, mixed batches; best model."""
 
     name = "finetune"
     # (init is not: a resumed run's weights come from its checkpoint.)
@@ -280,16 +285,19 @@ class FinetuneTask(Task):
         return self.schedule.lr(step)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-        """The objective's terms on one micro-batch, flipped, maybe mixed, with reference landmarks."""
+        """The objective's terms on one micro-batch, augmented, maybe mixed, with reference landmarks."""
         assert self.model is not None
         inputs = self.prepare_inputs(batch)
         return self.model(**inputs, epoch=self.epoch(step), step=step, comm=self.comm)
 
     def prepare_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Model inputs from a loader batch: flips, mixup and the reference landmarks, all on the accelerator."""
-        images, labels, landmarks = batch["image"], batch["label"], batch["landmarks"].float()
-        images, landmarks = random_flip(images, landmarks, self.flip_permutation, self.cfg.augment.flip)
-        images = normalize_images(images)
+        """Model inputs from a loader batch: augmentation (`augment_batch`), mixup and the reference landmarks, all on
+        the accelerator."""
+        images, labels, landmarks = batch["image"], batch["label"], batch.get("landmarks")
+        landmarks = None if landmarks is None else landmarks.float()
+        images, landmarks = augment_batch(
+            images, landmarks, self.cfg.augment, self.flip_permutation, self._augment_generator(images.device)
+        )
         soft_labels = None
         if self.mixup is not None:
             images, soft_labels, labels, landmarks = self.mixup(images, labels, landmarks)
@@ -305,6 +313,13 @@ class FinetuneTask(Task):
             "indices": batch["position"],
             "reference_landmarks": reference,
         }
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        """A generator for one micro-batch's augmentation, seeded from torch's global generator (seeded by the run's
+        seed and restored on resume with the checkpoint) and the process index, so processes draw differently."""
+        draw = int(torch.randint(2**62, (1,)))
+        seed = np.random.SeedSequence([draw, self.run.accelerator.process_index]).generate_state(1, np.uint64)[0]
+        return torch.Generator(device).manual_seed(int(seed >> 1))
 
     def after_micro_batch(self, step: int) -> None:
         self.objective.update()  # memory banks and clustering, from the micro-batch just trained on

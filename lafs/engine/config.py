@@ -20,6 +20,7 @@ from lafs.data.synthetic import SyntheticFacesConfig
 from lafs.errors import ConfigError
 
 logger = logging.getLogger("lafs.engine")
+ClipMode = Literal["global", "per_parameter"]
 # Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
 RUN_CONTROL = frozenset(
     {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
@@ -39,6 +40,10 @@ class OptimConfig:
     # "relative" as written for their recipe's length (LAFS pretraining 41, fine-tuning 34, ...) and stretched to
     # optim.epochs, so a short run keeps the recipe's proportions.
     schedules: Literal["epochs", "relative"] = "epochs"
+    # How clip_grad applies. "global": one norm over every gradient, scaled together (torch's clip_grad_norm_, ours
+    # and arcface_torch's). "per_parameter": each parameter's gradient capped at clip_grad on its own (DINO's and the
+    # released LAFS pretraining's utils.clip_gradients, at 3.0).
+    clip_mode: ClipMode = "global"
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "grad_accum"):

@@ -18,7 +18,7 @@ from lafs.config import save_config
 from lafs.engine.accelerator import build_accelerator, processes_on_this_node, thread_count, torch_settings
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
 from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
-from lafs.engine.config import RunConfig, check_resumed_config
+from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task
 from lafs.errors import LafsError
@@ -158,7 +158,9 @@ class _Loop:
         )
         for batch in batches:
             step = state.step
-            terms = train_micro_batch(accelerator, task, self.optimizer, batch, step, cfg.optim.clip_grad)
+            terms = train_micro_batch(
+                accelerator, task, self.optimizer, batch, step, cfg.optim.clip_grad, cfg.optim.clip_mode
+            )
             images_seen += _batch_size(batch) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
@@ -198,9 +200,11 @@ def train_micro_batch(
     batch: dict[str, Any],
     step: int,
     clip_grad: float,
+    clip_mode: ClipMode = "global",
 ) -> dict[str, torch.Tensor]:
     """One micro-batch of optimiser step ``step``: schedules, forward, backward and, on the last micro-batch of an
-    accumulation cycle, clipping and the optimiser step; returns the task's loss terms. (Benchmarks time this too.)"""
+    accumulation cycle, clipping (``clip_grad`` > 0, as ``clip_mode`` says) and the optimiser step; returns the
+    task's loss terms. (Benchmarks time this too.)"""
     model = task.model
     assert model is not None, "the engine sets task.model before training"
     _set_schedules(optimizer, task, step)
@@ -208,8 +212,13 @@ def train_micro_batch(
         terms = task.training_step(batch, step)
         accelerator.backward(terms["loss"])
         if accelerator.sync_gradients:
-            if clip_grad > 0:
-                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+            if clip_grad > 0 and clip_mode == "global":  # ours and arcface_torch's: one norm over all gradients
+                accelerator.clip_grad_norm_(model.parameters(), clip_grad)  # unscales fp16 gradients first
+            elif clip_grad > 0:  # DINO's and released LAFS pretraining's: every parameter capped on its own
+                accelerator.unscale_gradients()  # fp16: the norms must be those of the true gradients
+                for parameter in model.parameters():
+                    if parameter.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(parameter, clip_grad)
             task.after_backward(step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -14,8 +14,9 @@ from finetune.heads import MarginHead
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from finetune.task import OptimConfig, Schedule, build_optimizer
+from finetune.task import FinetuneConfig, OptimConfig, Schedule, build_optimizer
 from finetune.train import main
+from lafs.config import load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.engine.run_log import read_log
@@ -70,7 +71,8 @@ def test_every_config_runs_two_steps(tmp_path, config):
     assert (out / "encoder" / "model.safetensors").is_file()
 
 
-def test_layer_decay_groups():
+def nano_model() -> FinetuneModel:
+    """The nano encoder with a trainable landmark predictor and a 4-class head."""
     encoder = build_encoder(EncoderConfig(name="lafs_vit_nano_p8_112", landmark_set="mediapipe49"))
     predictor = build_landmark_predictor(
         LandmarkPredictorConfig(backbone="mobilenetv3_small_050", landmark_set="mediapipe49")
@@ -83,7 +85,12 @@ def test_layer_decay_groups():
         num_samples=8,
         optim=OptimConfig(),
     )
-    model = FinetuneModel(encoder, objective, predictor)
+    return FinetuneModel(encoder, objective, predictor)
+
+
+def test_layer_decay_groups():
+    model = nano_model()
+    encoder = model.encoder
     optimizer = build_optimizer(model, OptimConfig(layer_decay=0.58, weight_decay=0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
@@ -100,6 +107,17 @@ def test_layer_decay_groups():
     assert decay["encoder.pos_embed"] == decay["encoder.patch_embed.proj.weight"] == decay["encoder.norm.weight"] == 0
     assert decay["encoder.blocks.0.attn.qkv.weight"] == decay["objective.head.weight"] == 0.1
     assert set(scale) == set(names.values())
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.stem != "demo"], ids=lambda p: p.stem)
+def test_recipe_configs_train_every_layer_at_the_full_rate(config):
+    # The released code builds 0.58 layer-decay groups but never applies them: its recipe is layer_decay 1.0.
+    optim = load_config(FinetuneConfig, config, ["eval_bins=[]"]).optim  # (the data is not here)
+    assert optim.layer_decay == 1.0
+    model = nano_model()
+    optimizer = build_optimizer(model, optim)
+    assert {g["lr_scale"] for g in optimizer.param_groups} == {1.0}  # what the engine multiplies each group's lr by
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
 def test_warmup_cosine_per_step_and_batch_scaling():
@@ -214,6 +232,10 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
         ("max_steps=-1", "max_steps"),
         ("synthetic.num_identities=0", "synthetic.num_identities"),
         ("synthetic.blur_prob=2", "synthetic.blur_prob"),
+        ("augment.crop_scale=[0.5,1.5]", "augment.crop_scale"),
+        ("augment.color_jitter=0.6", "augment.color_jitter"),
+        ("augment.erasing=2", "augment.erasing"),
+        ("augment.randaugment=11", "augment.randaugment"),
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):

@@ -156,10 +156,10 @@ def task_step(
     batch_size = int(next(iter(batch.values())).shape[0])
     task.setup(RunContext(accelerator, TrainState(), 1, batch_size, epochs))
     on_device = {k: v.to(accelerator.device) for k, v in batch.items()}
-    clip = task.cfg.optim.clip_grad
+    clip, clip_mode = task.cfg.optim.clip_grad, task.cfg.optim.clip_mode
 
     def run() -> None:
-        train_micro_batch(accelerator, task, optimizer, on_device, epochs - 1, clip)
+        train_micro_batch(accelerator, task, optimizer, on_device, epochs - 1, clip, clip_mode)
 
     return run
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from lafs.config import load_config
 from lafs.data.open import DatasetConfig
 from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts, fit
 from lafs.engine.checkpoints import checkpoints
+from lafs.engine.loop import train_micro_batch
 from lafs.engine.run_log import read_log
 from lafs.errors import ConfigError, DataError
 
@@ -208,3 +210,64 @@ def test_two_spellings_of_one_path_are_the_same_config(tmp_path, caplog):
     train(out, max_steps=2, data=DatasetConfig(path=str(tmp_path / "faces")), images=16)
     train(out, max_steps=3, data=DatasetConfig(path=f"{tmp_path}/./faces/"), images=16)  # no refusal
     assert "with a different" not in caplog.text
+
+
+class _Fp16OnCpu(Accelerator):
+    """accelerate's fp16 path on a CPU: accelerate makes no GradScaler there, so the test attaches one."""
+
+    @property
+    def mixed_precision(self) -> str:
+        return "fp16" if self.scaler is not None else super().mixed_precision
+
+
+class _TwoParameters(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+
+
+class _KnownGradients(Task):
+    """loss = 3 a0 + 4 a1 + 0.5 b: gradients (3, 4) (norm 5) and (0.5,), recorded after clipping."""
+
+    def learning_rate(self, step: int) -> float:
+        return 0.0
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        assert self.model is not None
+        return {"loss": self.model.a @ torch.tensor([3.0, 4.0]) + 0.5 * self.model.b.sum()}
+
+    def after_backward(self, step: int) -> None:
+        assert self.model is not None
+        self.seen = {name: p.grad.clone() for name, p in self.model.named_parameters() if p.grad is not None}
+
+
+def clipped(clip_grad: float, clip_mode: str, scaled: bool = False) -> dict[str, list[float]]:
+    accelerator = _Fp16OnCpu(cpu=True)
+    if scaled:
+        accelerator.native_amp, accelerator.scaler = True, torch.amp.GradScaler("cpu", init_scale=1024.0)
+    model = _TwoParameters()
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    task = _KnownGradients(RunConfig())
+    task.model = model
+    train_micro_batch(accelerator, task, optimizer, {}, 0, clip_grad, clip_mode)  # type: ignore[arg-type]
+    return {name: grad.tolist() for name, grad in task.seen.items()}
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "fp16-scaler"])
+def test_global_and_per_parameter_clipping(scaled):
+    # Global at 3: one norm sqrt(25 + 0.25) = 5.0249, every gradient times 3 / 5.0249 = 0.59702.
+    both = clipped(3.0, "global", scaled)
+    assert both["a"] == pytest.approx([1.79107, 2.38809], abs=1e-4) and both["b"] == pytest.approx([0.29851], abs=1e-4)
+    # Per parameter at 3 (DINO / released LAFS pretraining): a (norm 5) is scaled to norm 3, b (norm 0.5) is kept.
+    each = clipped(3.0, "per_parameter", scaled)
+    assert each["a"] == pytest.approx([1.8, 2.4], abs=1e-5) and each["b"] == pytest.approx([0.5], abs=1e-6)
+
+
+def test_the_scaler_scales_what_clipping_unscales():
+    # Without clipping nothing unscales before after_backward: the loss was scaled by 1024 (the check above can fail).
+    assert clipped(0.0, "per_parameter", scaled=True)["a"] == [3072.0, 4096.0]
+
+
+def test_clip_mode_is_checked():
+    with pytest.raises(ConfigError, match=r"optim\.clip_mode"):
+        load_config(LineConfig, overrides=["optim.clip_mode=each"])
