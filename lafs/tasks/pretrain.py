@@ -113,8 +113,8 @@ class PretrainConfig(RunConfig):
             # Patches views put their tokens on each view's grid: a landmark cache would be read for nothing.
             if self.data.landmarks != "template":
                 raise ConfigError(
-                    f"data.landmarks={self.data.landmarks}: views.kind=patches takes no landmarks from the data; "
-                    "use template (the patch grid)"
+                    f"data.landmarks must be template with views.kind=patches (its tokens sit on each view's patch "
+                    f"grid, whatever the face's landmarks), got {self.data.landmarks}"
                 )
         elif self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")

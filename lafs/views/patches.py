@@ -33,12 +33,10 @@ def check_view_set(cfg: ViewConfig, landmark_set: str, key: str = "landmark_set"
     patch = points.patch_size
     if cfg.kind == "landmarks":
         if patch is not None:
-            raise ConfigError(f"{key}={landmark_set} is a regular patch grid: pretrain it with views.kind=patches")
+            raise ConfigError(f"{key} {landmark_set} is a regular patch grid: its views are views.kind=patches")
         return points
     if patch is None:
-        raise ConfigError(
-            f"views.kind=patches needs a patch-grid landmark set ({key}=grid196), got {key}={landmark_set}"
-        )
+        raise ConfigError(f"{key} {landmark_set} is no patch grid: views.kind=patches needs a grid set (grid196)")
     if cfg.image_size != points.image_size:
         raise ConfigError(
             f"views.image_size must be {points.image_size} for {landmark_set}'s patches (they tile that crop), "
