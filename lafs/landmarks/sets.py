@@ -136,19 +136,25 @@ def get_landmark_set(name: str) -> LandmarkSet:
     )
 
 
-def grid_set(name: str, patch: int, image_size: int = GRID_IMAGE_SIZE) -> LandmarkSet:
-    """The centres ``(p c + p / 2, p r + p / 2)`` of the n x n regular ``patch``-pixel patches of the crop, id
-    ``n r + c`` (row-major, as ViTs flatten patches); the flip maps column c to ``n - 1 - c``."""
-    side = image_size // patch
-    centres = np.arange(side, dtype=np.float32) * patch + patch / 2
+def patch_centres(side: int, patch: int) -> np.ndarray:
+    """Centres (n * n, 2) float32 ``(p c + p / 2, p r + p / 2)`` of the n x n regular ``patch``-pixel patches of a
+    ``side``-pixel image, id ``n r + c`` (row-major, as ViTs flatten patches)."""
+    centres = np.arange(side // patch, dtype=np.float32) * patch + patch / 2
     y, x = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([x, y], -1).reshape(-1, 2)
+
+
+def grid_set(name: str, patch: int, image_size: int = GRID_IMAGE_SIZE) -> LandmarkSet:
+    """The grid set of the regular ``patch``-pixel patches of the crop (`patch_centres`); the flip maps column c of
+    n to ``n - 1 - c``."""
+    side = image_size // patch
     ids = np.arange(side * side, dtype=np.int64).reshape(side, side)
     return LandmarkSet(
         name=name,
         version=1,
         image_size=image_size,
         flip_permutation=_readonly(ids[:, ::-1].reshape(-1).copy()),
-        template=_readonly(np.stack([x, y], -1).reshape(-1, 2)),
+        template=_readonly(patch_centres(image_size, patch)),
         patch_size=patch,
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from lafs.errors import ConfigError
-from lafs.landmarks.sets import LandmarkSet, get_landmark_set
+from lafs.landmarks.sets import LandmarkSet, get_landmark_set, patch_centres
 from lafs.views.config import NUM_GLOBAL, ViewConfig
 from lafs.views.draws import ViewDraws
 
@@ -49,13 +49,6 @@ def check_view_set(cfg: ViewConfig, landmark_set: str, key: str = "landmark_set"
     return points
 
 
-def grid_points(side: int, patch: int) -> torch.Tensor:
-    """Centres (n * n, 2) of the n x n regular ``patch``-pixel patches of a ``side``-pixel view, row-major."""
-    centres = torch.arange(side // patch, dtype=torch.float32) * patch + patch / 2
-    y, x = torch.meshgrid(centres, centres, indexing="ij")
-    return torch.stack([x, y], -1).reshape(-1, 2)
-
-
 def local_grid_ids(side: int, local_side: int, patch: int) -> torch.Tensor:
     """Position ids (m * m,) int64 of the m x m patches of a local view in the n x n table of a global view.
 
@@ -83,10 +76,10 @@ def grid_view_landmarks(draws: ViewDraws, landmark_set: LandmarkSet, local_side:
     num_local = views - NUM_GLOBAL
     grid = torch.tensor(landmark_set.template, dtype=dtype, device=device)  # (K, 2)
     ids = local_grid_ids(landmark_set.image_size, local_side, patch).to(device)
-    # Branch geometry hands the model each local view's full K-array and the ids to gather from it: there, entry
-    # ids[j] holds token j's centre and the rest is the global grid scaled into the local view (all valid):
-    #   full = (grid * local_side / landmark_set.image_size).index_copy(0, ids, local)
-    local = grid_points(local_side, patch).to(device=device, dtype=dtype)  # (k, 2) = full[ids]
+    # Where the model takes each local view's full K-array and gathers the ids from it (branch geometry's contract),
+    # entry ids[j] must hold token j's centre; the rest can be the global grid scaled into the view, all valid:
+    #   full = (grid * local_side / landmark_set.image_size).index_copy(0, ids, local)  -> (B, N, K, 2)
+    local = torch.tensor(patch_centres(local_side, patch), dtype=dtype, device=device)  # (k, 2) = full[ids]
     k = len(ids)
     return {
         "global_landmarks": grid.repeat(batch, NUM_GLOBAL, 1, 1),

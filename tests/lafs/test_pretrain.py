@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lafs.config import load_config
+from lafs.config import config_to_dict, load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import checkpoints
@@ -231,3 +231,20 @@ def test_a_planted_pickle_in_the_run_directory_never_runs(tmp_path, capsys):
     assert main([*TINY, f"output_dir={out}", "max_steps=4", "resume=" + str(step)]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert error.startswith("error: ") and "cannot load this checkpoint" in error and not marker.exists()
+
+
+def _dotted(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def test_dino_baseline_config_is_the_lafs_recipe_over_patches():
+    lafs, dino = (
+        _dotted(config_to_dict(load_config(PretrainConfig, ROOT / f"configs/pretrain/{name}_vit_base_webface4m.yaml")))
+        for name in ("lafs", "dino")
+    )
+    changed = {key for key in lafs if lafs[key] != dino[key]}
+    assert changed == {"output_dir", "data.landmarks", "data.landmark_set", "encoder.landmark_set", "views.kind"}
+    assert dino["views.kind"] == "patches" and dino["encoder.landmark_set"] == dino["data.landmark_set"] == "grid196"
