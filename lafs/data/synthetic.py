@@ -699,7 +699,7 @@ class SyntheticFaces(Dataset):
         label, number = divmod(index, self.cfg.images_per_identity)
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, _IMAGE_STREAM, label, number]))
         image, mesh = render_face(self.identity(label), rng, self.cfg)
-        landmarks = mesh[self._landmarks.mesh_indices]
+        landmarks = self._landmarks.points_on(mesh, self.cfg.image_size)
         return {
             "image": image,
             "label": label,

@@ -31,7 +31,15 @@ from lafs.export import save_encoder
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
 from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature
-from lafs.views import DeviceViews, LandmarkViews, PretrainViews, ViewConfig, collate_views, views_on_accelerator
+from lafs.views import (
+    DeviceViews,
+    LandmarkViews,
+    PretrainViews,
+    ViewConfig,
+    check_view_set,
+    collate_views,
+    views_on_accelerator,
+)
 
 logger = logging.getLogger("lafs.pretrain")
 
@@ -100,7 +108,15 @@ class PretrainConfig(RunConfig):
         self.encoder.require_landmark_set(self.data.landmark_set)
         if self.eval_bin and not Path(self.eval_bin).is_file():  # on every process: none waits for a failed one
             raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
-        if self.data.landmarks == "none":
+        check_view_set(self.views, self.encoder.landmark_set, "encoder.landmark_set")
+        if self.views.kind == "patches":
+            # Patches views put their tokens on each view's grid: a landmark cache would be read for nothing.
+            if self.data.landmarks != "template":
+                raise ConfigError(
+                    f"data.landmarks must be template with views.kind=patches (its tokens sit on each view's patch "
+                    f"grid, whatever the face's landmarks), got {self.data.landmarks}"
+                )
+        elif self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
 
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import torch
 
 from lafs.data.collate import PIXEL_MEAN, PIXEL_STD
-from lafs.landmarks.sets import get_landmark_set
 from lafs.views.config import ViewConfig
 from lafs.views.draws import ViewDraws, draw_views
+from lafs.views.patches import check_view_set
 from lafs.views.render import render_views
 
 
@@ -25,8 +25,7 @@ class DeviceViews:
     def __init__(self, cfg: ViewConfig, landmark_set: str) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.landmark_set = get_landmark_set(landmark_set)
-        self.flip_permutation = torch.tensor(self.landmark_set.flip_permutation, dtype=torch.int64)
+        self.landmark_set = check_view_set(cfg, landmark_set)
 
     def __call__(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Views of a collated face batch (see `render`), numbers drawn from ``generator`` (on the batch's device)."""
@@ -40,7 +39,7 @@ class DeviceViews:
         ``batch`` holds ``image`` (B, 3, H, W) uint8, ``landmarks`` (B, K, 2), optional ``landmark_valid`` (B, K),
         ``label`` and ``index`` (B,), all on one device (``lafs.data.collate.collate_faces`` of the base items).
 
-        Returns ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, S, S) as float normalised to
+        Returns ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, s, s) as float normalised to
         [-1, 1], ``global_landmarks`` (B, 2, K, 2), ``global_valid`` (B, 2, K), ``local_landmarks`` (B, N, k, 2),
         ``local_ids`` (B, N, k), ``local_valid`` (B, N, k), and the batch's ``label`` and ``index``.
         """
@@ -48,7 +47,7 @@ class DeviceViews:
         valid = batch.get("landmark_valid")
         if valid is None:
             valid = torch.ones(landmarks.shape[:2], dtype=torch.bool, device=landmarks.device)
-        out = render_views(batch["image"], landmarks, valid, draws, self.flip_permutation, self.cfg.image_size)
+        out = render_views(batch["image"], landmarks, valid, draws, self.cfg, self.landmark_set)
         for key in ("global_images", "local_images"):
             out[key] = (out[key] - PIXEL_MEAN) / PIXEL_STD
         out["label"], out["index"] = batch["label"], batch["index"]

@@ -22,9 +22,9 @@ from lafs.views.photometric import BRIGHTNESS, GREY, HUE, IDENTITY, JITTER, ORDE
 class ViewDraws:
     """The random numbers of the V = 2 + N views of a batch of B images, globals first (see `draw_views`)."""
 
-    maps: torch.Tensor  # (B, V, 2, 3) image-to-view maps: crop box -> S x S, then maybe a flip
-    jitter: torch.Tensor  # (B, V, K, 2) landmark jitter in view pixels
-    local_ids: torch.Tensor  # (B, N, k) int64 landmark ids of the local views
+    maps: torch.Tensor  # (B, V, 2, 3) image-to-view maps: crop box -> S x S (locals: s x s), then maybe a flip
+    jitter: torch.Tensor  # (B, V, K, 2) landmark jitter in view pixels (landmarks kind)
+    local_ids: torch.Tensor  # (B, N, k) int64 landmark ids of the local views (landmarks kind)
     photometric: torch.Tensor  # (B, V, NUM_PARAMS) per-view parameters of `lafs.views.photometric`
 
 
@@ -71,12 +71,13 @@ def draw_views(
     """The random numbers of every view of ``count`` images of ``size_in = (height, width)``, on the generator's device.
 
     The draws come in a fixed order (crop boxes, flips, jitter, local ids, photometric parameters) whatever the
-    options, so switching photometry or jitter off leaves every other number unchanged.
+    options, so switching photometry or jitter off leaves every other number unchanged. Patches views
+    (``cfg.kind``) draw the jitter and ids too, and leave them unused: their tokens sit on each view's grid.
     """
     device = generator.device
     height, width = size_in
     views = NUM_GLOBAL + cfg.num_local
-    scale = torch.tensor([cfg.global_scale] * NUM_GLOBAL + [cfg.local_scale] * cfg.num_local, device=device)
+    scale = torch.tensor([cfg.global_scale] * NUM_GLOBAL + [cfg.local_crop_scale] * cfg.num_local, device=device)
     boxes = sample_crop_boxes(height, width, scale.expand(count, views, 2), cfg.ratio, generator)
     flips = torch.rand((count, views), generator=generator, device=device) < cfg.flip_prob
     jitter = torch.randn((count, views, num_landmarks, 2), generator=generator, device=device) * cfg.jitter_std
@@ -84,7 +85,14 @@ def draw_views(
         num_landmarks, (count, cfg.num_local, cfg.local_landmarks), generator=generator, device=device
     )
     photometric = draw_photometric(cfg, count, generator)
-    return ViewDraws(view_maps(boxes, flips, cfg.image_size), jitter, local_ids, photometric)
+    maps = torch.cat(  # globals onto S x S, locals onto their own side s
+        [
+            view_maps(boxes[:, :NUM_GLOBAL], flips[:, :NUM_GLOBAL], cfg.image_size),
+            view_maps(boxes[:, NUM_GLOBAL:], flips[:, NUM_GLOBAL:], cfg.local_side),
+        ],
+        1,
+    )
+    return ViewDraws(maps, jitter, local_ids, photometric)
 
 
 def draw_photometric(cfg: ViewConfig, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lafs.views.config import NUM_GLOBAL
+from lafs.landmarks.sets import LandmarkSet
+from lafs.views.config import NUM_GLOBAL, ViewConfig
 from lafs.views.draws import ViewDraws
 from lafs.views.geometry import invert_linear, map_landmarks
+from lafs.views.patches import grid_view_landmarks
 from lafs.views.photometric import apply_photometric
 
 
@@ -23,19 +25,36 @@ def render_views(
     landmarks: torch.Tensor,
     valid: torch.Tensor,
     draws: ViewDraws,
-    permutation: torch.Tensor,
-    size: int,
+    cfg: ViewConfig,
+    landmark_set: LandmarkSet,
 ) -> dict[str, torch.Tensor]:
     """Views of uint8 images (B, 3, H, W) with landmarks (B, K, 2) and mask (B, K), on the draws' device.
 
-    Returns ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, S, S) as float in [0, 1], and the
-    landmark outputs of `view_landmarks`.
+    Returns ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, s, s) as float in [0, 1], and the
+    landmark outputs of `view_landmarks` (``cfg.kind`` landmarks) or of `lafs.views.patches.grid_view_landmarks`
+    (patches: the images' landmarks are not used).
     """
-    out = view_landmarks(landmarks, valid, draws, permutation)
-    pixels = warp_views(images, draws.maps, size)
-    pixels = apply_photometric(pixels.flatten(0, 1), draws.photometric.flatten(0, 1)).unflatten(0, pixels.shape[:2])
-    out["global_images"], out["local_images"] = pixels[:, :NUM_GLOBAL], pixels[:, NUM_GLOBAL:]
+    if cfg.kind == "patches":
+        out = grid_view_landmarks(draws, landmark_set, cfg.local_side)
+    else:
+        permutation = torch.tensor(landmark_set.flip_permutation, dtype=torch.int64)
+        out = view_landmarks(landmarks, valid, draws, permutation)
+    if cfg.local_side == cfg.image_size:  # every view at one side: one warp and one photometric pass
+        pixels = _pixels(images, draws.maps, draws.photometric, cfg.image_size)
+        out["global_images"], out["local_images"] = pixels[:, :NUM_GLOBAL], pixels[:, NUM_GLOBAL:]
+    else:
+        for name, views, size in (
+            ("global", slice(NUM_GLOBAL), cfg.image_size),
+            ("local", slice(NUM_GLOBAL, None), cfg.local_side),
+        ):
+            out[f"{name}_images"] = _pixels(images, draws.maps[:, views], draws.photometric[:, views], size)
     return out
+
+
+def _pixels(images: torch.Tensor, maps: torch.Tensor, photometric: torch.Tensor, size: int) -> torch.Tensor:
+    """Warped and recoloured views (B, V, 3, size, size) of images (B, 3, H, W) under maps (B, V, 2, 3)."""
+    pixels = warp_views(images, maps, size)
+    return apply_photometric(pixels.flatten(0, 1), photometric.flatten(0, 1)).unflatten(0, pixels.shape[:2])
 
 
 def view_landmarks(

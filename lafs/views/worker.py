@@ -5,7 +5,9 @@ carrying k landmark ids drawn uniformly with replacement. Local views are local 
 not because they are small crops: both kinds use RandomResizedCrop to the output size with scale (0.4, 1) and ratio
 (3/4, 4/3), then a horizontal flip with p = 0.5 that swaps left/right landmark ids (`lafs.views.geometry`). Gaussian
 landmark jitter (std ``jitter_std`` view pixels per coordinate) is added to every view's landmarks before the local
-subsets are gathered. Photometry is DINO's recipe (`lafs.views.photometric`) and never touches landmarks.
+subsets are gathered. Photometry is DINO's recipe (`lafs.views.photometric`) and never touches landmarks. That is
+``views.kind=landmarks``; ``patches`` views (the DINO baseline) put each view's tokens on its patch grid instead
+(`lafs.views.patches`).
 
 Rendering is `render_views`, the renderer `DeviceViews` runs on the accelerator, with a batch of one image; the views
 are rounded to uint8 for the trip to the training process. One draw from the caller's ``np.random.Generator`` seeds
@@ -17,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lafs.landmarks.sets import LandmarkSet, get_landmark_set
+from lafs.landmarks.sets import LandmarkSet
 from lafs.views.config import ViewConfig
 from lafs.views.draws import ViewDraws, draw_views
+from lafs.views.patches import check_view_set
 from lafs.views.render import render_views, to_uint8
 
 _SEED_BOUND = 2**62  # the per-image seed is drawn below this (torch.Generator takes 64-bit seeds)
@@ -48,8 +51,7 @@ class LandmarkViews:
     def __init__(self, cfg: ViewConfig, landmark_set: str) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.landmark_set = get_landmark_set(landmark_set)
-        self.flip_permutation = torch.tensor(self.landmark_set.flip_permutation, dtype=torch.int64)
+        self.landmark_set = check_view_set(cfg, landmark_set)
 
     @property
     def num_landmarks(self) -> int:
@@ -65,7 +67,7 @@ class LandmarkViews:
         """Views of an H x W x 3 uint8 RGB image whose (K, 2) landmarks are in its pixels.
 
         Returns ``global_images`` (2, S, S, 3) uint8, ``global_landmarks`` (2, K, 2) float32, ``global_valid`` (2, K)
-        bool, ``local_images`` (N, S, S, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
+        bool, ``local_images`` (N, s, s, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
         (landmark ids, for position embeddings), ``local_valid`` (N, k) bool.
         """
         image, landmarks, valid = check_face(image, landmarks, valid, self.landmark_set)
@@ -83,8 +85,8 @@ class LandmarkViews:
             torch.tensor(landmarks)[None],
             torch.tensor(valid)[None],
             draws,
-            self.flip_permutation,
-            self.cfg.image_size,
+            self.cfg,
+            self.landmark_set,
         )
         # Channels last, as images are handed around in numpy; collate_views makes batches channels first.
         for key in ("global_images", "local_images"):

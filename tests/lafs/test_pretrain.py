@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lafs.config import load_config
+from lafs.config import config_to_dict, load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import checkpoints
@@ -56,6 +56,35 @@ def test_two_steps_in_process(tmp_path, make_on):
     assert encoder.landmark_set == "mediapipe49"
     assert encoder(torch.zeros(1, 3, 112, 112)).shape == (1, 128)
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
+
+
+# The LAFS paper's DINO baseline: the same engine, views on the regular patch grid, a plain ViT over 8 x 8 patches.
+PATCHES = ("views.kind=patches", "encoder.landmark_set=grid196", "data.landmark_set=grid196")
+
+
+# The renderers' agreement is tested in tests/lafs/views: one of them end to end is enough for every run.
+@pytest.mark.parametrize("make_on", ["accelerator", pytest.param("loader", marks=pytest.mark.slow)])
+def test_patches_pretraining_trains_a_plain_vit(tmp_path, make_on):
+    out = run(tmp_path, "patches", "max_steps=2", f"views.make_on={make_on}", *PATCHES)
+    assert [r["step"] for r in read_log(out)] == [1, 2] and all(0 < loss < 10 for loss in losses(out))
+    encoder = load_encoder(out / "encoder")
+    assert encoder.landmark_set == "grid196" and encoder.template[15].tolist() == [12.0, 12.0]  # patch (1, 1)
+    assert encoder(torch.zeros(1, 3, 112, 112)).shape == (1, 128)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (("views.kind=patches",), "encoder.landmark_set"),  # mediapipe49 is no patch grid
+        (("encoder.landmark_set=grid196", "data.landmark_set=grid196"), "encoder.landmark_set"),  # needs patches
+        ((*PATCHES, "data.landmarks=none"), "data.landmarks"),
+        ((*PATCHES, "data.landmarks=/some/landmark/cache"), "data.landmarks"),  # never read for patches
+        ((*PATCHES, "views.local_size=44"), "views.local_size"),
+        ((*PATCHES, "views.image_size=96"), "views.image_size"),
+    ],
+)
+def test_patches_views_need_a_consistent_set_of_keys(tmp_path, capsys, overrides, key):
+    assert_bad_value_is_one_line(main, [*TINY, *overrides], tmp_path / "run", key, capsys)
 
 
 # Device views are seeded by (step, micro-batch): accumulation over 2 micro-batches replays them on resume too.
@@ -202,3 +231,20 @@ def test_a_planted_pickle_in_the_run_directory_never_runs(tmp_path, capsys):
     assert main([*TINY, f"output_dir={out}", "max_steps=4", "resume=" + str(step)]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert error.startswith("error: ") and "cannot load this checkpoint" in error and not marker.exists()
+
+
+def _dotted(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def test_dino_baseline_config_is_the_lafs_recipe_over_patches():
+    lafs, dino = (
+        _dotted(config_to_dict(load_config(PretrainConfig, ROOT / f"configs/pretrain/{name}_vit_base_webface4m.yaml")))
+        for name in ("lafs", "dino")
+    )
+    changed = {key for key in lafs if lafs[key] != dino[key]}
+    assert changed == {"output_dir", "data.landmarks", "data.landmark_set", "encoder.landmark_set", "views.kind"}
+    assert dino["views.kind"] == "patches" and dino["encoder.landmark_set"] == dino["data.landmark_set"] == "grid196"

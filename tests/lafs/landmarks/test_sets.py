@@ -80,3 +80,34 @@ def test_unknown_set_is_a_config_error():
 def test_shared_arrays_are_read_only():
     with pytest.raises(ValueError):
         get_landmark_set("mediapipe49").template[0, 0] = 1.0
+
+
+def test_grid196_is_the_regular_patch_grid_row_major():
+    grid = get_landmark_set("grid196")
+    assert "grid196" in landmark_set_names() and grid.num_landmarks == 196 and grid.patch_size == 8
+    # id 14 r + c is the centre (8 c + 4, 8 r + 4) of the patch in row r, column c of the 112 crop.
+    np.testing.assert_array_equal(grid.template[[0, 1, 14, 15, 195]], [[4, 4], [12, 4], [4, 12], [12, 12], [108, 108]])
+    assert grid.template.dtype == np.float32 and grid.image_size == 112
+
+
+def test_grid_flip_mirrors_columns():
+    grid = get_landmark_set("grid196")
+    flip = grid.flip_permutation
+    assert flip[0] == 13 and flip[14] == 27 and flip[20] == 21  # row 0, col 0 <-> col 13; row 1, col 6 <-> col 7
+    assert np.array_equal(flip[flip], np.arange(196))
+    # Mirroring the grid (x -> 112 - x) and renaming the slots gives the grid back: no id has a fixed point.
+    mirrored = grid.template[flip].copy()
+    mirrored[:, 0] = 112 - mirrored[:, 0]
+    np.testing.assert_array_equal(mirrored, grid.template)
+    assert not np.any(flip == np.arange(196))
+
+
+def test_grid_set_has_no_mesh_points_and_never_follows_the_face():
+    grid = get_landmark_set("grid196")
+    with pytest.raises(ConfigError, match="'grid196' is the regular grid of 8 x 8 patches") as error:
+        grid.mesh_indices  # noqa: B018 - the property is what is tested
+    assert "\n" not in str(error.value)
+    mesh = np.random.default_rng(0).uniform(0, 224, (468, 2)).astype(np.float32)
+    np.testing.assert_array_equal(grid.points_on(mesh, 224), grid.template * 2)
+    mediapipe = get_landmark_set("mediapipe49")
+    np.testing.assert_array_equal(mediapipe.points_on(mesh, 224), mesh[mediapipe.mesh_indices])

@@ -52,7 +52,8 @@ def test_defaults_are_the_lafs_recipe() -> None:
     cfg = ViewConfig()
     cfg.validate()
     assert (cfg.num_local, cfg.local_landmarks, cfg.jitter_std, cfg.image_size) == (8, 36, 5.0, 112)
-    assert cfg.global_scale == cfg.local_scale == (0.4, 1.0) and cfg.blur_prob == (1.0, 0.1, 0.5)
+    assert cfg.global_scale == cfg.local_crop_scale == (0.4, 1.0) and cfg.blur_prob == (1.0, 0.1, 0.5)
+    assert cfg.kind == "landmarks" and cfg.local_side == cfg.image_size  # LAFS locals: global-sized crops
     ViewConfig(num_local=0, jitter_std=0.0, flip_prob=1.0, global_scale=(1.0, 1.0)).validate()  # edge values are fine
 
 
