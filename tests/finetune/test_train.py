@@ -192,6 +192,7 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
         ("max_steps=-1", "max_steps"),
         ("synthetic.num_identities=0", "synthetic.num_identities"),
         ("synthetic.blur_prob=2", "synthetic.blur_prob"),
+        ("head.partial_fc.sample_rate=0", "head.partial_fc.sample_rate"),
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
@@ -251,6 +252,12 @@ PARTIAL_FC = [
 
 def shard_files(step_dir: Path, processes: int) -> list[dict[str, torch.Tensor]]:
     return [load_file(str(step_dir / f"task_state_0_rank{rank}.safetensors")) for rank in range(processes)]
+
+
+@pytest.mark.parametrize("name", ["intraloss", "cluster"])
+def test_partial_fc_refuses_regularisers_that_read_every_centre(tmp_path, capsys, name):
+    arguments = [*DEMO, *PARTIAL_FC, "head.name=arcface", f"regularisers.{name}.enabled=true"]
+    assert_bad_value_is_one_line(main, arguments, tmp_path / "run", f"regularisers.{name}", capsys)
 
 
 def test_partial_fc_resumed_run_equals_uninterrupted_run(tmp_path):
