@@ -12,6 +12,7 @@ import torch.distributed.nn
 
 if TYPE_CHECKING:
     from finetune.heads import MarginHead
+    from finetune.partial_fc import PartialFC
 
 
 def _same(tensor: torch.Tensor) -> torch.Tensor:
@@ -34,14 +35,19 @@ class Communicator:
 @dataclass
 class LossContext:
     """The tensors of one step. ``V`` embedding views (1 unless a regulariser asks for more), batch ``B``,
-    embedding width ``d``, ``C`` classes, ``K`` landmarks."""
+    embedding width ``d``, ``C`` classes, ``K`` landmarks.
+
+    With Partial FC (`finetune.partial_fc`) ``cosines`` and ``logits`` are this process's pieces, (V, N, S): the
+    whole gathered batch (N rows) against the S classes it sampled; ``head`` holds its shard of the centres, and
+    ``lse`` each row's log-sum-exp over every class (use `log_partition`, which works with both heads).
+    """
 
     features: torch.Tensor  # (B, d) encoder embeddings, before any embedding-level dropout
     embeddings: torch.Tensor  # (V, B, d) the views the margin cross-entropy was computed on
     labels: torch.Tensor  # (B,) int64 hard labels (the dominant label of a mixed image)
     cosines: torch.Tensor  # (V, B, C) cos(theta) of each view to every class centre, clamped, before any margin
     logits: torch.Tensor  # (V, B, C) the margin head's scaled logits (margins applied), as the cross-entropy saw them
-    head: MarginHead  # the class centres (head.weight, C x d) and the scale (head.scale)
+    head: MarginHead | PartialFC  # the class centres (head.weight, C x d, or a shard) and the scale (head.scale)
     epoch: float = 0.0  # fractional epoch: step / steps_per_epoch
     step: int = 0  # optimiser steps taken before this one
     soft_labels: torch.Tensor | None = None  # (B, C) mixup targets, None when the batch was not mixed
@@ -50,6 +56,7 @@ class LossContext:
     reference_landmarks: torch.Tensor | None = None  # (B, K, 2) the frozen reference (cache or frozen predictor)
     image_size: int = 112  # side of the square input, in pixels
     comm: Communicator = field(default_factory=Communicator)
+    lse: torch.Tensor | None = None  # (V, B) log-sum-exp of each row's logits over all classes, from a sharded head
 
     @classmethod
     def from_embeddings(
@@ -66,6 +73,12 @@ class LossContext:
         cosines = head.cosines(embeddings)
         logits = head.logits(cosines, labels, soft_labels, class_margins)
         return cls(features, embeddings, labels, cosines, logits, head, soft_labels=soft_labels, **fields)
+
+    def log_partition(self) -> torch.Tensor:
+        """(V, B) log-sum-exp of each row's scaled logits over every class, in float32 or wider."""
+        if self.lse is not None:
+            return self.lse
+        return torch.logsumexp(self.logits.to(torch.promote_types(self.logits.dtype, torch.float32)), dim=-1)
 
     @property
     def mixed(self) -> bool:

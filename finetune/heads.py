@@ -12,8 +12,8 @@ applies: ``easy`` (no margin for cos <= 0) or ``threshold`` (insightface's CosFa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,18 @@ HEADS.register("combined")((1.0, 0.3, 0.2))  # the ArcFace paper's CM1
 
 
 @dataclass
+class PartialFCConfig:
+    """Partial FC (`finetune.partial_fc`): the class centres sharded across processes, a sampled softmax per step."""
+
+    enabled: bool = False  # off: every process holds every centre (DDP keeps them equal), as the papers train
+    sample_rate: float = 1.0  # share of each process's classes in a step's softmax (positives always); 1 = all
+
+    def validate(self) -> None:
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"head.partial_fc.sample_rate must lie in (0, 1], got {self.sample_rate}")
+
+
+@dataclass
 class HeadConfig:
     name: str = "cosface"  # arcface | cosface | combined; LAFS fine-tunes with CosFace
     scale: float = 64.0  # s, as in every paper this project follows
@@ -38,6 +50,8 @@ class HeadConfig:
     guard: Guard = "threshold"  # insightface's default guard for theta + m2 > pi
     straight_through: bool = False  # True: arcface_torch's gradient (margin applied without autograd)
     interclass_filter: float = 0.0  # > 0: non-target cosines above it become 0 (arcface_torch's filter); 0 = off
+    # Millions of identities: centres sharded across processes (arcface_torch's Partial FC); off by default.
+    partial_fc: PartialFCConfig = field(default_factory=PartialFCConfig)
 
     def validate(self) -> None:
         margins = self.resolved_margins()
@@ -51,14 +65,32 @@ class HeadConfig:
     def resolved_margins(self) -> tuple[float, ...]:
         return tuple(self.margins) if self.margins is not None else HEADS.get(self.name)
 
+    def margin_options(self) -> dict[str, Any]:
+        """The keyword arguments of `Margin` this config sets (both head kinds take them)."""
+        m1, m2, m3 = self.resolved_margins()  # three, as validate checks
+        return {
+            "scale": self.scale,
+            "margins": (m1, m2, m3),
+            "guard": self.guard,
+            "straight_through": self.straight_through,
+            "interclass_filter": self.interclass_filter,
+        }
 
-class MarginHead(nn.Module):
-    """Class centres ``weight`` (C, d). Call: embeddings (..., B, d) and labels (B,) -> scaled logits (..., B, C)."""
+
+def cosine_matrix(embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """cos(theta) (..., B, C) of embeddings (..., B, d) to centres (C, d), clamped to [-1, 1]."""
+    cos = F.normalize(embeddings, dim=-1) @ F.normalize(centres, dim=-1).t()
+    return cos.clamp(-1.0, 1.0)  # fp16 round-off can leave |cos| slightly above 1
+
+
+class Margin(nn.Module):
+    """The margin maths, without centres: ``margin`` (psi of target cosines) and ``logits`` (scaled, margined).
+
+    `MarginHead` adds every class centre; `finetune.partial_fc.PartialFC` a process's shard of them.
+    """
 
     def __init__(
         self,
-        num_classes: int,
-        embed_dim: int,
         scale: float = 64.0,
         margins: tuple[float, float, float] = (1.0, 0.5, 0.0),
         guard: Guard = "threshold",
@@ -66,19 +98,9 @@ class MarginHead(nn.Module):
         interclass_filter: float = 0.0,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim).normal_(0.0, 0.01))
         self.scale = float(scale)
         self.m1, self.m2, self.m3 = (float(m) for m in margins)
         self.guard, self.straight_through, self.interclass_filter = guard, straight_through, interclass_filter
-
-    @property
-    def num_classes(self) -> int:
-        return self.weight.shape[0]
-
-    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """cos(theta) (..., B, C) of embeddings (..., B, d) to every class centre, clamped to [-1, 1]."""
-        cos = F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).t()
-        return cos.clamp(-1.0, 1.0)  # fp16 round-off can leave |cos| slightly above 1
 
     def margin(self, cos: torch.Tensor, m2: float | torch.Tensor | None = None) -> torch.Tensor:
         """psi(theta) for target cosines ``cos`` (any shape); ``m2`` (broadcastable) overrides the head's."""
@@ -122,7 +144,7 @@ class MarginHead(nn.Module):
     ) -> torch.Tensor:
         """Scaled logits (..., B, C) from cosines (..., B, C).
 
-        ``labels`` (B,) int64; -1 leaves a row untouched (Partial-FC's "no positive here"). ``soft_labels``
+        ``labels`` (B,) int64; -1 leaves a row's margin alone (Partial-FC's "no positive here"). ``soft_labels``
         (B, C) spreads the margin in proportion to the label mass (LAFS's mixup CosFace:
         ``cos - m3 * y_soft``). ``class_margins`` (C,) replaces m2 per class (cluster-guided margins).
         """
@@ -131,7 +153,9 @@ class MarginHead(nn.Module):
         if self.interclass_filter > 0:
             with torch.no_grad():
                 dirty = cos > self.interclass_filter
-                dirty.scatter_(-1, labels.clamp(min=0)[..., None], False)
+                # A row's own class is never filtered; a row without one here (-1) has every column filtered.
+                target = torch.zeros_like(dirty).scatter_(-1, labels.clamp(min=0)[..., None], (labels >= 0)[..., None])
+                dirty &= ~target
             cos = cos.masked_fill(dirty, 0.0)
         if soft_labels is not None:
             psi = self.margin(cos, None if class_margins is None else class_margins)
@@ -142,27 +166,49 @@ class MarginHead(nn.Module):
         psi = torch.where(labels >= 0, psi, target)
         return self.scale * cos.scatter(-1, index, psi[..., None])
 
+    def extra_repr(self) -> str:
+        margins = f"m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return f"s={self.scale}, {margins}, guard={self.guard}"
+
+
+class MarginHead(Margin):
+    """Class centres ``weight`` (C, d). Call: embeddings (..., B, d) and labels (B,) -> scaled logits (..., B, C)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        scale: float = 64.0,
+        margins: tuple[float, float, float] = (1.0, 0.5, 0.0),
+        guard: Guard = "threshold",
+        straight_through: bool = False,
+        interclass_filter: float = 0.0,
+    ) -> None:
+        super().__init__(scale, margins, guard, straight_through, interclass_filter)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim).normal_(0.0, 0.01))
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """cos(theta) (..., B, C) of embeddings (..., B, d) to every class centre, clamped to [-1, 1]."""
+        return cosine_matrix(embeddings, self.weight)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scaled, margined logits (..., B, C) for embeddings (..., B, d)."""
         return self.logits(self.cosines(embeddings), labels)
 
     def extra_repr(self) -> str:
-        margins = f"m1={self.m1}, m2={self.m2}, m3={self.m3}"
-        return f"classes={self.num_classes}, dim={self.weight.shape[1]}, s={self.scale}, {margins}, guard={self.guard}"
+        return f"classes={self.num_classes}, dim={self.weight.shape[1]}, {super().extra_repr()}"
 
 
 def build_head(cfg: HeadConfig, num_classes: int, embed_dim: int) -> MarginHead:
-    """The configured head for ``num_classes`` identities (from the dataset) and ``embed_dim`` features."""
-    m1, m2, m3 = cfg.resolved_margins()  # three, as HeadConfig.validate checks
-    return MarginHead(
-        num_classes,
-        embed_dim,
-        scale=cfg.scale,
-        margins=(m1, m2, m3),
-        guard=cfg.guard,
-        straight_through=cfg.straight_through,
-        interclass_filter=cfg.interclass_filter,
-    )
+    """The configured replicated head for ``num_classes`` identities (from the dataset) and ``embed_dim`` features.
+
+    (With ``cfg.partial_fc.enabled``, `finetune.partial_fc.build_partial_fc` builds this process's shard instead.)
+    """
+    return MarginHead(num_classes, embed_dim, **cfg.margin_options())
 
 
 def margin_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor | None) -> torch.Tensor:

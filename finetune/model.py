@@ -1,6 +1,7 @@
 """The model fine-tuning trains: the encoder, where its landmarks come from, and the objective (head + regularisers).
 
-One module, so DDP synchronises the class centres with the encoder. Landmarks come from the batch (a MediaPipe
+One module, so DDP synchronises the replicated class centres with the encoder (Partial FC's shards stay out of it:
+`finetune.objective.Objective` holds them aside). Landmarks come from the batch (a MediaPipe
 cache or the template), or from a trainable landmark predictor placed before the grid_sample tokenizer, through
 which the recognition loss reaches it (LAFS fine-tuning).
 """

@@ -18,23 +18,45 @@ from torch import nn
 
 from finetune.context import Communicator, LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
+from finetune.partial_fc import PartialFC, ShardedScores
 from finetune.regularisers import Regulariser, RegularisersConfig
 from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
 from lafs.schedules import WeightSchedule
 
+# Regularisers that read only this process's rows and each row's log-sum-exp over the classes: they work with
+# sharded centres. The others read every class centre (cluster's alignment, its per-class margins) or every class's
+# cosine (IntraLoss's nearest non-target) on every process.
+WORK_WITH_PARTIAL_FC = frozenset({"unpg", "coreface", "landmark"})
+
 
 class Objective(nn.Module):
-    """The margin head and the regularisers; owns their parameters and state (so checkpoints capture both)."""
+    """The margin head and the regularisers; owns their parameters and state (so checkpoints capture both).
+
+    A `PartialFC` head is held aside, not as a submodule: DDP must not average its shard, the model's checkpoint
+    (the main process's) must not hold it, and gradient clipping must not mix the processes' shard norms. The task
+    places it, trains it and checkpoints it per process.
+    """
+
+    head: MarginHead | PartialFC
 
     def __init__(
-        self, head: MarginHead, regularisers: dict[str, Regulariser], weights: dict[str, WeightSchedule]
+        self, head: MarginHead | PartialFC, regularisers: dict[str, Regulariser], weights: dict[str, WeightSchedule]
     ) -> None:
         super().__init__()
         if set(regularisers) != set(weights):
             raise ValueError("one weight schedule per regulariser")
-        self.head = head
+        if isinstance(head, PartialFC):
+            for name in regularisers:
+                if name not in WORK_WITH_PARTIAL_FC:
+                    raise ConfigError(
+                        f"regularisers.{name} reads every class centre on every process: it cannot run with "
+                        "head.partial_fc.enabled=true (each process holds a shard)"
+                    )
+            self.__dict__["head"] = head  # plain attribute: not registered (see the class docstring)
+        else:
+            self.head = head
         self.regularisers = nn.ModuleDict(regularisers)
         self.weights = weights
         self._checked = False
@@ -70,25 +92,31 @@ class Objective(nn.Module):
             embeddings = views if views is not None else embeddings
             margins = regulariser.class_margins()
             class_margins = margins if class_margins is None else class_margins
-        ctx = LossContext.from_embeddings(
-            self.head,
-            features,
-            embeddings,
-            labels,
-            soft_labels,
-            class_margins,
-            epoch=epoch,
-            step=step,
-            indices=indices,
-            landmarks=landmarks,
-            reference_landmarks=reference_landmarks,
-            image_size=image_size,
-            comm=comm or Communicator(),
-        )
+        fields: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "indices": indices,
+            "landmarks": landmarks,
+            "reference_landmarks": reference_landmarks,
+            "image_size": image_size,
+            "comm": comm or Communicator(),
+        }
+        if isinstance(self.head, PartialFC):  # class_margins: only cluster's, refused with Partial FC
+            scores: ShardedScores = self.head(embeddings, labels, soft_labels, fields["comm"], step)
+            ctx = LossContext(
+                features, embeddings, labels, scores.cosines, scores.logits, self.head,
+                soft_labels=soft_labels, lse=scores.lse, **fields,
+            )  # fmt: skip
+            margin_loss = scores.cross_entropy()
+        else:
+            ctx = LossContext.from_embeddings(
+                self.head, features, embeddings, labels, soft_labels, class_margins, **fields
+            )
+            margin_loss = margin_cross_entropy(ctx.logits, labels, soft_labels)
         if not self._checked:
             self._check_requirements(ctx)
-        terms = {"margin_loss": margin_cross_entropy(ctx.logits, labels, soft_labels)}
-        loss = terms["margin_loss"]
+        terms = {"margin_loss": margin_loss}
+        loss = margin_loss
         for name, weight in self.lambdas(epoch).items():
             if weight == 0:
                 continue
@@ -123,7 +151,7 @@ class Objective(nn.Module):
 
 
 def build_objective(
-    head: MarginHead,
+    head: MarginHead | PartialFC,
     cfg: RegularisersConfig,
     *,
     num_classes: int,

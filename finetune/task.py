@@ -1,9 +1,10 @@
 """Fine-tuning as a task: a (LAFS-pretrained) encoder becomes a face recogniser with a margin head and regularisers.
 
 The model is `FinetuneModel` (encoder, optional trainable landmark predictor, objective with the margin head and the
-regularisers), so DDP synchronises the class centres with the encoder. Each micro-batch is augmented on the device
-(flips and the released LAFS transforms, landmarks moving with the image: `finetune.device_augment`) and maybe mixed.
-The engine (`lafs.engine.fit`) runs the loop.
+regularisers), so DDP synchronises the class centres with the encoder; with ``head.partial_fc`` each process holds a
+shard of them instead (`finetune.partial_fc`), outside the model, trained and checkpointed per process. Each
+micro-batch is augmented on the device (flips and the released LAFS transforms, landmarks moving with the image:
+`finetune.device_augment`) and maybe mixed. The engine (`lafs.engine.fit`) runs the loop.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from torch.utils.data import Dataset
 
 from finetune.context import Communicator, differentiable_gather
 from finetune.device_augment import AugmentConfig, BatchMixup, augment_batch
-from finetune.heads import HeadConfig, build_head
+from finetune.heads import HeadConfig, MarginHead, build_head
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
+from finetune.partial_fc import PartialFC, build_partial_fc
 from finetune.regularisers import RegularisersConfig
 from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
@@ -240,7 +242,14 @@ class FinetuneTask(Task):
         self.used: dict[str, str] = {"encoder": encoder.pretrained_cfg["architecture"]}
         if predictor is not None:
             self.used["predictor_backbone"] = predictor.cfg.backbone
-        head = build_head(cfg.head, dataset.num_classes, encoder.num_features)
+        head: MarginHead | PartialFC
+        if cfg.head.partial_fc.enabled:
+            processes, rank = accelerator.num_processes, accelerator.process_index
+            head = build_partial_fc(
+                cfg.head, dataset.num_classes, encoder.num_features, processes=processes, rank=rank, seed=cfg.seed
+            )
+        else:
+            head = build_head(cfg.head, dataset.num_classes, encoder.num_features)
         self.objective = build_objective(
             head,
             cfg.regularisers,
@@ -256,7 +265,12 @@ class FinetuneTask(Task):
             self.reference = copy.deepcopy(predictor).eval().requires_grad_(False)
         optimizer = build_optimizer(model, cfg.optim, fused=use_fused_adamw(accelerator))
         self.mixup = BatchMixup(cfg.augment, dataset.num_classes) if cfg.augment.mixup_prob > 0 else None
-        return TrainingParts(model, optimizer, [self.reference] if self.reference is not None else [])
+        on_device: list[nn.Module] = [self.reference] if self.reference is not None else []
+        if not isinstance(head, PartialFC):
+            return TrainingParts(model, optimizer, on_device)
+        # The shard lives outside the DDP-wrapped model: trained by the run's optimiser, placed and saved per process.
+        head.add_to(optimizer, cfg.optim.weight_decay)
+        return TrainingParts(model, optimizer, [*on_device, head], checkpointed=[head])
 
     def resolved_config(self) -> FinetuneConfig:
         encoder = dataclasses.replace(self.cfg.encoder, name=self.used["encoder"])
@@ -366,5 +380,7 @@ class FinetuneTask(Task):
         return written
 
     def synced_weights(self) -> nn.Module:
+        """The encoder and the replicated head (Partial FC's shards differ between processes by design)."""
         model = self.run.accelerator.unwrap_model(self.model)
-        return nn.ModuleDict({"encoder": model.encoder, "head": model.objective.head})
+        head = model.objective.head
+        return nn.ModuleDict({"encoder": model.encoder} | ({} if isinstance(head, PartialFC) else {"head": head}))

@@ -10,6 +10,9 @@
     python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
     python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
                                           [--precision ...] [--matmul-size N] [--peak-tflops T] [--out-dim 65536]
+    python -m tools.benchmark partial-fc [...same options; --batch: rows per process...] [--classes 100000 1000000]
+                                          [--dim 32] [--processes 8] [--sample-rate 0.1] [--gpu-dim 512]
+                                          [--gpu-batch 128]
 
 Candidate and reference runs are interleaved (A B A B ...) so shared-machine noise hits both, and the medians are
 compared; on CUDA the device is synchronised around every timed run. One line per figure is printed: candidate,
@@ -49,6 +52,12 @@ Figures:
                                         step seconds) / peak FLOP/s of a large bf16 matmul (fp32 on CPU) (>= 0.40)
               pretrain_mfu              the same for a pretraining step at 2 x K + 8 x 36 tokens (target >= 0.35);
                                         images/s and peak memory of both steps are in the JSON
+  partial-fc  partial_fc_memory_<C>     bytes one process holds for the head (centres, gradient, AdamW moments,
+                                        tensors saved for backward), process 0 of --processes with Partial FC at
+                                        --sample-rate / the replicated head (no target; the encoder is left out)
+              partial_fc_step_<C>       ms of one head step (forward, CE, backward, AdamW), the same two sides
+              partial_fc_gpu_projection_<C>  the memory figure projected to --gpu-dim, --gpu-batch per GPU on
+                                        --processes GPUs, from the bytes per logit measured here (GiB)
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
-from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, training_step
+from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, partial_fc, training_step
 from tools.benchmarks.common import DEFAULT_ENCODER, format_figure
 
 
@@ -126,6 +135,16 @@ def _gpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="use this peak (e.g. a datasheet's) instead")
 
 
+def _partial_fc_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", type=int_in_range(2), nargs="+", default=[100_000, 1_000_000],
+                        help="class counts (default 100000 1000000)")  # fmt: skip
+    parser.add_argument("--dim", type=int_in_range(1), default=32, help="embedding width (default 32: CPU-sized)")
+    parser.add_argument("--processes", type=int_in_range(2), default=8, help="processes sharing the classes (8)")
+    parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC's sampled share (default 0.1)")
+    parser.add_argument("--gpu-dim", type=int_in_range(1), default=512, help="projection: embedding width (512)")
+    parser.add_argument("--gpu-batch", type=int_in_range(1), default=128, help="projection: images per GPU (128)")
+
+
 SUB_COMMANDS: dict[str, SubCommand] = {
     "tokenizer": SubCommand(model_figures.bench_tokenizer, "landmark tokenizer vs timm PatchEmbed; share of step"),
     "evaluation": SubCommand(model_figures.bench_evaluation, "embed_images vs bare inference", _evaluation_options),
@@ -146,6 +165,11 @@ SUB_COMMANDS: dict[str, SubCommand] = {
     ),
     "data": SubCommand(
         data_pipeline.bench_data_pipeline, "loader worker images/s vs bare JPEG decoding; device views", _data_options
+    ),
+    "partial-fc": SubCommand(
+        partial_fc.bench_partial_fc,
+        "Partial FC vs the replicated head: memory per process, step time (--encoder unused)",
+        _partial_fc_options,
     ),
 }
 

@@ -76,22 +76,23 @@ def tukey_keep(values: torch.Tensor, whisker: float) -> torch.Tensor:
 
 
 def unpg_addon(
-    logits: torch.Tensor, negatives: torch.Tensor, scale: float, valid: torch.Tensor | None = None
+    lse: torch.Tensor, negatives: torch.Tensor, scale: float, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Scalar ``mean_i(logaddexp(lse_i, logsumexp(scale * negatives)) - lse_i)`` for logits (B, C), negatives (n,).
+    """Scalar ``mean_i(logaddexp(lse_i, logsumexp(scale * negatives)) - lse_i)`` for negatives (n,) and each row's
+    log-sum-exp ``lse`` (B,) over the class logits (`LossContext.log_partition`: Partial FC's spans processes).
 
     ``valid`` (B,) bool limits the mean to the rows the base CE counts (labels != -1). Zero when n = 0.
     """
     # Half precision in, float32 out (as the base CE); float64 stays float64 so tests can pin values.
-    dtype = torch.promote_types(logits.dtype, torch.float32)
+    dtype = torch.promote_types(lse.dtype, torch.float32)
     if negatives.numel() == 0:
-        return logits.new_zeros((), dtype=dtype)
-    lse = torch.logsumexp(logits.to(dtype), dim=-1)
+        return lse.new_zeros((), dtype=dtype)
+    lse = lse.to(dtype)
     extra = torch.logsumexp(scale * negatives.to(dtype), dim=0)
     gain = torch.logaddexp(lse, extra) - lse
     if valid is not None:
         if not bool(valid.any()):
-            return logits.new_zeros((), dtype=dtype)
+            return lse.new_zeros((), dtype=dtype)
         gain = gain[valid]
     return gain.mean()
 
@@ -104,10 +105,10 @@ class UNPG(Regulariser):
         self.whisker, self.gather, self.mixed_batches = float(whisker), gather, mixed_batches
 
     def forward(self, ctx: LossContext) -> dict[str, torch.Tensor]:
-        """``{"unpg_loss": scalar}`` from ctx.logits[0] (B, C), ctx.embeddings[0] (B, d) and ctx.labels (B,)."""
-        logits = ctx.logits[0]
+        """``{"unpg_loss": scalar}`` from view 0's row log-sum-exp (B,), ctx.embeddings[0] (B, d), ctx.labels (B,)."""
+        lse = ctx.log_partition()[0]
         if ctx.mixed and self.mixed_batches == "skip":
-            return {"unpg_loss": logits.new_zeros((), dtype=torch.promote_types(logits.dtype, torch.float32))}
+            return {"unpg_loss": lse.new_zeros(())}
         embeddings, labels = F.normalize(ctx.embeddings[0], dim=-1), ctx.labels
         if self.gather:
             embeddings, labels = self._gathered(embeddings, labels, ctx)
@@ -116,8 +117,8 @@ class UNPG(Regulariser):
         # Rows labelled -1 are ignored by the hard-label CE, so they must not count here either.
         valid = None if ctx.soft_labels is not None else ctx.labels >= 0
         # The margin loss averages its views (CoReFace makes two); the pairs join view 0's denominator only.
-        views = ctx.logits.shape[0]
-        return {"unpg_loss": unpg_addon(logits, values, ctx.head.scale, valid) / views}
+        views = ctx.embeddings.shape[0]
+        return {"unpg_loss": unpg_addon(lse, values, ctx.head.scale, valid) / views}
 
     @staticmethod
     def _gathered(local: torch.Tensor, labels: torch.Tensor, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor]:

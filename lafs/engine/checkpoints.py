@@ -9,6 +9,11 @@ loads with ``torch.load(weights_only=True)``), plus the run's own state, which a
 ``weights_only=False`` (a crafted checkpoint could then run code): the task's extra modules (EMA teacher, DINO
 centre) as ``task_state.safetensors`` and the train state (step, best score) as ``train_state.json``. Loading shows
 accelerate a view of the folder without any ``custom_checkpoint_*.pkl``, so nothing planted there is unpickled.
+
+accelerate saves the model and the optimiser from the main process only. State that differs between processes (a
+shard of the class centres and its optimiser state, say) belongs to a `ProcessLocal` module: every process writes its
+own ``task_state_<i>_rank<r>.safetensors`` and, on loading, is handed every process's file, so a run resumed on
+another number of processes can re-split it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,41 @@ logger = logging.getLogger("lafs.engine")
 _NAME = re.compile(r"^step_(\d+)$")
 TASK_STATE = "task_state.safetensors"
 TRAIN_STATE = "train_state.json"
+_PROCESS_FILE = re.compile(r"^task_state_(\d+)_rank(\d+)\.safetensors$")
+
+
+class ProcessLocal(nn.Module):
+    """A checkpointed module whose state differs between processes (a shard of the class centres, say).
+
+    Each process saves `process_state` to its own file; `load_process_state` gets every process's file of the
+    checkpoint in process order (any number of them: the run that wrote it may have had another process count).
+    """
+
+    def process_state(self) -> dict[str, torch.Tensor]:
+        """This process's tensors to save (names without dots are safest; any device, any layout)."""
+        raise NotImplementedError
+
+    def load_process_state(self, files: list[Path]) -> None:
+        """Restore this process's state from the saved processes' safetensors ``files`` (rank 0 first)."""
+        raise NotImplementedError
+
+
+def process_file(index: int, rank: int) -> str:
+    """File name of process ``rank``'s state of the ``index``-th checkpointed module."""
+    return f"task_state_{index}_rank{rank}.safetensors"
+
+
+def process_files(path: Path, index: int) -> list[Path]:
+    """Every process's file of the ``index``-th checkpointed module in checkpoint ``path``, rank 0 first."""
+    ranks = {}
+    for file in path.iterdir():
+        match = _PROCESS_FILE.match(file.name)
+        if match and int(match.group(1)) == index:
+            ranks[int(match.group(2))] = file
+    missing = [rank for rank in range(max(ranks, default=0) + 1) if rank not in ranks]
+    if missing:
+        raise DataError(f"{process_file(index, missing[0])} is missing")
+    return [ranks[rank] for rank in range(len(ranks))]
 
 
 class TrainState:
@@ -94,10 +134,15 @@ def save_checkpoint(
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    for i, module in enumerate(modules):
+        if isinstance(module, ProcessLocal):
+            mine = {name: value.detach().cpu().contiguous() for name, value in module.process_state().items()}
+            save_file(mine, str(temporary / process_file(i, accelerator.process_index)))
     if accelerator.is_main_process:
         tensors = {
             f"{i}.{name}": value.detach().cpu().contiguous()
             for i, module in enumerate(modules)
+            if not isinstance(module, ProcessLocal)
             for name, value in module.state_dict().items()
         }
         save_file(tensors, str(temporary / TASK_STATE))
@@ -145,6 +190,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState, mod
         if ours:
             tensors = load_file(str(path / TASK_STATE))
             for i, module in enumerate(modules):
+                if isinstance(module, ProcessLocal):
+                    module.load_process_state(process_files(path, i))
+                    continue
                 prefix = f"{i}."
                 module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             state.load_state_dict(json.loads((path / TRAIN_STATE).read_text()))

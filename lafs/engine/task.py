@@ -38,7 +38,8 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     # Moved to the device but not wrapped or trained by the optimiser (an EMA teacher, a frozen reference).
     on_device: list[nn.Module] = field(default_factory=list)
-    # Modules saved in every checkpoint besides the model and the optimiser (their state as safetensors).
+    # Modules saved in every checkpoint besides the model and the optimiser (their state as safetensors): by the main
+    # process, or by every process for a `lafs.engine.checkpoints.ProcessLocal` (state that differs between them).
     checkpointed: list[nn.Module] = field(default_factory=list)
 
 

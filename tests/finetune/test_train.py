@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,7 @@ def test_init_with_cut_short_weights_is_one_line(tmp_path, capsys, size):
         ("augment.color_jitter=0.6", "augment.color_jitter"),
         ("augment.erasing=2", "augment.erasing"),
         ("augment.randaugment=11", "augment.randaugment"),
+        ("head.partial_fc.sample_rate=0", "head.partial_fc.sample_rate"),
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
@@ -280,3 +282,71 @@ def test_two_processes_with_every_cross_process_regulariser(tmp_path):
     assert hashes[0] == hashes[1]
     log = [r for r in read_log(out) if "loss" in r]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "unpg_loss" in log[0] and "scc_loss" in log[-1]
+
+
+# -- Partial FC ---------------------------------------------------------------------------------------------------
+
+PARTIAL_FC = [
+    "head.name=arcface",
+    "head.partial_fc.enabled=true",
+    "head.partial_fc.sample_rate=0.5",
+    "synthetic.num_identities=63",  # shards of 32 and 31 classes on 2 processes
+    "synthetic.images_per_identity=1",  # a step's 8 images span at most 8 of the 32 sampled: the others are drawn
+]
+
+
+def shard_files(step_dir: Path, processes: int) -> list[dict[str, torch.Tensor]]:
+    return [load_file(str(step_dir / f"task_state_0_rank{rank}.safetensors")) for rank in range(processes)]
+
+
+@pytest.mark.parametrize("name", ["intraloss", "cluster"])
+def test_partial_fc_refuses_regularisers_that_read_every_centre(tmp_path, capsys, name):
+    arguments = [*DEMO, *PARTIAL_FC, "head.name=arcface", f"regularisers.{name}.enabled=true"]
+    assert_bad_value_is_one_line(main, arguments, tmp_path / "run", f"regularisers.{name}", capsys)
+
+
+def test_partial_fc_resumed_run_equals_uninterrupted_run(tmp_path):
+    """The sampled classes replay (seeded by step and micro-batch): 2 + 2 steps end where 4 steps do."""
+    exact = ["deterministic=true", *PARTIAL_FC, "augment.mixup_prob=0.5"]
+    whole = run(tmp_path / "whole", "max_steps=4", "checkpoint_every=100", *exact)
+    part = run(tmp_path / "part", "max_steps=2", "checkpoint_every=2", *exact)
+    run(part, "max_steps=4", "checkpoint_every=100", *exact)
+    a, b = weights(whole / "encoder"), weights(part / "encoder")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (ours,), (theirs,) = (shard_files(out / "checkpoints" / "step_00000004", 1) for out in (part, whole))
+    assert set(ours) == {"weight", "classes", "optimizer.step", "optimizer.exp_avg", "optimizer.exp_avg_sq"}
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not any("head" in name for name in weights(whole / "checkpoints" / "step_00000004"))
+
+
+def test_partial_fc_checkpoint_of_two_processes_resumes_on_one_and_on_two(tmp_path):
+    """gloo: DDP keeps the encoders equal (clipping included) while each process trains its shard; the checkpoint
+    holds both shards and their AdamW state, which a 1-process run reassembles and a 2-process run gets back."""
+    script = "tests/finetune/partial_fc_run.py"
+    arguments = [*DEMO, *PARTIAL_FC, "optim.batch_size=4", "optim.clip_grad=1.0", "augment.mixup_prob=0.5",
+                 "regularisers.unpg.enabled=true"]  # fmt: skip
+    two = tmp_path / "two"
+    launch_two_processes(script, *arguments, f"output_dir={two}", "max_steps=2", "dump_rank_weights=true")
+    assert (two / "weights_rank0.sha256").read_text() == (two / "weights_rank1.sha256").read_text()
+    saved = shard_files(two / "checkpoints" / "step_00000002", 2)
+    assert [s["classes"].tolist() for s in saved] == [[0, 32, 63], [32, 63, 63]]
+    assert all(s["optimizer.step"].item() == 2 for s in saved)
+    keys = ("weight", "optimizer.exp_avg", "optimizer.exp_avg_sq")
+    whole = {key: torch.cat([s[key] for s in saved]) for key in keys}
+
+    one = tmp_path / "one"
+    shutil.copytree(two, one)
+    from tests.finetune.partial_fc_run import main as run_with_dump
+
+    assert run_with_dump([*arguments, f"output_dir={one}", "max_steps=3"]) == 0  # resumes, then trains step 3
+    loaded = load_file(str(one / "loaded_rank0.safetensors"))
+    assert loaded["classes"].tolist() == [0, 63, 63] and loaded["optimizer.step"].item() == 2
+    assert all(torch.equal(loaded[key], whole[key]) for key in keys)
+    assert [r["step"] for r in read_log(one) if "loss" in r][-1] == 3
+
+    again = tmp_path / "again"
+    shutil.copytree(two, again)
+    launch_two_processes(script, *arguments, f"output_dir={again}", "max_steps=2")  # resume only: nothing to train
+    for rank, shard in enumerate(saved):
+        loaded = load_file(str(again / f"loaded_rank{rank}.safetensors"))
+        assert set(loaded) == set(shard) and all(torch.equal(loaded[key], shard[key]) for key in shard)

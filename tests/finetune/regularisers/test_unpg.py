@@ -117,13 +117,13 @@ def test_hand_example_scale_32() -> None:
     base = F.cross_entropy(logits, labels)
     assert base.item() == pytest.approx(0.025378, abs=5e-7)
     aux = torch.tensor([0.05, 0.1], dtype=torch.float64)
-    total = base + unpg_addon(logits, aux, head.scale)
+    total = base + unpg_addon(torch.logsumexp(logits, -1), aux, head.scale)
     # The spec's 0.025429 is the exact 0.02542845067 rounded up, hence the 1e-6 tolerance.
     assert total.item() == pytest.approx(0.025429, abs=1e-6)
     # At s = 64 the aux logits are negligible (~2e-9).
     head.scale = 64.0
     logits = head.logits(cos, labels)
-    assert 0 < unpg_addon(logits, aux, 64.0).item() < 1e-8
+    assert 0 < unpg_addon(torch.logsumexp(logits, -1), aux, 64.0).item() < 1e-8
 
 
 def test_never_below_base_and_zero_without_pairs() -> None:
@@ -157,7 +157,7 @@ def test_gradient_pushes_kept_negatives_apart() -> None:
     keep = tukey_keep(values, 0.0)  # k = 0 drops some pairs, so both cases are exercised
     assert 0 < keep.sum() < values.numel()
     logits = torch.randn(5, 4, dtype=torch.float64)
-    unpg_addon(logits, values[keep], 8.0).backward()
+    unpg_addon(torch.logsumexp(logits, -1), values[keep], 8.0).backward()
     grad = similarity.grad
     rows, cols = torch.triu_indices(5, 5, offset=1)
     different = labels[rows] != labels[cols]
@@ -291,7 +291,7 @@ def test_gather_uses_every_process_pairs() -> None:
     loss = UNPG(gather=True)(ctx)["unpg_loss"]
     values = negative_pairs(xn @ xn.t(), labels)
     values = values[tukey_keep(values, 1.5)]
-    torch.testing.assert_close(loss, unpg_addon(ctx.logits[0], values, head.scale))
+    torch.testing.assert_close(loss, unpg_addon(ctx.log_partition()[0], values, head.scale))
     bad = Communicator(gather_with_grad=lambda t: t + 1)
     with pytest.raises(ConfigError):
         UNPG(gather=True)(make_ctx(x[:4], labels[:4], head, comm=bad))

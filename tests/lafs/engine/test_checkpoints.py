@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from lafs.engine.checkpoints import (
     TASK_STATE,
+    ProcessLocal,
     TrainState,
     checkpoints,
     load_checkpoint,
@@ -131,3 +133,35 @@ def test_a_step_folder_it_did_not_write_is_never_removed(tmp_path):
     with pytest.raises(DataError, match="not written by this program"):
         save_checkpoint(accelerator, folder, state, [extra], keep=1)
     assert sorted(p.name for p in (folder / "step_00000004").iterdir()) == ["notes.txt"]
+
+
+class RankState(ProcessLocal):
+    """State that differs between processes; loading keeps every process's value it is handed."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = torch.tensor([value])
+        self.files: list[Path] = []
+
+    def process_state(self) -> dict[str, torch.Tensor]:
+        return {"value": self.value}
+
+    def load_process_state(self, files: list[Path]) -> None:
+        self.files = files
+        self.value = torch.cat([load_file(str(file))["value"] for file in files])
+
+
+def test_process_local_state_is_saved_by_every_process_and_handed_back_whole(tmp_path):
+    accelerator, _, state, extra, folder = setup(tmp_path)
+    state.step = 2
+    path = save_checkpoint(accelerator, folder, state, [extra, RankState(3.0)], keep=2)
+    assert sorted(load_file(str(path / TASK_STATE))) == ["0.bias", "0.weight"]  # not in the main process's file
+    # What the second process of a 2-process run would have written beside this process's file.
+    save_file({"value": torch.tensor([5.0])}, str(path / "task_state_1_rank1.safetensors"))
+    restored = RankState(0.0)
+    load_checkpoint(accelerator, path, TrainState(), [extra, restored])
+    assert restored.files == [path / "task_state_1_rank0.safetensors", path / "task_state_1_rank1.safetensors"]
+    assert restored.value.tolist() == [3.0, 5.0]
+    (path / "task_state_1_rank0.safetensors").unlink()
+    with pytest.raises(DataError, match=r"cannot load this checkpoint: task_state_1_rank0\.safetensors is missing$"):
+        load_checkpoint(accelerator, path, TrainState(), [extra, RankState(0.0)])
