@@ -179,10 +179,10 @@ class WeightSchedule:
     def describe(self) -> str:
         """The epoch-valued fields of this kind, for a log line (``start_epoch 7``, ``boundaries [8, 14]``)."""
         if self.kind == "piecewise":
-            return "boundaries [" + ", ".join(f"{b:g}" for b in self.boundaries) + "]"
+            return "boundaries [" + ", ".join(f"{b:.4g}" for b in self.boundaries) + "]"
         if self.kind == "warmup":
-            return f"start_epoch {self.start_epoch:g}, warmup_epochs {self.warmup_epochs:g}"
-        return f"start_epoch {self.start_epoch:g}" if self.kind == "start_at" else "constant"
+            return f"start_epoch {self.start_epoch:.4g}, warmup_epochs {self.warmup_epochs:.4g}"
+        return f"start_epoch {self.start_epoch:.4g}" if self.kind == "start_at" else "constant"
 
 
 def _constant(s: WeightSchedule, epoch: float) -> float:

@@ -315,6 +315,7 @@ def test_ema_update_rejects_mismatches_and_trainable_teachers():
 # has used torch's CPU thread pool.
 WORKER = """
 import importlib.util
+import sys
 from datetime import timedelta
 
 import torch
@@ -324,6 +325,7 @@ import torch.distributed as dist
 def run(rank, world, dino_path, init_file, out_dir, teachers, views):
     spec = importlib.util.spec_from_file_location("_lafs_dino_under_test", dino_path)
     dino = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = dino  # registered before it runs, as importlib does: its dataclasses look it up
     spec.loader.exec_module(dino)
     dist.init_process_group(
         "gloo", init_method="file://" + init_file, rank=rank, world_size=world, timeout=timedelta(seconds=60)
