@@ -8,6 +8,7 @@
                                           [--precision auto|fp32|bf16]
     python -m tools.benchmark finetune-step [...same options...] [--classes 1000] [--precision auto|fp32|bf16]
     python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
+    python -m tools.benchmark token-geometry [...same options; --repeats: batches of views...] [--landmarks CACHE]
     python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
                                           [--precision ...] [--matmul-size N] [--peak-tflops T] [--out-dim 65536]
 
@@ -49,6 +50,10 @@ Figures:
                                         step seconds) / peak FLOP/s of a large bf16 matmul (fp32 on CPU) (>= 0.40)
               pretrain_mfu              the same for a pretraining step at 2 x K + 8 x 36 tokens (target >= 0.35);
                                         images/s and peak memory of both steps are in the JSON
+  token-geometry {global,local}_{coverage,overlap,on_view}_{fit}  the pretraining views' tokens under each
+                                        encoder.landmark_fit (candidate) against none (reference): share of the view
+                                        covered by patches, mean patches per covered pixel, share of token centres on
+                                        the view (no targets; views from the template, or a landmark cache)
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
-from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, training_step
+from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, token_geometry, training_step
 from tools.benchmarks.common import DEFAULT_ENCODER, format_figure
 
 
@@ -93,6 +98,10 @@ def _landmarks_options(parser: argparse.ArgumentParser) -> None:
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int_in_range(1), default=128, help="synthetic JPEG faces (default 128)")
     parser.add_argument("--num-local", type=int_in_range(0), default=8, help="local views (default 8, LAFS)")
+
+
+def _token_geometry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--landmarks", type=Path, default=None, help="a landmark cache (default: the template)")
 
 
 def _precision_option(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +155,9 @@ SUB_COMMANDS: dict[str, SubCommand] = {
     ),
     "data": SubCommand(
         data_pipeline.bench_data_pipeline, "loader worker images/s vs bare JPEG decoding; device views", _data_options
+    ),
+    "token-geometry": SubCommand(
+        token_geometry.bench_token_geometry, "patch coverage of the views per landmark_fit", _token_geometry_options
     ),
 }
 

@@ -212,11 +212,16 @@ class PretrainTask(Task):
             seed = view_seed(self.cfg.seed, accelerator.process_index, step, self.micro_batch)
             batch = self.device_views(batch, torch.Generator(accelerator.device).manual_seed(seed))
         self.micro_batch += 1
-        globals_ = {"global_images": _pixels(batch["global_images"]), "global_landmarks": batch["global_landmarks"]}
+        globals_ = {
+            "global_images": _pixels(batch["global_images"]),
+            "global_landmarks": batch["global_landmarks"],
+            "global_valid": batch["global_valid"],
+        }
         locals_ = {
             "local_images": _pixels(batch["local_images"]),
             "local_landmarks": batch["local_landmarks"],
             "local_ids": batch["local_ids"],
+            "local_valid": batch["local_valid"],
         }
         assert self.model is not None
         student_out = self.model(**globals_, **locals_)
