@@ -8,7 +8,7 @@
                                           [--precision auto|fp32|bf16]
     python -m tools.benchmark finetune-step [...same options...] [--classes 1000] [--precision auto|fp32|bf16]
     python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
-    python -m tools.benchmark token-geometry [...same options; --repeats: batches of views...] [--landmarks CACHE]
+    python -m tools.benchmark token-geometry [...same options...] [--landmarks CACHE]
     python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
                                           [--precision ...] [--matmul-size N] [--peak-tflops T] [--out-dim 65536]
 
@@ -54,6 +54,8 @@ Figures:
                                         encoder.landmark_fit (candidate) against none (reference): share of the view
                                         covered by patches, mean patches per covered pixel, share of token centres on
                                         the view (no targets; views from the template, or a landmark cache)
+              attention_mask_cost       encoder forward + backward with the off-view tokens' attention mask / the
+                                        same without a mask (no target)
 """
 
 from __future__ import annotations

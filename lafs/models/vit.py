@@ -44,7 +44,8 @@ class LandmarkViT(VisionTransformer):
     embedding (batch, dim) (or logits if a classifier was attached). Without landmarks the template of the
     landmark set is used, which is right for faces aligned to the ArcFace template. ``landmark_fit`` says where
     tokens sample (`lafs.models.token_geometry`): ``none`` at the landmarks as given, ``minmax`` after the released
-    LAFS per-image rescaling. Tokens that are invalid, or centred off the image, are never attended to.
+    LAFS per-image rescaling (``minmax_axes``: per axis). Tokens invalid in the data, or (with ``none``) centred off
+    the image, are never attended to.
     """
 
     # Narrower than VisionTransformer's Optional: the class token and the position table are always on

@@ -12,7 +12,11 @@ globals of K tokens, the N locals of k ids), with the token centres where the en
 
 Duplicated local ids count once per token, as the encoder sees them. Figures compare each fit (candidate) with
 ``none`` (reference), for coverage, overlap and the on-view share (1 - off_view); every value is in the JSON.
-``--repeats`` is the number of batches of views drawn; ``--warmup`` is unused (nothing is timed).
+``--repeats`` batches of views are drawn.
+
+One timed figure, ``attention_mask_cost``: the encoder's forward + backward (bf16 autocast on CUDA) on a batch of
+global views with the attention mask their off-view tokens get under ``none``, against the same tokens with no mask
+(the path every-token-valid inputs take: no ``attn_mask`` argument, attention's fastest kernel).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from lafs.landmarks.cache import LandmarkCache
 from lafs.landmarks.sets import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.token_geometry import LANDMARK_FITS, LandmarkFit, fit_landmarks
+from lafs.models.vit import LandmarkViT
 from lafs.views import ViewConfig, draw_views, view_landmarks
-from tools.benchmarks.common import DEFAULT_ENCODER, figure, resolve_device, result
+from tools.benchmarks.common import DEFAULT_ENCODER, figure, random_images, resolve_device, result, time_side_by_side
 
 METRICS = ("coverage", "overlap", "off_view")
 
@@ -85,6 +90,27 @@ def face_landmarks(
     return torch.from_numpy(np.asarray(cache.landmarks[chosen], dtype=np.float32)), int(cache.info.image_size)
 
 
+def mask_cost(
+    model: LandmarkViT, landmarks: torch.Tensor, repeats: int, warmup: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Median seconds of the encoder's forward + backward over landmarks (batch, K, 2) with their in-view mask and
+    without any mask, and the share of tokens the mask drops."""
+    model = model.to(device).train()
+    images = random_images(len(landmarks), device)
+    keys = model.embed_tokens(images, landmarks)[1]
+    dropped = 0.0 if keys is None else 1.0 - keys[:, 1:].float().mean().item()
+
+    def step(masked: bool) -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            tokens, keys = model.embed_tokens(images, landmarks)
+            out = model.norm(model.run_blocks(tokens, keys if masked else None))
+        out[:, 0].float().square().mean().backward()
+
+    masked, unmasked = time_side_by_side(lambda: step(True), lambda: step(False), repeats, warmup, device)
+    return masked, unmasked, dropped
+
+
 def bench_token_geometry(
     encoder: str = DEFAULT_ENCODER,
     batch: int = 32,
@@ -129,6 +155,9 @@ def bench_token_geometry(
                 figure(f"{kind}_overlap_{fit}", ours["overlap"], none["overlap"], "per pixel", None, False),
                 figure(f"{kind}_on_view_{fit}", 1 - ours["off_view"], 1 - none["off_view"], "of tokens", None, True),
             ]
+    masked, unmasked, dropped = mask_cost(model, views["global_landmarks"][:, 0], repeats, warmup, dev)
+    figures.append(figure("attention_mask_cost", masked * 1e3, unmasked * 1e3, "ms", None, False))
     source = str(landmarks) if landmarks is not None else f"{landmark_set.name} template"
-    extras = {"landmarks": source, "views": {"num_local": cfg.num_local, "local_landmarks": cfg.local_landmarks}}
+    extras: dict[str, Any] = {"landmarks": source, "timed_tokens_masked": dropped}
+    extras["views"] = {"num_local": cfg.num_local, "local_landmarks": cfg.local_landmarks}
     return result("token-geometry", encoder, batch, repeats, warmup, dev, figures, **extras, options=options)

@@ -42,7 +42,7 @@ def _names() -> set[str]:
         for kind in ("global", "local")
         for metric in ("coverage", "overlap", "on_view")
         for fit in ("minmax", "minmax_axes")
-    }
+    } | {"attention_mask_cost"}
 
 
 def test_sub_command_on_the_template(tmp_path: Path) -> None:
@@ -56,6 +56,7 @@ def test_sub_command_on_the_template(tmp_path: Path) -> None:
             assert 0 < values["coverage"] <= 1 and values["overlap"] >= 1 and 0 <= values["off_view"] < 1, fit
     # Min-max puts every centre on the crop but the lowest coordinate, at -0.5 (the released range).
     assert result["options"]["minmax"]["global"]["off_view"] < 2 / 196 < result["options"]["none"]["global"]["off_view"]
+    assert 0 < result["timed_tokens_masked"] < 1
 
 
 def test_sub_command_on_a_landmark_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
