@@ -8,6 +8,7 @@
                                           [--precision auto|fp32|bf16]
     python -m tools.benchmark finetune-step [...same options...] [--classes 1000] [--precision auto|fp32|bf16]
     python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
+    python -m tools.benchmark token-geometry [...same options...] [--landmarks CACHE]
     python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
                                           [--precision ...] [--matmul-size N] [--peak-tflops T] [--out-dim 65536]
     python -m tools.benchmark partial-fc [...same options; --batch: rows per process...] [--classes 100000 1000000]
@@ -58,6 +59,12 @@ Figures:
               partial_fc_step_<C>       ms of one head step (forward, CE, backward, AdamW), the same two sides
               partial_fc_gpu_projection_<C>  the memory figure projected to --gpu-dim, --gpu-batch per GPU on
                                         --processes GPUs, from the bytes per logit measured here (GiB)
+  token-geometry {global,local}_{coverage,overlap,on_view}_{fit}  the pretraining views' tokens under each
+                                        encoder.landmark_fit (candidate) against none (reference): share of the view
+                                        covered by patches, mean patches per covered pixel, share of token centres on
+                                        the view (no targets; views from the template, or a landmark cache)
+              attention_mask_cost       encoder forward + backward with the off-view tokens' attention mask / the
+                                        same without a mask (no target)
 """
 
 from __future__ import annotations
@@ -72,7 +79,15 @@ from pathlib import Path
 from typing import Any
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
-from tools.benchmarks import data_pipeline, gpu, landmark_extraction, model_figures, partial_fc, training_step
+from tools.benchmarks import (
+    data_pipeline,
+    gpu,
+    landmark_extraction,
+    model_figures,
+    partial_fc,
+    token_geometry,
+    training_step,
+)
 from tools.benchmarks.common import DEFAULT_ENCODER, format_figure
 
 
@@ -102,6 +117,10 @@ def _landmarks_options(parser: argparse.ArgumentParser) -> None:
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int_in_range(1), default=128, help="synthetic JPEG faces (default 128)")
     parser.add_argument("--num-local", type=int_in_range(0), default=8, help="local views (default 8, LAFS)")
+
+
+def _token_geometry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--landmarks", type=Path, default=None, help="a landmark cache (default: the template)")
 
 
 def _precision_option(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +189,9 @@ SUB_COMMANDS: dict[str, SubCommand] = {
         partial_fc.bench_partial_fc,
         "Partial FC vs the replicated head: memory per process, step time (--encoder unused)",
         _partial_fc_options,
+    ),
+    "token-geometry": SubCommand(
+        token_geometry.bench_token_geometry, "patch coverage of the views per landmark_fit", _token_geometry_options
     ),
 }
 

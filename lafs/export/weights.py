@@ -48,6 +48,7 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
             "embed_dim": model.embed_dim,
             "depth": len(model.blocks),
             "num_heads": block_dims(model)[0],
+            "landmark_fit": model.landmark_fit,
         },
         "input_size": list(cfg["input_size"]),
         "mean": list(cfg["mean"]),
@@ -108,12 +109,14 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
     """
     config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
     _check_architecture(folder, config)
+    # Encoders exported before landmark_fit existed sampled at the landmarks as given.
+    model_args = {"landmark_fit": "none", **config["model_args"]}
     try:
         model = timm.create_model(
             config["architecture"],
             pretrained=True,
             pretrained_cfg_overlay={"file": str(weights)},
-            **config["model_args"],
+            **model_args,
             **overrides,
         )
     except (SafetensorError, OSError) as exc:  # an empty or truncated file, or one that cannot be read
@@ -121,6 +124,8 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkVi
         raise DataError(f"{weights}: unreadable weights (truncated or not safetensors: {problem})") from None
     except (RuntimeError, KeyError, TypeError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # a model argument the encoder refuses (an unknown landmark_fit)
+        raise DataError(f"{folder}: config.json: {str(exc).splitlines()[0]}") from None
     encoder = cast(LandmarkViT, model)  # _check_architecture admits only the registered LandmarkViT sizes
     for key, actual in (("landmark_set", encoder.landmark_set), ("num_features", encoder.num_features)):
         if config.get(key, actual) != actual:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lafs.errors import ConfigError
+from lafs.models.token_geometry import LandmarkFit
 from lafs.models.tokenizer import LandmarkPatchEmbed
 from lafs.models.vit import LandmarkViT
 from lafs.registry import ENCODERS
@@ -15,6 +16,10 @@ class EncoderConfig:
     name: str = "lafs_vit_nano_p8_112"  # registered size; nano keeps CPU runs to minutes
     landmark_set: str = "mediapipe196"  # K = 196, the token count LAFS uses
     drop_path_rate: float = 0.0  # stochastic depth; LAFS pretraining uses 0.1 at ViT-B scale
+    # Where tokens sample, inside the model (pretraining, fine-tuning, evaluation and export agree): minmax = the
+    # released LAFS rescaling of each image's landmarks over the crop, none = the points as given. minmax_axes
+    # rescales x and y separately (not released). "none" until a measurement picks the default.
+    landmark_fit: LandmarkFit = "none"
 
     def require_landmark_set(self, data_landmark_set: str) -> None:
         """Raise `ConfigError` unless the encoder embeds the landmark set the data carries."""
@@ -27,7 +32,9 @@ class EncoderConfig:
 
 def build_encoder(cfg: EncoderConfig) -> LandmarkViT:
     """An untrained encoder of the configured size (unknown names are a one-line ConfigError)."""
-    return ENCODERS.get(cfg.name)(landmark_set=cfg.landmark_set, drop_path_rate=cfg.drop_path_rate)
+    return ENCODERS.get(cfg.name)(
+        landmark_set=cfg.landmark_set, drop_path_rate=cfg.drop_path_rate, landmark_fit=cfg.landmark_fit
+    )
 
 
-__all__ = ["EncoderConfig", "LandmarkPatchEmbed", "LandmarkViT", "build_encoder"]
+__all__ = ["EncoderConfig", "LandmarkFit", "LandmarkPatchEmbed", "LandmarkViT", "build_encoder"]

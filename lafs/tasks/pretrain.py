@@ -116,6 +116,11 @@ class PretrainConfig(RunConfig):
                     f"data.landmarks must be template with views.kind=patches (its tokens sit on each view's patch "
                     f"grid, whatever the face's landmarks), got {self.data.landmarks}"
                 )
+            if self.encoder.landmark_fit != "none":  # rescaling the grid's 4..108 span would move tokens off patches
+                raise ConfigError(
+                    f"encoder.landmark_fit must be none with views.kind=patches (the grid already tiles the view), "
+                    f"got {self.encoder.landmark_fit}"
+                )
         elif self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
 
@@ -245,11 +250,16 @@ class PretrainTask(Task):
             seed = view_seed(self.cfg.seed, accelerator.process_index, step, self.micro_batch)
             batch = self.device_views(batch, torch.Generator(accelerator.device).manual_seed(seed))
         self.micro_batch += 1
-        globals_ = {"global_images": _pixels(batch["global_images"]), "global_landmarks": batch["global_landmarks"]}
+        globals_ = {
+            "global_images": _pixels(batch["global_images"]),
+            "global_landmarks": batch["global_landmarks"],
+            "global_valid": batch["global_valid"],
+        }
         locals_ = {
             "local_images": _pixels(batch["local_images"]),
             "local_landmarks": batch["local_landmarks"],
             "local_ids": batch["local_ids"],
+            "local_valid": batch["local_valid"],
         }
         assert self.model is not None
         student_out = self.model(**globals_, **locals_)

@@ -52,8 +52,9 @@ def collate_views(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]
     """Stack `PretrainViews` items into a batch dict.
 
     ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, S, S) stay uint8 (channels first);
-    ``global_landmarks`` (B, 2, K, 2) float32, ``global_valid`` (B, 2, K) bool, ``local_landmarks`` (B, N, k, 2),
-    ``local_ids`` (B, N, k) int64, ``local_valid`` (B, N, k) bool, ``label`` and ``index`` (B,) int64.
+    ``global_landmarks`` (B, 2, K, 2) float32, ``global_valid`` (B, 2, K) bool, ``local_landmarks`` (B, N, K, 2)
+    (each local view's full set), ``local_ids`` (B, N, k) int64, ``local_valid`` (B, N, K) bool, ``label`` and
+    ``index`` (B,) int64.
     """
     if not items:
         raise ValueError("cannot collate an empty batch")

@@ -40,8 +40,8 @@ class DeviceViews:
         ``label`` and ``index`` (B,), all on one device (``lafs.data.collate.collate_faces`` of the base items).
 
         Returns ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, N, 3, s, s) as float normalised to
-        [-1, 1], ``global_landmarks`` (B, 2, K, 2), ``global_valid`` (B, 2, K), ``local_landmarks`` (B, N, k, 2),
-        ``local_ids`` (B, N, k), ``local_valid`` (B, N, k), and the batch's ``label`` and ``index``.
+        [-1, 1], ``global_landmarks`` (B, 2, K, 2), ``global_valid`` (B, 2, K), ``local_landmarks`` (B, N, K, 2),
+        ``local_ids`` (B, N, k), ``local_valid`` (B, N, K), and the batch's ``label`` and ``index``.
         """
         landmarks = batch["landmarks"]
         valid = batch.get("landmark_valid")

@@ -64,9 +64,11 @@ def local_grid_ids(side: int, local_side: int, patch: int) -> torch.Tensor:
 def grid_view_landmarks(draws: ViewDraws, landmark_set: LandmarkSet, local_side: int) -> dict[str, torch.Tensor]:
     """The landmark outputs of patches views, in `lafs.views.render.view_landmarks`' layout, on the draws' device.
 
-    Only the draws' shapes matter: ``global_landmarks`` (B, 2, K, 2) are the set's grid (its template),
-    ``local_landmarks`` (B, N, m * m, 2) the patch centres of the ``local_side`` view, ``local_ids`` (B, N, m * m)
-    their nearest global ids (`local_grid_ids`); every token is valid (``*_valid`` all true).
+    Only the draws' shapes matter: ``global_landmarks`` (B, 2, K, 2) are the set's grid (its template);
+    ``local_landmarks`` (B, N, K, 2) is each local view's full K-array, as for landmark views (the encoder gathers
+    ``local_ids`` (B, N, m * m) from it): entry ``local_ids[j]`` holds the centre of the ``local_side`` view's patch
+    j, the other entries the global grid scaled into the view; ids are the nearest global ids (`local_grid_ids`).
+    Every token is valid (``*_valid`` all true).
     """
     patch = landmark_set.patch_size
     if patch is None:
@@ -76,15 +78,13 @@ def grid_view_landmarks(draws: ViewDraws, landmark_set: LandmarkSet, local_side:
     num_local = views - NUM_GLOBAL
     grid = torch.tensor(landmark_set.template, dtype=dtype, device=device)  # (K, 2)
     ids = local_grid_ids(landmark_set.image_size, local_side, patch).to(device)
-    # Where the model takes each local view's full K-array and gathers the ids from it (branch geometry's contract),
-    # entry ids[j] must hold token j's centre; the rest can be the global grid scaled into the view, all valid:
-    #   full = (grid * local_side / landmark_set.image_size).index_copy(0, ids, local)  -> (B, N, K, 2)
-    local = torch.tensor(patch_centres(local_side, patch), dtype=dtype, device=device)  # (k, 2) = full[ids]
-    k = len(ids)
+    local = torch.tensor(patch_centres(local_side, patch), dtype=dtype, device=device)  # (k, 2): the tokens
+    full = (grid * local_side / landmark_set.image_size).index_copy(0, ids, local)  # (K, 2), full[ids] = local
+    valid = torch.ones((batch, views, len(grid)), dtype=torch.bool, device=device)
     return {
         "global_landmarks": grid.repeat(batch, NUM_GLOBAL, 1, 1),
-        "global_valid": torch.ones((batch, NUM_GLOBAL, len(grid)), dtype=torch.bool, device=device),
-        "local_landmarks": local.repeat(batch, num_local, 1, 1),
+        "global_valid": valid[:, :NUM_GLOBAL],
+        "local_landmarks": full.repeat(batch, num_local, 1, 1),
         "local_ids": ids.repeat(batch, num_local, 1),
-        "local_valid": torch.ones((batch, num_local, k), dtype=torch.bool, device=device),
+        "local_valid": valid[:, NUM_GLOBAL:],
     }

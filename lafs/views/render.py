@@ -62,19 +62,19 @@ def view_landmarks(
 ) -> dict[str, torch.Tensor]:
     """The landmark outputs of the views of images with landmarks (B, K, 2) and mask (B, K).
 
-    Moved by each view's map (sides swapped on mirrored views), jittered, then gathered at the local ids: a repeated
-    id repeats the same jittered point. Returns ``global_landmarks`` (B, 2, K, 2), ``global_valid`` (B, 2, K),
-    ``local_landmarks`` (B, N, k, 2), ``local_ids`` (B, N, k) and ``local_valid`` (B, N, k).
+    Moved by each view's map (sides swapped on mirrored views), then jittered. Every view keeps its full set of K
+    points, local views too: the encoder fits its token geometry over a view's whole set before it takes the view's
+    ids (a repeated id repeats the same jittered point). Returns ``global_landmarks`` (B, 2, K, 2), ``global_valid``
+    (B, 2, K), ``local_landmarks`` (B, N, K, 2), ``local_valid`` (B, N, K) and ``local_ids`` (B, N, k).
     """
     points, mask = map_landmarks(draws.maps, landmarks, valid, permutation)
     points = points + draws.jitter
-    ids = draws.local_ids
     return {
         "global_landmarks": points[:, :NUM_GLOBAL],
         "global_valid": mask[:, :NUM_GLOBAL],
-        "local_landmarks": torch.gather(points[:, NUM_GLOBAL:], 2, ids[..., None].expand(-1, -1, -1, 2)),
-        "local_ids": ids,
-        "local_valid": torch.gather(mask[:, NUM_GLOBAL:], 2, ids),
+        "local_landmarks": points[:, NUM_GLOBAL:],
+        "local_ids": draws.local_ids,
+        "local_valid": mask[:, NUM_GLOBAL:],
     }
 
 

@@ -4,8 +4,9 @@ Per image (arXiv 2403.08161; ``spec/losses.md`` §5): 2 *global* views carrying 
 carrying k landmark ids drawn uniformly with replacement. Local views are local because of their landmark subset,
 not because they are small crops: both kinds use RandomResizedCrop to the output size with scale (0.4, 1) and ratio
 (3/4, 4/3), then a horizontal flip with p = 0.5 that swaps left/right landmark ids (`lafs.views.geometry`). Gaussian
-landmark jitter (std ``jitter_std`` view pixels per coordinate) is added to every view's landmarks before the local
-subsets are gathered. Photometry is DINO's recipe (`lafs.views.photometric`) and never touches landmarks. That is
+landmark jitter (std ``jitter_std`` view pixels per coordinate) is added to every view's landmarks; a local view
+keeps all K jittered points and the encoder gathers its k ids (after fitting its token geometry to the K).
+Photometry is DINO's recipe (`lafs.views.photometric`) and never touches landmarks. That is
 ``views.kind=landmarks``; ``patches`` views (the DINO baseline) put each view's tokens on its patch grid instead
 (`lafs.views.patches`).
 
@@ -67,8 +68,8 @@ class LandmarkViews:
         """Views of an H x W x 3 uint8 RGB image whose (K, 2) landmarks are in its pixels.
 
         Returns ``global_images`` (2, S, S, 3) uint8, ``global_landmarks`` (2, K, 2) float32, ``global_valid`` (2, K)
-        bool, ``local_images`` (N, s, s, 3) uint8, ``local_landmarks`` (N, k, 2) float32, ``local_ids`` (N, k) int64
-        (landmark ids, for position embeddings), ``local_valid`` (N, k) bool.
+        bool, ``local_images`` (N, s, s, 3) uint8, ``local_landmarks`` (N, K, 2) float32 (each local view's full
+        set), ``local_ids`` (N, k) int64 (the ids of its tokens), ``local_valid`` (N, K) bool.
         """
         image, landmarks, valid = check_face(image, landmarks, valid, self.landmark_set)
         generator = torch.Generator().manual_seed(int(rng.integers(_SEED_BOUND)))

@@ -81,6 +81,7 @@ def test_patches_pretraining_trains_a_plain_vit(tmp_path, make_on):
         ((*PATCHES, "data.landmarks=/some/landmark/cache"), "data.landmarks"),  # never read for patches
         ((*PATCHES, "views.local_size=44"), "views.local_size"),
         ((*PATCHES, "views.image_size=96"), "views.image_size"),
+        ((*PATCHES, "encoder.landmark_fit=minmax"), "encoder.landmark_fit"),  # would move tokens off the patches
     ],
 )
 def test_patches_views_need_a_consistent_set_of_keys(tmp_path, capsys, overrides, key):

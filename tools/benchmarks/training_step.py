@@ -61,14 +61,18 @@ def grid_shape(tokens: int) -> tuple[int, int]:
 
 
 class PlainViT(VisionTransformer):
-    """timm's grid-patch ViT with LandmarkViT's call signature: landmarks and ids are accepted and ignored.
+    """timm's grid-patch ViT with LandmarkViT's call signature: landmarks, ids and masks are accepted and ignored.
 
     Built with ``dynamic_img_size=True`` so one model takes the global grid and the smaller local grids (the position
     table is resampled for the latter, as timm does).
     """
 
     def forward(  # type: ignore[override]
-        self, images: torch.Tensor, landmarks: torch.Tensor | None = None, landmark_ids: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        landmarks: torch.Tensor | None = None,
+        landmark_ids: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled embedding (batch, dim) of images (batch, 3, 8 rows, 8 columns)."""
         return super().forward(images)
@@ -199,8 +203,10 @@ def build_pretrain_step(
     """One LAFS pretraining step of `PretrainTask` (or the plain-ViT reference): student over 2 globals +
     ``num_local`` locals, teacher over the globals, DINO loss, backward, clip at 3, AdamW, EMA of the teacher.
 
-    LAFS inputs: images (batch, views, 3, 112, 112), landmarks (batch, views, K or k, 2), local ids (batch, locals,
-    k). Plain inputs: grid images with K (globals) and k (locals) patches; the landmark tensors are passed and ignored.
+    LAFS inputs: images (batch, views, 3, 112, 112), every view's landmarks (batch, views, K, 2) and data mask
+    (batch, views, K; all valid, and the in-view test masks the jittered points that leave the crop), local ids
+    (batch, locals, k). Plain inputs: grid images with K (globals) and k (locals) patches; the landmark tensors are
+    passed and ignored.
     """
     cfg = PretrainConfig(dino=DinoConfig(out_dim=out_dim))
     cfg.encoder = dataclasses.replace(cfg.encoder, name=encoder_name)
@@ -228,9 +234,11 @@ def build_pretrain_step(
     views = {
         "global_images": global_images,
         "global_landmarks": jittered(template, (batch, 2, num_landmarks, 2), generator),
+        "global_valid": torch.ones(batch, 2, num_landmarks, dtype=torch.bool),
         "local_images": local_images,
-        "local_landmarks": template[local_ids] + LANDMARK_JITTER * torch.randn(*ids_shape, 2, generator=generator),
+        "local_landmarks": jittered(template, (batch, num_local, num_landmarks, 2), generator),
         "local_ids": local_ids,
+        "local_valid": torch.ones(batch, num_local, num_landmarks, dtype=torch.bool),
     }
     run = task_step(task, parts, views, accelerator, cfg.optim.epochs)
     info = {

@@ -62,7 +62,8 @@ def onnx_file(request, model, tmp_path_factory):
 def test_folder_round_trip(model, folder, faces):
     images, landmarks = faces
     config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"] == ARCH and config["model_args"] == SMALL and config["source"] == {"test": True}
+    assert config["architecture"] == ARCH and config["source"] == {"test": True}
+    assert config["model_args"] == {**SMALL, "landmark_fit": "none"}
     assert sorted(p.name for p in folder.iterdir()) == [".lafs-output.json", "config.json", "model.safetensors"]
     with torch.no_grad():
         expected = model(images, landmarks)
@@ -334,3 +335,47 @@ def test_architecture_that_disagrees_with_model_args(tmp_path):
     )
     # A custom size of a registered family (the name is the timm entry point, model_args its shape) still loads.
     assert load_encoder(save_encoder(timm.create_model(ARCH, **SMALL), tmp_path / "custom")).embed_dim == 32
+
+
+def test_landmark_fit_travels_with_the_exported_encoder(tmp_path, faces):
+    images, landmarks = faces
+    torch.manual_seed(2)
+    fitted = timm.create_model(ARCH, **SMALL, landmark_fit="minmax").eval()
+    folder = save_encoder(fitted, tmp_path / "encoder")
+    assert json.loads((folder / "config.json").read_text())["model_args"]["landmark_fit"] == "minmax"
+    loaded = load_encoder(folder).eval()
+    assert loaded.landmark_fit == "minmax"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, landmarks + 5.0), fitted(images, landmarks + 5.0), rtol=0, atol=0)
+
+
+def test_an_encoder_exported_before_landmark_fit_loads_as_none(model, tmp_path, faces):
+    folder = save_encoder(model, tmp_path / "encoder")
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_args"]["landmark_fit"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_encoder(folder).eval()
+    assert loaded.landmark_fit == "none"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*faces), model(*faces), rtol=0, atol=0)
+    config["model_args"]["landmark_fit"] = "stretch"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=r"config.json: landmark_fit must be one of none, minmax") as caught:
+        load_encoder(folder)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("images_only", [False, True], ids=["with_landmarks", "images_only"])
+def test_onnx_parity_with_the_minmax_fit(tmp_path, faces, images_only):
+    images, landmarks = faces
+    torch.manual_seed(3)
+    fitted = timm.create_model(ARCH, **SMALL, landmark_fit="minmax").eval()
+    path = export_onnx(fitted, tmp_path / "model.onnx", images_only=images_only)
+    points = None if images_only else landmarks * 0.7 + 9.0  # a shrunk face: the fit must stretch it in the graph
+    report = check_onnx_parity(fitted, path, images, points)
+    assert report["min_cosine"] >= MIN_PARITY_COSINE and report["max_abs_diff"] < 1e-4
+    if not images_only:
+        with torch.no_grad():
+            # The graph fits its input: a moved and scaled copy of the same face gives the same embedding.
+            encoder = OnnxEncoder(path)
+            torch.testing.assert_close(encoder(images, points), encoder(images, points * 0.9 + 3.0), atol=1e-4, rtol=0)

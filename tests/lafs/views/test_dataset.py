@@ -27,9 +27,9 @@ def test_collated_batch_is_channels_first_uint8_with_labels(faces: list[dict]) -
         "global_landmarks": ((4, 2, K, 2), torch.float32),
         "global_valid": ((4, 2, K), torch.bool),
         "local_images": ((4, 3, 3, S, S), torch.uint8),
-        "local_landmarks": ((4, 3, 5, 2), torch.float32),
+        "local_landmarks": ((4, 3, K, 2), torch.float32),
         "local_ids": ((4, 3, 5), torch.int64),
-        "local_valid": ((4, 3, 5), torch.bool),
+        "local_valid": ((4, 3, K), torch.bool),
         "label": ((4,), torch.int64),
         "index": ((4,), torch.int64),
     }

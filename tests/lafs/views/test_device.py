@@ -30,4 +30,4 @@ def test_views_are_a_function_of_the_generator_seed(faces: list[dict]) -> None:
 def test_missing_mask_means_all_valid_and_globals_only_works(faces: list[dict]) -> None:
     out = DeviceViews(ViewConfig(num_local=0), SET)(collate_faces(faces), torch.Generator().manual_seed(0))
     assert bool(out["global_valid"].all()) and out["global_valid"].shape == (6, NUM_GLOBAL, K)
-    assert out["local_images"].shape == (6, 0, 3, 112, 112) and out["local_landmarks"].shape == (6, 0, 36, 2)
+    assert out["local_images"].shape == (6, 0, 3, 112, 112) and out["local_landmarks"].shape == (6, 0, K, 2)

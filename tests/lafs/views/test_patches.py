@@ -94,9 +94,11 @@ def test_tokens_sit_on_each_views_grid_whatever_the_face(grid_faces: list[dict])
         out["global_landmarks"], np.broadcast_to(get_landmark_set(GRID).template, (2, 196, 2))
     )
     local = np.array([[8 * c + 4, 8 * r + 4] for r in range(6) for c in range(6)], dtype=np.float32)
-    np.testing.assert_array_equal(out["local_landmarks"], np.broadcast_to(local, (3, 36, 2)))
+    # Each local view carries a full K-array (the encoder gathers its ids from it): its tokens sit at their ids.
+    assert out["local_landmarks"].shape == (3, 196, 2)
+    np.testing.assert_array_equal(out["local_landmarks"][:, LOCAL_IDS], np.broadcast_to(local, (3, 36, 2)))
     np.testing.assert_array_equal(out["local_ids"], np.broadcast_to(LOCAL_IDS, (3, 36)))
-    assert out["global_valid"].all() and out["local_valid"].all() and out["local_valid"].shape == (3, 36)
+    assert out["global_valid"].all() and out["local_valid"].all() and out["local_valid"].shape == (3, 196)
 
 
 def test_a_flipped_view_mirrors_pixels_and_keeps_its_grid(grid_faces: list[dict]) -> None:
@@ -119,13 +121,18 @@ def test_local_crops_follow_dinos_scale_and_render_at_their_side() -> None:
     assert fraction[:, 2:].max() > 0.35 and fraction[:, 2:].min() < 0.07  # the whole range is drawn
 
 
+def gather_ids(points: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Points (B, V, K, 2) at ids (B, V, k): what the encoder samples of a local view's full K-array."""
+    return torch.gather(points, 2, ids[..., None].expand(-1, -1, -1, 2))
+
+
 def test_view_tokens_are_timm_patch_embed_tokens_of_the_rendered_view(grid_faces: list[dict]) -> None:
     out = DeviceViews(PATCHES, GRID)(collate_faces(grid_faces), seeded_generator(4))
     torch.manual_seed(0)
     tokenizer = LandmarkPatchEmbed(num_landmarks=196, img_size=112, patch_size=8, embed_dim=16).double()
     for views, landmarks, side in (
         (out["global_images"], out["global_landmarks"], 112),
-        (out["local_images"], out["local_landmarks"], 48),
+        (out["local_images"], gather_ids(out["local_landmarks"], out["local_ids"]), 48),
     ):
         reference = PatchEmbed(img_size=side, patch_size=8, in_chans=3, embed_dim=16).double()
         with torch.no_grad():

@@ -30,9 +30,9 @@ def test_views_have_the_documented_shapes_and_dtypes(face: dict) -> None:
         "global_landmarks": ((2, K, 2), np.float32),
         "global_valid": ((2, K), np.bool_),
         "local_images": ((8, S, S, 3), np.uint8),
-        "local_landmarks": ((8, 36, 2), np.float32),
+        "local_landmarks": ((8, K, 2), np.float32),
         "local_ids": ((8, 36), np.int64),
-        "local_valid": ((8, 36), np.bool_),
+        "local_valid": ((8, K), np.bool_),
     }
     assert set(out) == set(expected)
     for key, (shape, dtype) in expected.items():
@@ -53,23 +53,19 @@ def test_local_ids_are_uniform_with_replacement() -> None:
     assert counts.min() > 0.85 * expected and counts.max() < 1.15 * expected
 
 
-def test_local_landmarks_are_the_view_landmarks_at_their_ids() -> None:
+def test_local_views_carry_their_full_landmark_set() -> None:
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     landmarks = random_landmarks(np.random.default_rng(2), 32)
     valid = np.arange(K) % 3 != 0
-    # Identity geometry and no jitter: the local landmarks are exactly the input landmarks at the ids.
+    # Identity geometry and no jitter: every local view carries exactly the input landmarks and mask, all K of them.
     views = make_views(image_size=32, jitter_std=0.0, photometric=False, **IDENTITY)
     out = views(image, landmarks, np.random.default_rng(3), valid)
-    np.testing.assert_array_equal(out["local_landmarks"], landmarks[out["local_ids"]])
-    np.testing.assert_array_equal(out["local_valid"], valid[out["local_ids"]])
-    # With jitter, a view's landmarks are jittered once and then gathered: a repeated id repeats the same point.
+    np.testing.assert_array_equal(out["local_landmarks"], np.broadcast_to(landmarks, out["local_landmarks"].shape))
+    np.testing.assert_array_equal(out["local_valid"], np.broadcast_to(valid, out["local_valid"].shape))
+    # With jitter, each view's K points are jittered once (a repeated id will take the same point), per view.
     out = make_views(image_size=32, photometric=False, **IDENTITY)(image, landmarks, np.random.default_rng(4), valid)
-    for ids, points in zip(out["local_ids"], out["local_landmarks"], strict=True):
-        assert not np.array_equal(points, landmarks[ids])
-        for landmark in np.unique(ids):
-            same = points[ids == landmark]
-            np.testing.assert_array_equal(same, np.broadcast_to(same[0], same.shape))
-    offsets = out["local_landmarks"] - landmarks[out["local_ids"]]
+    offsets = out["local_landmarks"] - landmarks
+    assert not np.array_equal(offsets[0], offsets[1])
     assert 2.5 < offsets.std() < 7.5
 
 
@@ -135,10 +131,9 @@ def test_landmarks_land_on_the_moved_image_point(flip_prob: float) -> None:
             np.testing.assert_allclose(points[slot], _centroid(view_image), atol=0.25)
             assert np.abs(points[other] - points[slot]).max() > 2  # the mirror partner's slot is elsewhere
             checked += 1
-        for view_image, points, ids in zip(out["local_images"], out["local_landmarks"], out["local_ids"], strict=True):
-            for point in points[ids == slot]:
-                np.testing.assert_allclose(point, _centroid(view_image), atol=0.25)
-                checked += 1
+        for view_image, points in zip(out["local_images"], out["local_landmarks"], strict=True):
+            np.testing.assert_allclose(points[slot], _centroid(view_image), atol=0.25)
+            checked += 1
     assert checked > 30
 
 
