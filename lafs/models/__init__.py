@@ -1,10 +1,12 @@
-"""Encoders: the landmark-token ViT and its registered sizes."""
+"""Encoders: the landmark-token ViT and its registered sizes, and image-only IResNets (all registered with timm)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from lafs.errors import ConfigError
+from lafs.models.image_only import ImageOnlyEncoder
+from lafs.models.iresnet import IResNet
 from lafs.models.tokenizer import LandmarkPatchEmbed
 from lafs.models.vit import LandmarkViT
 from lafs.registry import ENCODERS
@@ -30,4 +32,4 @@ def build_encoder(cfg: EncoderConfig) -> LandmarkViT:
     return ENCODERS.get(cfg.name)(landmark_set=cfg.landmark_set, drop_path_rate=cfg.drop_path_rate)
 
 
-__all__ = ["EncoderConfig", "LandmarkPatchEmbed", "LandmarkViT", "build_encoder"]
+__all__ = ["EncoderConfig", "IResNet", "ImageOnlyEncoder", "LandmarkPatchEmbed", "LandmarkViT", "build_encoder"]
