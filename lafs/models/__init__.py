@@ -7,7 +7,7 @@ landmark-token ViT reads the landmarks (`takes_landmarks`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from lafs.errors import ConfigError
 from lafs.models.image_only import ImageOnlyEncoder
@@ -84,7 +84,7 @@ def encoder_name(encoder: Encoder) -> str:
     return str(encoder.pretrained_cfg["architecture"])
 
 
-def takes_landmarks(encoder: Encoder) -> bool:
+def takes_landmarks(encoder: Encoder) -> TypeGuard[LandmarkViT]:
     """``encoder`` samples its tokens at landmarks (the landmark-token ViT); the others read images only."""
     return isinstance(encoder, LandmarkViT)
 

@@ -23,6 +23,7 @@ class ImageOnlyEncoder(nn.Module):
     """
 
     num_features: int  # the embedding size
+    img_size: tuple[int, int]  # (height, width) the model was built for
     num_classes: int
     head: nn.Module
     pretrained_cfg: dict[str, Any]  # set by timm's build_model_with_cfg
@@ -35,6 +36,10 @@ class ImageOnlyEncoder(nn.Module):
         """The embedding layer: (batch, F) -> embeddings (batch, num_features)."""
         raise NotImplementedError
 
+    def rebuild_args(self) -> dict[str, Any]:
+        """JSON-safe keyword arguments that, with the timm architecture name, rebuild this model's shapes."""
+        raise NotImplementedError
+
     def forward(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (batch, num_features), or logits (batch, classes) when a classifier is attached."""
         return self.head(self.forward_embedding(self.forward_pre_embedding(images)))
@@ -42,6 +47,16 @@ class ImageOnlyEncoder(nn.Module):
     def _make_head(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay (timm's optimiser factory also skips biases and norms)."""
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups (stem, then blocks) for layer-wise learning-rate decay."""
+        raise NotImplementedError
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -93,6 +93,7 @@ class IResNet(ImageOnlyEncoder):
         if len(layers) != 4 or len(widths) != 4 or min(*layers, *widths) < 1:
             raise ValueError(f"IResNet needs 4 positive stage depths and widths, got {list(layers)}, {list(widths)}")
         self.fp16, self.num_features, self.grad_checkpointing = fp16, num_features, False
+        self.layers, self.widths, self.img_size = tuple(layers), tuple(widths), to_2tuple(img_size)
         self.conv1 = nn.Conv2d(in_chans, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
         self.prelu = nn.PReLU(widths[0])
@@ -102,7 +103,7 @@ class IResNet(ImageOnlyEncoder):
             for inplanes, planes, depth in zip((widths[0], *widths[:3]), widths, layers, strict=True)
         ]
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        height, width = (_after_stages(side) for side in to_2tuple(img_size))
+        height, width = (_after_stages(side) for side in self.img_size)
         self.bn2 = nn.BatchNorm2d(widths[3], eps=1e-5)
         self.dropout = nn.Dropout(p=dropout)  # not in place: CoReFace reuses the flattened map for its views
         self.fc = nn.Linear(widths[3] * height * width, num_features)
@@ -115,6 +116,15 @@ class IResNet(ImageOnlyEncoder):
             elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def rebuild_args(self) -> dict[str, Any]:
+        # Shapes only: dropout, fp16 and drop_path_rate are training choices (timm leaves drop rates out too).
+        return {
+            "layers": list(self.layers),
+            "widths": list(self.widths),
+            "num_features": self.num_features,
+            "img_size": list(self.img_size),
+        }
 
     def _trunk_precision(self, images: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
         # Only ever switches autocast on: a disabled region would also switch off the run's own mixed precision.
@@ -148,10 +158,6 @@ class IResNet(ImageOnlyEncoder):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()  # arcface_torch decays every weight (timm's optimiser factory still skips biases and norms)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -202,7 +208,8 @@ default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in LA
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> IResNet:
-    return build_model_with_cfg(IResNet, variant, pretrained, layers=LAYERS[variant], **kwargs)
+    kwargs.setdefault("layers", LAYERS[variant])  # an exported folder's model_args name them too
+    return build_model_with_cfg(IResNet, variant, pretrained, **kwargs)
 
 
 @ENCODERS.register()

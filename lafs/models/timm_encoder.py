@@ -47,13 +47,13 @@ class TimmEncoder(ImageOnlyEncoder):
         num_classes: int = 0,
     ) -> None:
         super().__init__()
-        args = dict(backbone_args or {})
+        self.backbone_name, self.backbone_args, self.img_size = backbone, dict(backbone_args or {}), to_2tuple(img_size)
+        args = dict(self.backbone_args)
         if drop_path_rate > 0:
             args["drop_path_rate"] = drop_path_rate
         pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
         if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
-            args.setdefault("img_size", to_2tuple(img_size))
-        self.backbone_name, self.backbone_args = backbone, dict(backbone_args or {})
+            args.setdefault("img_size", self.img_size)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **args)
         # What a classifier-free timm model returns: its pre-logits width (MobileNetV3's 1024), else num_features.
         width = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
@@ -64,6 +64,14 @@ class TimmEncoder(ImageOnlyEncoder):
         self.features = nn.BatchNorm1d(num_features)
         self.features.weight.requires_grad_(False)  # as IResNet's (arcface_torch): only the shift trains
         self._make_head(num_classes)
+
+    def rebuild_args(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone_name,
+            "backbone_args": self.backbone_args,
+            "num_features": self.num_features,
+            "img_size": list(self.img_size),
+        }
 
     def forward_features(self, images: Tensor) -> Tensor:
         """The backbone's unpooled features (timm's ``forward_features`` of the backbone)."""
