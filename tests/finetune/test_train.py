@@ -314,3 +314,28 @@ def test_init_from_an_exported_iresnet(tmp_path):
     final, start = weights(out / "encoder"), weights(tmp_path / "resnet")
     assert final.keys() == start.keys() and all(torch.equal(final[k], start[k]) for k in start)
     assert load_config_yaml(out)["encoder"]["name"] == "iresnet18"
+
+
+@pytest.mark.slow
+def test_two_processes_with_an_iresnet(tmp_path):
+    """gloo on the CPU: DDP keeps a tiny IResNet in step with CoReFace's views before its FC and gathered UNPG."""
+    out = tmp_path / "ddp"
+    launch_two_processes(
+        "finetune/train.py",
+        "--config",
+        str(IRESNET_CONFIGS[1]),
+        *TINY,
+        *BACKBONES["iresnet50"],
+        f"output_dir={out}",
+        "max_steps=3",
+        "optim.batch_size=4",
+        "dump_rank_weights=true",
+        "regularisers.coreface.phase2_epoch=0",
+        "regularisers.coreface.weight.start_epoch=0",
+        "regularisers.unpg.enabled=true",
+        "regularisers.unpg.gather=true",
+    )
+    hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
+    assert hashes[0] == hashes[1]
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[0]["coreface_loss"] > 0 and "unpg_loss" in log[0]
