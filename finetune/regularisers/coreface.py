@@ -3,11 +3,10 @@
 Two embedding views of one image come from two independent dropout masks where the paper puts them: on the
 flattened feature map before the FC for an encoder with an embedding layer (IResNet, timm: encoders; each view then
 goes through the shared FC + BN), and on the pooled embedding of the landmark ViT, which has no such layer (spec
-3(e) [INFER]). Both
-views go through the margin CE (the objective averages them: w1 = w2 = 0.5), and a cross-view contrastive term
-treats view 1 as anchors and view 2 as candidates: ``C = x1 x2^T`` clamped, same-identity off-diagonal entries
-neutralised (set to 0, or removed), an adaptive margin ``m_t`` subtracted from the positive (diagonal) logit,
-scale s, CE with targets 0..B-1. ``m_t`` is a running value of the detached batch margin
+3(e) [INFER]). Both views go through the margin CE (the objective averages them: w1 = w2 = 0.5), and a cross-view
+contrastive term treats view 1 as anchors and view 2 as candidates: ``C = x1 x2^T`` clamped, same-identity
+off-diagonal entries neutralised (set to 0, or removed), an adaptive margin ``m_t`` subtracted from the positive
+(diagonal) logit, scale s, CE with targets 0..B-1. ``m_t`` is a running value of the detached batch margin
 ``m_b = mean_i(C_ii - max_{j != i} C~_ij)`` (C~: masked C with the diagonal set to 0).
 Source: IsidoreSong/CoreFace ``utils/losses.py`` (ContraFace loss), ``backbones/iresnet.py`` (double dropout),
 ``train.py`` and ``config/config.py`` (phase switch at epoch index 7, weights); ../shared/spec/losses.md section 3.
