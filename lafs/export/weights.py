@@ -12,8 +12,9 @@ Every encoder (landmark-token ViT, IResNet, ``timm:`` wrapper) rebuilds, weights
     encoder = timm.create_model("local-dir:<folder>", pretrained=True)
 
 and `load_encoder(folder)` gives the same model (with one-line errors). The folder is also a Hugging Face model
-repository as it is: ``huggingface-cli upload <user>/<repo> <folder> .`` (or ``huggingface_hub.upload_folder``), then
-``timm.create_model("hf-hub:<user>/<repo>", pretrained=True)`` after ``import lafs``. Folders written before timm's
+repository as it is: ``hf upload <user>/<repo> <folder> . --exclude .lafs-output.json`` (huggingface_hub's CLI, or
+``huggingface_hub.upload_folder``), then ``timm.create_model("hf-hub:<user>/<repo>", pretrained=True)`` after
+``import lafs``. Folders written before timm's
 format (``version`` 1: architecture and model_args at the top, no pretrained_cfg) still load with `load_encoder`.
 
 A training run directory keeps its final encoder in ``encoder/`` and its landmark predictor, if any, beside it in
