@@ -20,6 +20,7 @@ from finetune.context import Communicator, LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
 from finetune.partial_fc import PartialFC, ShardedScores
 from finetune.regularisers import Regulariser, RegularisersConfig
+from finetune.regularisers.base import ViewSource
 from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
@@ -83,12 +84,16 @@ class Objective(nn.Module):
         reference_landmarks: torch.Tensor | None = None,
         image_size: int = 112,
         comm: Communicator | None = None,
+        view_source: ViewSource | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Named terms for features (B, d) and labels (B,): ``margin_loss``, each regulariser's, and ``loss``."""
+        """Named terms for features (B, d) and labels (B,): ``margin_loss``, each regulariser's, and ``loss``.
+
+        ``view_source``: the encoder's embedding layer and its input, for views made before it (CoReFace).
+        """
         embeddings = features[None]
         class_margins = None
         for _, regulariser in self._each():
-            views = regulariser.embedding_views(features, epoch)
+            views = regulariser.embedding_views(features, epoch, view_source)
             embeddings = views if views is not None else embeddings
             margins = regulariser.class_margins()
             class_margins = margins if class_margins is None else class_margins

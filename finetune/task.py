@@ -43,7 +43,7 @@ from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
-from lafs.models import EncoderConfig, build_encoder
+from lafs.models import Encoder, EncoderConfig, build_any_encoder, encoder_name, takes_landmarks
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import (
     LandmarkPredictor,
@@ -52,7 +52,6 @@ from lafs.models.landmark_predictor import (
     load_landmark_predictor,
     save_landmark_predictor,
 )
-from lafs.models.vit import LandmarkViT
 from lafs.schedules import LAFS_FINETUNE_EPOCHS, cosine_schedule
 
 logger = logging.getLogger("lafs.finetune")
@@ -60,6 +59,8 @@ logger = logging.getLogger("lafs.finetune")
 
 @dataclass
 class OptimConfig(RunOptimConfig):
+    name: Literal["adamw", "sgd"] = "adamw"  # adamw (LAFS); sgd: momentum SGD, no Nesterov (arcface_torch, papers)
+    momentum: float = 0.9  # sgd only (arcface_torch, UNPG, CoReFace)
     epochs: int = 34  # LAFS fine-tuning length
     batch_size: int = 200  # per process (LAFS)
     grad_accum: int = 3  # micro-batches per optimiser step (LAFS)
@@ -82,6 +83,8 @@ class OptimConfig(RunOptimConfig):
             raise ConfigError(f"optim.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must lie in [0, 1), got {self.momentum}")
         decays = {"weight_decay": self.weight_decay}
         self.check_recipe(self.warmup_epochs, self.lr, self.min_lr, decays, recipe_epochs=LAFS_FINETUNE_EPOCHS)
 
@@ -143,22 +146,33 @@ class _Positioned(Dataset):
         return {**self.base[i], "position": i}
 
 
-def initial_encoder(cfg: FinetuneConfig) -> LandmarkViT:
+def initial_encoder(cfg: FinetuneConfig) -> Encoder:
     """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
     if not cfg.init:
-        return build_encoder(cfg.encoder)
+        return build_any_encoder(cfg.encoder)
     try:
         folder = encoder_folder(cfg.init)
     except DataError as error:
         raise ConfigError(f"init={error}") from None
     encoder = load_encoder(folder, drop_path_rate=cfg.encoder.drop_path_rate)
-    if encoder.landmark_set != cfg.data.landmark_set:
+    if takes_landmarks(encoder) and encoder.landmark_set != cfg.data.landmark_set:
         raise ConfigError(
             f"init={cfg.init}: encoder uses landmark set {encoder.landmark_set}, data.landmark_set is "
             f"{cfg.data.landmark_set}"
         )
-    logger.info(f"initialised from {folder} ({encoder.pretrained_cfg['architecture']}; encoder.name is unused)")
+    logger.info(f"initialised from {folder} ({encoder_name(encoder)}; encoder.name is unused)")
     return encoder
+
+
+def check_landmark_options(cfg: FinetuneConfig, encoder: Encoder) -> None:
+    """`ConfigError` (one line) for landmark options that an image-only encoder (IResNet, timm:) cannot use."""
+    if cfg.landmarks.source == "predictor" and not takes_landmarks(encoder):
+        options = "landmarks.source=predictor" + (
+            " and regularisers.landmark" if cfg.regularisers.landmark.enabled else ""
+        )
+        raise ConfigError(
+            f"{options} need a landmark-token encoder (lafs_vit_*): {encoder_name(encoder)} reads images only"
+        )
 
 
 def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
@@ -183,14 +197,16 @@ def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
 
 
 def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW with layer-wise LR decay through the encoder's group matcher (timm); each group keeps ``lr_scale``
-    (all 1 with ``layer_decay`` 1, the released LAFS behaviour).
+    """AdamW or momentum SGD (``cfg.name``) with layer-wise LR decay through the encoder's group matcher (timm);
+    each group keeps ``lr_scale`` (all 1 with ``layer_decay`` 1, the released LAFS behaviour).
 
     ``fused``: torch's single-kernel AdamW (CUDA parameters only).
     """
-    return create_optimizer_v2(
-        model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, fused=fused
-    )
+    if cfg.name == "sgd":  # timm's "momentum": torch SGD without Nesterov, as arcface_torch builds it
+        options: dict[str, Any] = {"opt": "momentum", "momentum": cfg.momentum}
+    else:
+        options = {"opt": "adamw", "fused": fused}
+    return create_optimizer_v2(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, **options)
 
 
 class Schedule:
@@ -238,8 +254,10 @@ class FinetuneTask(Task):
 
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         cfg = self.cfg
-        encoder, predictor = initial_encoder(cfg), initial_predictor(cfg)
-        self.used: dict[str, str] = {"encoder": encoder.pretrained_cfg["architecture"]}
+        encoder = initial_encoder(cfg)
+        check_landmark_options(cfg, encoder)
+        predictor = initial_predictor(cfg)
+        self.used: dict[str, str] = {"encoder": encoder_name(encoder)}
         if predictor is not None:
             self.used["predictor_backbone"] = predictor.cfg.backbone
         head: MarginHead | PartialFC

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -46,7 +47,30 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
+class FactoryRegistry(Registry[Callable[..., Any]]):
+    """A registry of factories that also knows families: a factory registered as ``"family:"`` answers every name
+    ``family:member``, called with ``member`` as its first argument (``timm:convnext_atto``)."""
+
+    def get(self, name: str) -> Callable[..., Any]:
+        family, colon, member = name.partition(":")
+        if colon and member and f"{family}:" in self._items:
+            return functools.partial(self._items[f"{family}:"], member)
+        if colon and not member:  # a family's own key is no name: it needs a member
+            raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})")
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted; a family shows as ``family:<name>``."""
+        return sorted(f"{key}<name>" if key.endswith(":") else key for key in self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or name.endswith(":"):
+            return False
+        family, colon, _ = name.partition(":")
+        return name in self._items or bool(colon and f"{family}:" in self._items)
+
+
+ENCODERS = FactoryRegistry("encoder")
 HEADS: Registry[tuple[float, float, float]] = Registry("head")  # default (m1, m2, m3) per named margin head
 REGULARISERS: Registry[Callable[..., Any]] = Registry("regulariser")
 LANDMARK_SOURCES: Registry[Callable[..., Any]] = Registry("landmark source")

@@ -6,8 +6,9 @@
 --input is a training run directory (its ``encoder/`` is used) or an exported encoder folder. The output folder
 loads with ``lafs.export.load_encoder`` and with ``timm.create_model`` (see ``lafs/export/weights.py``). With --onnx
 it also holds ``model.onnx`` (images + landmarks) and ``model_images_only.onnx`` (landmarks inside the graph: the
-learned predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), each
-checked against PyTorch on N synthetic faces of the encoder's landmark set; the parity and latency are printed and
+learned predictor of a fine-tuning run that trained one, kept in ``landmark_predictor/``; else the template), or for
+an image-only encoder (IResNet, timm:) one ``model.onnx`` (images), each checked against PyTorch on N synthetic
+faces of the encoder's landmark set; the parity and latency are printed and
 recorded in config.json. --output must be missing, empty or a previous export (else pass --overwrite); only the
 files the export writes are replaced, each whole, and nothing else in the folder is touched. An --output that is,
 or holds, the input is refused.
@@ -33,6 +34,7 @@ from lafs.export import (
     save_encoder_onnx,
 )
 from lafs.files import prepare_output_folder
+from lafs.models import takes_landmarks
 
 
 @entry_point
@@ -61,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
         return 0
 
-    images, landmarks = synthetic_batch(model.landmark_set, args.faces)
+    # An image-only encoder ignores the landmarks: any set renders the same faces.
+    landmark_set = model.landmark_set if takes_landmarks(model) else "mediapipe49"
+    images, landmarks = synthetic_batch(landmark_set, args.faces)
     reports = save_encoder_onnx(
         model,
         args.output,
@@ -74,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs=inputs,
     )
     print(f"wrote {args.output}: {model.pretrained_cfg['architecture']}, {model.num_features}-d embeddings")
-    print(f"parity on {args.faces} synthetic faces ({model.landmark_set}), latency at batch 8 on CPU:")
+    print(f"parity on {args.faces} synthetic faces ({landmark_set}), latency at batch 8 on CPU:")
     for name, report in reports.items():
         print(
             f"  {name:<24} min cosine {report['min_cosine']:.7f}  max abs diff {report['max_abs_diff']:.2e}  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
@@ -36,6 +37,18 @@ class RegulariserConfig:
         return dataclasses.replace(self, weight=self.weight.in_run(optim.epochs, optim.stretch(self.recipe_epochs)))
 
 
+@dataclass
+class ViewSource:
+    """Where embedding-level views come from when the encoder has an embedding layer (IResNet, timm: encoders).
+
+    ``inputs`` (B, F) is what enters that layer (IResNet: the flattened 7 x 7 map) and ``embed`` the layer itself,
+    (B, F) -> (B, d). Without one (the landmark ViT, whose pooled token is the embedding) views act on the features.
+    """
+
+    inputs: torch.Tensor
+    embed: Callable[[torch.Tensor], torch.Tensor]
+
+
 class Regulariser(nn.Module):
     """An additive term ``lambda(t) * sum(terms)`` of the fine-tuning loss.
 
@@ -51,8 +64,13 @@ class Regulariser(nn.Module):
     def forward(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def embedding_views(self, features: torch.Tensor, epoch: float) -> torch.Tensor | None:
-        """(V, B, d) views of features (B, d) for the margin loss, or None to leave them alone."""
+    def embedding_views(
+        self, features: torch.Tensor, epoch: float, source: ViewSource | None = None
+    ) -> torch.Tensor | None:
+        """(V, B, d) views of features (B, d) for the margin loss, or None to leave them alone.
+
+        ``source``, when the encoder has an embedding layer, lets a view act before that layer.
+        """
         return None
 
     def class_margins(self) -> torch.Tensor | None:

@@ -1,11 +1,12 @@
 """CoReFace: sample-guided contrastive regularisation (Song & Wang, arXiv 2304.11668; Pattern Recognition 2024).
 
-Two embedding views of one image come from two independent dropout masks on the encoder's embedding (the code
-drops the pre-FC feature map; here the dropout acts on the encoder's output features, spec 3(e) [INFER]). Both
-views go through the margin CE (the objective averages them: w1 = w2 = 0.5), and a cross-view contrastive term
-treats view 1 as anchors and view 2 as candidates: ``C = x1 x2^T`` clamped, same-identity off-diagonal entries
-neutralised (set to 0, or removed), an adaptive margin ``m_t`` subtracted from the positive (diagonal) logit,
-scale s, CE with targets 0..B-1. ``m_t`` is a running value of the detached batch margin
+Two embedding views of one image come from two independent dropout masks where the paper puts them: on the
+flattened feature map before the FC for an encoder with an embedding layer (IResNet, timm: encoders; each view then
+goes through the shared FC + BN), and on the pooled embedding of the landmark ViT, which has no such layer (spec
+3(e) [INFER]). Both views go through the margin CE (the objective averages them: w1 = w2 = 0.5), and a cross-view
+contrastive term treats view 1 as anchors and view 2 as candidates: ``C = x1 x2^T`` clamped, same-identity
+off-diagonal entries neutralised (set to 0, or removed), an adaptive margin ``m_t`` subtracted from the positive
+(diagonal) logit, scale s, CE with targets 0..B-1. ``m_t`` is a running value of the detached batch margin
 ``m_b = mean_i(C_ii - max_{j != i} C~_ij)`` (C~: masked C with the diagonal set to 0).
 Source: IsidoreSong/CoreFace ``utils/losses.py`` (ContraFace loss), ``backbones/iresnet.py`` (double dropout),
 ``train.py`` and ``config/config.py`` (phase switch at epoch index 7, weights); ../shared/spec/losses.md section 3.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.context import LossContext
-from finetune.regularisers.base import Regulariser, RegulariserConfig
+from finetune.regularisers.base import Regulariser, RegulariserConfig, ViewSource
 from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
 from lafs.registry import REGULARISERS
@@ -144,11 +145,16 @@ class CoReFace(Regulariser):
         self.mask, self.reverse_weight, self.mixed_batches = mask, float(reverse_weight), mixed_batches
         self.register_buffer("margin", torch.zeros(()))  # m_0 = 0 (utils/losses.py)
 
-    def embedding_views(self, features: torch.Tensor, epoch: float) -> torch.Tensor:
-        """(1, B, d) with dropout ``dropout`` before ``phase2_epoch``, then (2, B, d): two independent masks."""
-        if epoch < self.phase2_epoch:
-            return F.dropout(features, self.dropout, training=self.training)[None]
-        return torch.stack([F.dropout(features, self.dropout_phase2, training=self.training) for _ in range(2)])
+    def embedding_views(self, features: torch.Tensor, epoch: float, source: ViewSource | None = None) -> torch.Tensor:
+        """(1, B, d) with dropout ``dropout`` before ``phase2_epoch``, then (2, B, d): two independent masks.
+
+        With a ``source`` the masks drop its inputs (IResNet's flattened map) and each view goes through its
+        ``embed`` (the FC + BN), as the authors' ``double_forward``; otherwise they drop ``features``.
+        """
+        p, count = (self.dropout, 1) if epoch < self.phase2_epoch else (self.dropout_phase2, 2)
+        if source is None:
+            return torch.stack([F.dropout(features, p, training=self.training) for _ in range(count)])
+        return torch.stack([source.embed(F.dropout(source.inputs, p, training=self.training)) for _ in range(count)])
 
     def forward(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         """``{"coreface_loss": scalar}`` (plus ``coreface_reverse_loss`` when ``reverse_weight`` > 0) from

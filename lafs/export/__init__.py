@@ -9,6 +9,7 @@ from lafs.export.onnx import (
     export_onnx,
     load_any_encoder,
     load_onnx_encoder,
+    onnx_files,
     save_encoder_onnx,
 )
 from lafs.export.weights import (
@@ -41,6 +42,7 @@ __all__ = [
     "load_encoder",
     "load_encoder_and_predictor",
     "load_onnx_encoder",
+    "onnx_files",
     "predictor_folder",
     "save_encoder",
     "save_encoder_onnx",

@@ -1,9 +1,12 @@
 """ONNX encoders: export with a dynamic batch axis, a parity check against PyTorch, and onnxruntime inference.
 
-`save_encoder_onnx` writes the weights folder (`lafs.export.weights`) plus two files, both with a dynamic batch axis:
+`save_encoder_onnx` writes the weights folder (`lafs.export.weights`) plus, for a landmark-token ViT, two files, both
+with a dynamic batch axis:
 
     folder/model.onnx              images (batch, 3, 112, 112) normalised + landmarks (batch, K, 2) pixels -> embedding
     folder/model_images_only.onnx  images -> embedding, landmarks from the template (faces aligned to ArcFace's)
+
+and for an image-only encoder (IResNet, ``timm:``) one, ``folder/model.onnx``: images -> embedding.
 
 and config.json gains an ``"onnx"`` entry listing them with the parity and latency measured at export.
 `OnnxEncoder` runs either file with onnxruntime as a torch module; `load_any_encoder` opens whatever a command is
@@ -33,12 +36,12 @@ from lafs.export.weights import (
     write_encoder,
 )
 from lafs.files import output_folder, temporary_name, write_atomic
+from lafs.models import Encoder, LandmarkViT, takes_landmarks
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor
-from lafs.models.vit import LandmarkViT
 
 ONNX_OPSET = 17  # GridSample needs opset 16 or newer
-ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # keyed by images_only
+ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # a landmark-token ViT's, keyed by images_only
 MIN_PARITY_COSINE = 0.9999
 
 
@@ -63,8 +66,14 @@ def load_onnx_encoder(path: str | os.PathLike[str]) -> OnnxEncoder:
     return OnnxEncoder(path)
 
 
+def onnx_files(model: Encoder) -> dict[bool, str]:
+    """The ONNX files `save_encoder_onnx` writes for ``model``, keyed by images_only: both forms for a ViT, one
+    ``model.onnx`` (images only) for an encoder that reads images only."""
+    return ONNX_FILES if takes_landmarks(model) else {True: ONNX_FILES[False]}
+
+
 def export_onnx(
-    model: LandmarkViT,
+    model: Encoder,
     path: str | os.PathLike[str],
     images_only: bool,
     opset: int = ONNX_OPSET,
@@ -74,8 +83,8 @@ def export_onnx(
 
     Inputs ``images`` (batch, 3, H, W) float32 normalised and, unless ``images_only``, ``landmarks`` (batch, K, 2)
     float32 pixels; output ``embedding`` (batch, dim). The batch axis is dynamic for every input and the output.
-    An images-only graph computes the landmarks inside: with ``landmark_predictor`` (a fine-tuned LAFS model),
-    else the template.
+    An images-only graph of a landmark-token ViT computes the landmarks inside: with ``landmark_predictor`` (a
+    fine-tuned LAFS model), else the template. An image-only encoder's graph is always images only.
     """
     import onnx  # optional dependencies: only exporting needs them
 
@@ -88,7 +97,9 @@ def export_onnx(
     model.eval()
     module: torch.nn.Module
     args: tuple[torch.Tensor, ...]
-    if images_only:
+    if not isinstance(model, LandmarkViT):
+        module, args, names = model, (images,), ["images"]
+    elif images_only:
         module, args, names = ImageEncoder(model, landmark_predictor).eval(), (images,), ["images"]
     else:
         module, args, names = model, (images, model.default_landmarks(2).clone()), ["images", "landmarks"]
@@ -129,7 +140,7 @@ def _median_ms_per_image(run: Any, batch: int, repeats: int = 5, warmup: int = 2
 
 
 def check_onnx_parity(
-    model: LandmarkViT | ImageEncoder,
+    model: Encoder | ImageEncoder,
     onnx_path: str | os.PathLike[str],
     images: torch.Tensor,
     landmarks: torch.Tensor | None = None,
@@ -147,6 +158,8 @@ def check_onnx_parity(
     images = images.detach().float().cpu()
     if encoder.needs_landmarks and landmarks is None:
         encoder_model = model.encoder if isinstance(model, ImageEncoder) else model
+        if not isinstance(encoder_model, LandmarkViT):
+            raise DataError(f"{onnx_path}: takes landmarks, but the model it is compared with reads images only")
         landmarks = encoder_model.default_landmarks(images.shape[0]).cpu()
     if not encoder.needs_landmarks:
         landmarks = None
@@ -184,7 +197,7 @@ def check_onnx_parity(
 
 
 def save_encoder_onnx(
-    model: LandmarkViT,
+    model: Encoder,
     folder: str | os.PathLike[str],
     images: torch.Tensor,
     landmarks: torch.Tensor | None = None,
@@ -194,7 +207,8 @@ def save_encoder_onnx(
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, dict[str, Any]]:
-    """`save_encoder` plus both ONNX files, parity-checked on ``images``/``landmarks``; returns the report per file.
+    """`save_encoder` plus its ONNX files (`onnx_files`), parity-checked on ``images``/``landmarks``; returns the
+    report per file.
 
     With a ``landmark_predictor``, the images-only file runs it inside the graph and the folder keeps it in
     ``landmark_predictor/``. ``folder``, ``overwrite`` and ``inputs`` as for `save_encoder`: files it does not write
@@ -203,11 +217,11 @@ def save_encoder_onnx(
     with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
         write_encoder(model, staging, source, landmark_predictor)
         reports, entries = {}, []
-        for images_only, name in ONNX_FILES.items():
+        for images_only, name in onnx_files(model).items():
             export_onnx(
                 model, staging / name, images_only=images_only, opset=opset, landmark_predictor=landmark_predictor
             )
-            reference = ImageEncoder(model, landmark_predictor) if images_only else model
+            reference = ImageEncoder(model, landmark_predictor) if images_only and takes_landmarks(model) else model
             report = check_onnx_parity(reference, staging / name, images, None if images_only else landmarks)
             reports[name] = report
             inputs_of = ["images"] if images_only else ["images", "landmarks"]

@@ -1,13 +1,21 @@
 """Stand-alone weights folders: ``model.safetensors`` + ``config.json``, for encoders and landmark predictors.
 
     folder/model.safetensors   the encoder's state dict (no head, no training state)
-    folder/config.json         architecture, the arguments to rebuild it, input size, normalisation, landmark set
-                               and template, embedding size, and where the weights came from
+    folder/config.json         timm's hub format (architecture, num_classes, num_features, model_args, pretrained_cfg
+                               with input size, mean, std and interpolation) and, beside it, the project's fields:
+                               format and version, landmark set and template (landmark-token ViTs), provenance
     folder/landmark_predictor/ (exported fine-tuned LAFS models) the learned landmark predictor, the same format
 
-`load_encoder(folder)` and ``timm.create_model(architecture, pretrained=True,
-pretrained_cfg_overlay={"file": folder/"model.safetensors"}, **model_args)`` (after ``import lafs``) give the same
-model.
+Every encoder (landmark-token ViT, IResNet, ``timm:`` wrapper) rebuilds, weights loaded, with no other argument:
+
+    import lafs, timm
+    encoder = timm.create_model("local-dir:<folder>", pretrained=True)
+
+and `load_encoder(folder)` gives the same model (with one-line errors). The folder is also a Hugging Face model
+repository as it is: ``hf upload <user>/<repo> <folder> . --exclude .lafs-output.json`` (huggingface_hub's CLI, or
+``huggingface_hub.upload_folder``), then ``timm.create_model("hf-hub:<user>/<repo>", pretrained=True)`` after
+``import lafs``. Folders written before timm's
+format (``version`` 1: architecture and model_args at the top, no pretrained_cfg) still load with `load_encoder`.
 
 A training run directory keeps its final encoder in ``encoder/`` and its landmark predictor, if any, beside it in
 ``landmark_predictor/``; `encoder_folder` turns "a run directory or an encoder folder" into the encoder folder, and
@@ -19,46 +27,77 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import timm
 from safetensors import SafetensorError
+from timm.models import filter_pretrained_cfg
 
 from lafs.errors import DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
+from lafs.models import TIMM_ARCHITECTURE, Encoder, ImageOnlyEncoder, LandmarkViT, takes_landmarks
+from lafs.models.iresnet import LAYERS
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
-from lafs.models.vit import SIZES, LandmarkViT, block_dims
+from lafs.models.vit import SIZES, block_dims
 
 EXPORT_FORMAT = "lafs-encoder"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: timm's hub format with our fields beside it; 1: our own layout (still read)
 
 ENCODER_FOLDER = "encoder"  # in a run directory: the final encoder
 PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
 
+# Shape arguments that identify each registered architecture (a folder whose model_args are exactly another's
+# is mislabelled); the timm wrapper is one architecture whatever its backbone.
+SHAPES: dict[str, dict[str, Any]] = {
+    **SIZES,
+    **{name: {"layers": list(layers)} for name, layers in LAYERS.items()},
+    TIMM_ARCHITECTURE: {},
+}
 
-def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json record for ``model``."""
-    cfg = model.pretrained_cfg
-    return {
+
+def encoder_config(model: Encoder, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json record for ``model``: timm's hub format, then the project's own fields."""
+    config = {
+        "architecture": model.pretrained_cfg["architecture"],
+        "num_classes": 0,  # an encoder: the margin head, with the class centres, is not exported
+        "num_features": model.num_features,
+        "model_args": model_args(model),
+        "pretrained_cfg": hub_pretrained_cfg(model),
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "architecture": cfg["architecture"],
-        "model_args": {
-            "landmark_set": model.landmark_set,
-            "embed_dim": model.embed_dim,
-            "depth": len(model.blocks),
-            "num_heads": block_dims(model)[0],
-            "landmark_fit": model.landmark_fit,
-        },
-        "input_size": list(cfg["input_size"]),
-        "mean": list(cfg["mean"]),
-        "std": list(cfg["std"]),
-        "landmark_set": model.landmark_set,
-        "template": model.template.tolist(),
-        "patch_size": model.patch_embed.patch_size[0],
-        "num_features": model.num_features,
         "source": source or {},
     }
+    if isinstance(model, LandmarkViT):
+        config |= {
+            "landmark_set": model.landmark_set,
+            "template": model.template.tolist(),
+            "patch_size": model.patch_embed.patch_size[0],
+        }
+    return config
+
+
+def model_args(model: Encoder) -> dict[str, Any]:
+    """The keyword arguments that, with the architecture name, rebuild ``model``'s shapes (timm's model_args)."""
+    if isinstance(model, ImageOnlyEncoder):
+        return model.rebuild_args()
+    return {
+        "landmark_set": model.landmark_set,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": block_dims(model)[0],
+        "landmark_fit": model.landmark_fit,
+    }
+
+
+def hub_pretrained_cfg(model: Encoder) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` entry: input size, normalisation, interpolation and the timm traits, without where
+    the weights came from (a reloaded model's file and source) and without the ``untrained`` tag it was built with."""
+    cfg = filter_pretrained_cfg(model.pretrained_cfg, remove_source=True, remove_null=True)
+    drop = ("architecture", "tag")
+    cfg = {key: list(value) if isinstance(value, tuple) else value for key, value in cfg.items() if key not in drop}
+    if isinstance(model, ImageOnlyEncoder):
+        cfg["input_size"] = [cfg["input_size"][0], *model.img_size]  # what the model was built for
+    return cfg | {"num_classes": 0}
 
 
 ENCODER_FILES = (
@@ -71,7 +110,7 @@ ENCODER_FILES = (
 
 
 def save_encoder(
-    model: LandmarkViT,
+    model: Encoder,
     folder: str | os.PathLike[str],
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
@@ -91,7 +130,7 @@ def save_encoder(
 
 
 def write_encoder(
-    model: LandmarkViT,
+    model: Encoder,
     staging: Path,
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
@@ -102,35 +141,37 @@ def write_encoder(
         save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
 
 
-def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:
+def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> Encoder:
     """Rebuild an exported encoder through timm; a missing or mismatched folder is a one-line `DataError`.
 
     ``overrides`` are timm keyword arguments that do not change the weights' shapes (``drop_path_rate``).
     """
     config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
     _check_architecture(folder, config)
-    # Encoders exported before landmark_fit existed sampled at the landmarks as given.
-    model_args = {"landmark_fit": "none", **config["model_args"]}
     try:
-        model = timm.create_model(
-            config["architecture"],
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(weights)},
-            **model_args,
-            **overrides,
-        )
+        if config.get("version", 1) >= 2:  # timm's own reader, as users call it
+            model = timm.create_model(f"local-dir:{Path(folder)}", pretrained=True, **overrides)
+        else:  # version 1: the architecture and its arguments at the top, weights by file
+            model = timm.create_model(
+                config["architecture"],
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(weights)},
+                **config["model_args"],
+                **overrides,
+            )
     except (SafetensorError, OSError) as exc:  # an empty or truncated file, or one that cannot be read
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{weights}: unreadable weights (truncated or not safetensors: {problem})") from None
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
-    except ValueError as exc:  # a model argument the encoder refuses (an unknown landmark_fit)
-        raise DataError(f"{folder}: config.json: {str(exc).splitlines()[0]}") from None
-    encoder = cast(LandmarkViT, model)  # _check_architecture admits only the registered LandmarkViT sizes
-    for key, actual in (("landmark_set", encoder.landmark_set), ("num_features", encoder.num_features)):
+    assert isinstance(model, (LandmarkViT, ImageOnlyEncoder))  # _check_architecture admits only our encoders
+    checks: list[tuple[str, Any]] = [("num_features", model.num_features)]
+    if takes_landmarks(model):
+        checks.append(("landmark_set", model.landmark_set))
+    for key, actual in checks:
         if config.get(key, actual) != actual:
             raise DataError(f"{folder}: config.json: {key} {config[key]!r} disagrees with the model's {actual}")
-    return encoder
+    return model
 
 
 def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:
@@ -142,8 +183,8 @@ def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) 
     named family, which timm builds the same way.
     """
     name, args = config.get("architecture"), config.get("model_args")
-    if name not in SIZES:
-        known = ", ".join(SIZES)
+    if name not in SHAPES:
+        known = ", ".join(SHAPES)
         kind = (
             "a timm model, not a lafs encoder"
             if isinstance(name, str) and timm.is_model(name)
@@ -152,8 +193,8 @@ def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) 
         raise DataError(f"{folder}: config.json: architecture {name!r} is {kind} (known: {known})")
     if not isinstance(args, dict):
         raise DataError(f"{folder}: config.json: model_args must be a mapping of keyword arguments, got {args!r}")
-    shape = {key: args.get(key, default) for key, default in SIZES[name].items()}
-    others = [other for other, size in SIZES.items() if size == shape and other != name]
+    shape = {key: args.get(key, default) for key, default in SHAPES[name].items()}
+    others = [other for other, size in SHAPES.items() if size == shape and size and other != name]
     if others:
         given = ", ".join(f"{key} {value}" for key, value in shape.items())
         raise DataError(
@@ -190,7 +231,7 @@ def predictor_folder(encoder: str | os.PathLike[str]) -> Path | None:
 
 def load_encoder_and_predictor(
     path: str | os.PathLike[str], **overrides: Any
-) -> tuple[LandmarkViT, LandmarkPredictor | None]:
+) -> tuple[Encoder, LandmarkPredictor | None]:
     """The encoder of a run directory or an encoder folder (`encoder_folder`), and its landmark predictor or None.
 
     ``overrides`` as for `load_encoder`. Problems are one-line `DataError` messages.

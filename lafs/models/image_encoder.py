@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lafs.models import Encoder
 from lafs.models.landmark_predictor import LandmarkPredictor
-from lafs.models.vit import LandmarkViT
 
 
 class ImageEncoder(nn.Module):
@@ -16,7 +16,7 @@ class ImageEncoder(nn.Module):
     fine-tuned LAFS model, usable on faces that were not aligned to the template); without one, at its template.
     """
 
-    def __init__(self, encoder: LandmarkViT, landmark_predictor: LandmarkPredictor | None = None) -> None:
+    def __init__(self, encoder: Encoder, landmark_predictor: LandmarkPredictor | None = None) -> None:
         super().__init__()
         self.encoder, self.landmark_predictor = encoder, landmark_predictor
 

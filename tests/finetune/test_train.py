@@ -21,8 +21,8 @@ from lafs.config import load_config
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.engine.run_log import read_log
-from lafs.export import save_encoder
-from lafs.models import EncoderConfig, build_encoder
+from lafs.export import load_encoder, save_encoder
+from lafs.models import EncoderConfig, build_any_encoder, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
 from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
 
@@ -350,3 +350,105 @@ def test_partial_fc_checkpoint_of_two_processes_resumes_on_one_and_on_two(tmp_pa
     for rank, shard in enumerate(saved):
         loaded = load_file(str(again / f"loaded_rank{rank}.safetensors"))
         assert set(loaded) == set(shard) and all(torch.equal(loaded[key], shard[key]) for key in shard)
+# -- every seed loss on every kind of encoder -------------------------------------------------------------------------
+
+# Tiny widths keep each backbone to seconds; the ViT is TINY's nano one.
+BACKBONES = {
+    "iresnet50": ["encoder.name=iresnet50", "encoder.model_args={widths: [8, 8, 16, 16]}", "encoder.embed_dim=32"],
+    "convnext": ["encoder.name=timm:test_convnext", "encoder.embed_dim=32"],
+    "landmark_vit": [],
+}
+SEED_LOSSES = ("unpg", "coreface", "intraloss", "cluster")
+IRESNET_CONFIGS = [ROOT / f"configs/finetune/iresnet100_arcface_{loss}.yaml" for loss in SEED_LOSSES]
+EVERY_TERM_AT_ONCE = [  # each regulariser's term from the first step (their schedules start later by default)
+    "regularisers.coreface.phase2_epoch=0",
+    "regularisers.coreface.weight.start_epoch=0",
+    "regularisers.intraloss.weight.start_epoch=0",
+    "regularisers.cluster.weight.start_epoch=0",
+    "regularisers.cluster.recluster_every_epochs=0.25",
+    "regularisers.cluster.min_fill=0.1",
+]
+
+
+def seed_loss_run(out: Path, backbone: str, config: Path, *extra: str) -> list[dict]:
+    run(out, *BACKBONES[backbone], *EVERY_TERM_AT_ONCE, *extra, config=["--config", str(config), *TINY])
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2] and all(math.isfinite(v) for r in log for v in r.values())
+    name = load_config_yaml(out)["encoder"]["name"]
+    assert name == {"iresnet50": "iresnet50", "convnext": "timm:test_convnext"}.get(backbone, "lafs_vit_nano_p8_112")
+    return log
+
+
+def load_config_yaml(out: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((out / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_seed_loss_on_every_backbone(tmp_path, backbone):
+    """UNPG, CoReFace (two dropout views), IntraLoss and cluster-guided margins together, 2 SGD steps (the
+    iresnet100 recipe), on a tiny IResNet-50, a timm ConvNeXt and the landmark ViT; the encoder exports and reloads."""
+    out = tmp_path / backbone
+    switched_on = [f"regularisers.{name}.enabled=true" for name in SEED_LOSSES]
+    log = seed_loss_run(out, backbone, IRESNET_CONFIGS[0], *switched_on)
+    for term in ("margin_loss", "unpg_loss", "coreface_loss", "intraloss_loss", "scc_loss", "align_loss"):
+        assert term in log[0]
+    assert log[0]["unpg_loss"] > 0 and log[0]["coreface_loss"] > 0 and log[0]["intraloss_loss"] > 0
+    encoder = load_encoder(out / "encoder")
+    assert encoder.num_features == (128 if backbone == "landmark_vit" else 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("config", IRESNET_CONFIGS, ids=lambda p: p.stem)
+def test_each_seed_loss_config_on_each_backbone(tmp_path, config, backbone):
+    """Each iresnet100_arcface_* recipe on its own (its regulariser alone), on each backbone."""
+    log = seed_loss_run(tmp_path / backbone, backbone, config)
+    loss = config.stem.removeprefix("iresnet100_arcface_")
+    assert ("scc_loss" if loss == "cluster" else f"{loss}_loss") in log[-1]
+
+
+@pytest.mark.parametrize("backbone", ["iresnet50", "convnext"])
+def test_landmark_options_with_an_image_only_encoder_are_one_line(tmp_path, capsys, backbone):
+    lafs = ["landmarks.source=predictor", "regularisers.landmark.enabled=true"]
+    assert main([*DEMO, *BACKBONES[backbone], *lafs, f"output_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(
+        "error: landmarks.source=predictor and regularisers.landmark need a landmark-token encoder (lafs_vit_*): "
+    )
+    assert error.rstrip().endswith("reads images only")
+
+
+def test_init_from_an_exported_iresnet(tmp_path):
+    encoder = build_any_encoder(EncoderConfig(name="iresnet18", embed_dim=32, model_args={"widths": [4, 4, 8, 8]}))
+    save_encoder(encoder, tmp_path / "resnet")
+    out = run(tmp_path / "run", f"init={tmp_path / 'resnet'}", "max_steps=0")
+    final, start = weights(out / "encoder"), weights(tmp_path / "resnet")
+    assert final.keys() == start.keys() and all(torch.equal(final[k], start[k]) for k in start)
+    assert load_config_yaml(out)["encoder"]["name"] == "iresnet18"
+
+
+@pytest.mark.slow
+def test_two_processes_with_an_iresnet(tmp_path):
+    """gloo on the CPU: DDP keeps a tiny IResNet in step with CoReFace's views before its FC and gathered UNPG."""
+    out = tmp_path / "ddp"
+    launch_two_processes(
+        "finetune/train.py",
+        "--config",
+        str(IRESNET_CONFIGS[1]),
+        *TINY,
+        *BACKBONES["iresnet50"],
+        f"output_dir={out}",
+        "max_steps=3",
+        "optim.batch_size=4",
+        "dump_rank_weights=true",
+        "regularisers.coreface.phase2_epoch=0",
+        "regularisers.coreface.weight.start_epoch=0",
+        "regularisers.unpg.enabled=true",
+        "regularisers.unpg.gather=true",
+    )
+    hashes = [(out / f"weights_rank{rank}.sha256").read_text() for rank in range(2)]
+    assert hashes[0] == hashes[1]
+    log = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[0]["coreface_loss"] > 0 and "unpg_loss" in log[0]

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import pytest
 
 from lafs.errors import ConfigError
-from lafs.registry import ENCODERS, HEADS, LANDMARK_SOURCES, REGULARISERS, Registry
+from lafs.registry import ENCODERS, HEADS, LANDMARK_SOURCES, REGULARISERS, FactoryRegistry, Registry
 
 
 def test_register_get_names() -> None:
@@ -64,3 +64,31 @@ def test_module_registries() -> None:
         "regulariser",
         "landmark source",
     ]
+
+
+def test_factory_registry_families() -> None:
+    reg = FactoryRegistry("encoder")
+
+    @reg.register("plain")
+    def plain(**kwargs: int) -> tuple:
+        return ("plain", kwargs)
+
+    @reg.register("timm:")
+    def family(member: str, **kwargs: int) -> tuple:
+        return (member, kwargs)
+
+    assert reg.get("timm:convnext_atto")(width=2) == ("convnext_atto", {"width": 2})
+    assert reg.get("plain")(width=1) == ("plain", {"width": 1})
+    assert "timm:anything" in reg and "plain" in reg and "timm:" not in reg and "other:x" not in reg
+    assert reg.names() == ["plain", "timm:<name>"]
+    with pytest.raises(ConfigError, match=r"^unknown encoder 'other:x' \(known: plain, timm:<name>\)$"):
+        reg.get("other:x")
+    with pytest.raises(ConfigError, match="unknown encoder 'timm:'"):
+        reg.get("timm:")  # a family needs a member
+
+
+def test_encoders_know_every_kind() -> None:
+    import lafs  # noqa: F401  (registers the encoders)
+
+    assert {"lafs_vit_nano_p8_112", "iresnet50", "timm:<name>"} <= set(ENCODERS.names())
+    assert all(name in ENCODERS for name in ("lafs_vit_nano_p8_112", "iresnet50", "timm:convnext_atto"))

@@ -267,7 +267,7 @@ class _PlainFinetuneTask(FinetuneTask):
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         parts = super().build(accelerator, dataset)
         model = parts.model
-        assert isinstance(model, FinetuneModel)
+        assert isinstance(model, FinetuneModel) and isinstance(model.encoder, LandmarkViT)
         model.encoder = plain_vit_like(model.encoder, self.cfg.encoder.drop_path_rate)  # type: ignore[assignment]
         optimizer = build_optimizer(model, self.cfg.optim, fused=use_fused_adamw(accelerator))
         return TrainingParts(model, optimizer, parts.on_device, parts.checkpointed)

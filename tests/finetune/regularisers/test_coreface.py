@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from finetune.context import LossContext
 from finetune.heads import MarginHead, margin_cross_entropy
+from finetune.regularisers.base import ViewSource
 from finetune.regularisers.coreface import (
     CoReFace,
     CoReFaceConfig,
@@ -202,6 +203,23 @@ def test_dropout_views_by_phase_and_mode() -> None:
 
 
 # -- errors, mixed batches, reverse direction ------------------------------------------------------------------------
+
+
+def test_views_act_before_the_embedding_layer_when_the_encoder_has_one() -> None:
+    # IResNet's placement: the masks drop the flattened map, then each view goes through the shared FC + BN. With a
+    # non-linear layer (x + 1) the order shows: drop first gives {1, 1 + 1 / (1 - p)} = {1, 3} at p = 0.5; the
+    # other order would give {0, 2 / (1 - p)} = {0, 4}.
+    reg = CoReFace(phase2_epoch=1.0, dropout=0.5, dropout_phase2=0.5).train()
+    source = ViewSource(torch.ones(4, 64), lambda x: x + 1.0)
+    features = torch.full((4, 64), 9.0)  # what the views must not be made of
+    torch.manual_seed(0)
+    one = reg.embedding_views(features, 0.0, source)
+    two = reg.embedding_views(features, 1.0, source)
+    assert one.shape == (1, 4, 64) and two.shape == (2, 4, 64)
+    assert set(torch.cat([one, two]).unique().tolist()) == {1.0, 3.0}
+    assert not torch.equal(two[0], two[1])  # independent masks
+    reg.eval()
+    assert torch.equal(reg.embedding_views(features, 1.0, source), torch.full((2, 4, 64), 2.0))
 
 
 def test_needs_two_views() -> None:

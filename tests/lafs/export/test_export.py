@@ -20,6 +20,7 @@ from lafs.export import (
     PREDICTOR_FOLDER,
     OnnxEncoder,
     check_onnx_parity,
+    encoder_config,
     encoder_folder,
     export_onnx,
     load_any_encoder,
@@ -282,9 +283,7 @@ def test_cli_missing_input(tmp_path, capsys):
 
 
 def test_cli_help():
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=ROOT
-    )
+    result = subprocess.run([sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "--onnx" in result.stdout
 
 
@@ -379,3 +378,113 @@ def test_onnx_parity_with_the_minmax_fit(tmp_path, faces, images_only):
             # The graph fits its input: a moved and scaled copy of the same face gives the same embedding.
             encoder = OnnxEncoder(path)
             torch.testing.assert_close(encoder(images, points), encoder(images, points * 0.9 + 3.0), atol=1e-4, rtol=0)
+# -- every kind of encoder, timm's hub format ---------------------------------------------------------------------
+
+KINDS = {
+    "landmark_vit": (ARCH, SMALL),
+    "iresnet": ("iresnet50", {"widths": (8, 8, 16, 16), "num_features": 32}),
+    "timm": ("lafs_timm_encoder", {"backbone": "test_convnext", "num_features": 32}),
+}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def kind_folder(request, tmp_path_factory):
+    architecture, args = KINDS[request.param]
+    torch.manual_seed(0)
+    model = timm.create_model(architecture, **args).eval()
+    return request.param, model, save_encoder(model, tmp_path_factory.mktemp(request.param) / "encoder")
+
+
+def test_every_encoder_loads_with_timm_local_dir_and_nothing_else(kind_folder, faces):
+    kind, model, folder = kind_folder
+    images, landmarks = faces
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == model.pretrained_cfg["architecture"] and config["num_classes"] == 0
+    assert config["num_features"] == model.num_features and isinstance(config["model_args"], dict)
+    assert {key: config["pretrained_cfg"][key] for key in ("input_size", "mean", "std", "interpolation")} == {
+        "input_size": [3, 112, 112],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bilinear",
+    }
+    assert config["format"] == "lafs-encoder" and config["version"] == 2 and "tag" not in config["pretrained_cfg"]
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert type(loaded) is type(model)
+    points = landmarks if kind == "landmark_vit" else None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, points), model(images, points), rtol=0, atol=0)
+        torch.testing.assert_close(load_encoder(folder).eval()(images, points), model(images, points), rtol=0, atol=0)
+    if kind == "landmark_vit":
+        assert loaded.landmark_set == "mediapipe49" and config["landmark_set"] == "mediapipe49"
+    # A re-export of the reloaded model is the same record (the local folder it came from is not written down).
+    assert encoder_config(loaded) == {**config, "source": {}}
+
+
+def test_the_folder_is_a_hugging_face_repository(kind_folder, monkeypatch, faces):
+    """``hf-hub:`` reads the same files: hub downloads are served from the folder (no network here)."""
+    import timm.models._hub as hub
+
+    kind, model, folder = kind_folder
+
+    def download(repo_id: str, filename: str, **_: object) -> str:
+        assert repo_id == "someone/face-encoder"
+        if not (folder / filename).is_file():
+            from huggingface_hub.errors import EntryNotFoundError
+
+            raise EntryNotFoundError(filename)
+        return str(folder / filename)
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    loaded = timm.create_model("hf-hub:someone/face-encoder", pretrained=True).eval()
+    images, landmarks = faces
+    points = landmarks if kind == "landmark_vit" else None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, points), model(images, points), rtol=0, atol=0)
+
+
+def test_a_version_1_folder_still_loads(model, tmp_path, faces):
+    """The layout written before timm's hub format: model_args and normalisation at the top, no pretrained_cfg."""
+    folder = save_encoder(model, tmp_path / "old")
+    current = json.loads((folder / "config.json").read_text())
+    old = {
+        "format": "lafs-encoder",
+        "version": 1,
+        "architecture": ARCH,
+        "model_args": SMALL,
+        "input_size": [3, 112, 112],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "landmark_set": "mediapipe49",
+        "template": current["template"],
+        "patch_size": 8,
+        "num_features": 32,
+        "source": {},
+    }
+    (folder / "config.json").write_text(json.dumps(old))
+    images, landmarks = faces
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(folder).eval()(images, landmarks), model(images, landmarks))
+
+
+def test_iresnet_exports_one_images_only_onnx_file(tmp_path, faces, capsys):
+    torch.manual_seed(0)
+    model = timm.create_model("iresnet18", widths=(4, 4, 8, 8), num_features=16).eval()
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lafs-output.json",
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+    ]
+    printed = capsys.readouterr().out
+    assert "iresnet18, 16-d embeddings" in printed and printed.count("min cosine") == 1
+    config = json.loads((out / "config.json").read_text())
+    assert [entry["inputs"] for entry in config["onnx"]["files"]] == [["images"]]
+    onnx_encoder = load_any_encoder(out / "model.onnx")
+    assert isinstance(onnx_encoder, OnnxEncoder) and not onnx_encoder.needs_landmarks
+    images = faces[0]
+    with torch.no_grad():
+        for batch in (1, 5):
+            torch.testing.assert_close(onnx_encoder(images[:batch]), model(images[:batch]), rtol=1e-4, atol=1e-4)
