@@ -6,12 +6,13 @@
         [--pretrain-set key=value ...] [--finetune-set key=value ...]
 
 DIR holds one sub-folder per identity: aligned 112 x 112 crops, or photos with --align (aligned once into
-OUTPUT/aligned). MediaPipe's 196 landmarks are computed once (OUTPUT/landmarks). For each seed, --unseen identities
-(a seeded draw from the sorted names) are held out and give --pairs verification pairs, half same, half different;
-each arm pretrains on the other (seen) identities without labels for --pretrain-steps (lafs: landmark views; dino:
-DINO's random-crop views on the regular patch grid; none: no pretraining), then fine-tunes on --shots images per
-seen identity for --finetune-steps with each regulariser (none = the ArcFace head alone), and every encoder, also
-before fine-tuning, is verified on the unseen pairs. The base recipes are configs/fewshot/{pretrain,finetune}.yaml;
+OUTPUT/aligned); `--input synthetic` writes the built-in synthetic faces (with their exact landmarks) instead.
+MediaPipe's 196 landmarks are computed once (OUTPUT/landmarks). For each seed, --unseen identities (a seeded draw
+from the sorted names) are held out and give --pairs verification pairs, half same, half different. Each arm
+pretrains on the other (seen) identities without labels for --pretrain-steps (lafs: landmark views; dino: DINO's
+random-crop views on the regular patch grid; none: no pretraining), then fine-tunes on --shots images per seen
+identity for --finetune-steps with each regulariser (none = the ArcFace head alone), and every encoder, also before
+fine-tuning, is verified on the unseen pairs. The base recipes are configs/fewshot/{pretrain,finetune}.yaml;
 --pretrain-set / --finetune-set override their keys. Running the same command again resumes where it stopped.
 
 Writes OUTPUT/results.json (a record per arm, shots, regulariser and seed, and the mean and spread over seeds),
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.fewshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--input", type=Path, required=True, metavar="DIR", help="identity folder")
+    parser.add_argument("--input", type=Path, required=True, metavar="DIR", help="identity folder, or 'synthetic'")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="results and every stage")
     parser.add_argument("--align", action="store_true", help="align the photos to the ArcFace crop first")
     parser.add_argument("--unseen", type=int_in_range(2), default=5, help="identities held out (default 5)")
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-steps", type=int_in_range(0), default=600, help="per arm (default 600)")
     parser.add_argument("--finetune-steps", type=int_in_range(2), default=300, help="per run (default 300)")
     parser.add_argument("--encoder", default="lafs_vit_nano_p8_112", help="registered encoder (default nano)")
+    parser.add_argument("--synthetic-identities", type=int_in_range(4), default=40, help="with --input synthetic")
+    parser.add_argument("--synthetic-images", type=int_in_range(2), default=20, help="per synthetic identity")
     parser.add_argument("--pairs", type=int_in_range(10), default=600, help="unseen pairs (default 600)")
     parser.add_argument("--workers", type=int_in_range(1), default=2, help="alignment/landmark processes")
     parser.add_argument("--pretrain-config", type=Path, default=Path("configs/fewshot/pretrain.yaml"))
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps,
         encoder=args.encoder,
+        synthetic_identities=args.synthetic_identities,
+        synthetic_images=args.synthetic_images,
         pairs=args.pairs,
         workers=args.workers,
         pretrain_config=args.pretrain_config,

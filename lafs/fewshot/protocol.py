@@ -13,6 +13,7 @@ is skipped, an interrupted one continues from its last checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -23,21 +24,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from finetune.task import FinetuneConfig, FinetuneTask
 from lafs.config import load_config
-from lafs.data.align_photos import ALIGNED_FOLDER_KIND, Tally, find_photos, write_folder
+from lafs.data.align_photos import Tally, find_photos, write_folder
 from lafs.data.folder import few_shot_indices, scan_image_folder, write_list_file
 from lafs.data.images import read_image_file
 from lafs.data.pairs import write_bin
+from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import fit
 from lafs.errors import ConfigError
 from lafs.export import load_encoder
-from lafs.files import write_atomic
 from lafs.fewshot.split import IdentitySplit, relabel, split_identities, subset_cache, verification_pairs
-from lafs.landmarks.cache import LandmarkCache
+from lafs.files import write_atomic
+from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.extract import extract_landmarks
 from lafs.models import EncoderConfig, build_encoder
 from lafs.tasks.pretrain import PretrainConfig, PretrainTask
@@ -48,7 +51,9 @@ ARMS = ("lafs", "dino", "none")  # LAFS landmark views, DINO patch views, no pre
 REGULARISERS = ("none", "unpg", "coreface", "intraloss", "cluster", "landmark")  # "none": the margin head alone
 LANDMARK_SET = "mediapipe196"  # LAFS's K = 196 tokens, from MediaPipe on the aligned crops
 GRID_SET = "grid196"  # the regular 14 x 14 grid of 8 x 8 patches: the DINO arm's tokens
-DONE = "fewshot_stage.json"  # written in a stage's folder when it has finished
+DONE = "fewshot_stage.json"
+SYNTHETIC = "synthetic"  # the input that names the built-in synthetic faces
+SYNTHETIC_SEED = 7  # identities no other demo or test draws  # written in a stage's folder when it has finished
 
 
 @dataclass
@@ -64,6 +69,8 @@ class FewShotConfig:
     pretrain_steps: int = 600  # optimiser steps, the same for every arm
     finetune_steps: int = 300  # likewise
     encoder: str = "lafs_vit_nano_p8_112"
+    synthetic_identities: int = 40  # with input "synthetic": the built-in faces, this many identities ...
+    synthetic_images: int = 20  # ... of this many images each
     pairs: int = 600  # unseen verification pairs, half same, half different
     workers: int = 2  # processes for alignment and landmarks
     pretrain_config: Path = Path("configs/fewshot/pretrain.yaml")
@@ -116,7 +123,10 @@ def _mark_finished(folder: Path, record: dict[str, Any]) -> None:
 
 
 def prepare_faces(cfg: FewShotConfig) -> Path:
-    """The aligned identity folder: the input itself, or its photos aligned once into ``output/aligned``."""
+    """The aligned identity folder: the input itself, its photos aligned once into ``output/aligned``, or for
+    ``input = "synthetic"`` the built-in synthetic faces written once into ``output/synthetic``."""
+    if str(cfg.input) == SYNTHETIC:
+        return write_synthetic_folder(cfg.output / SYNTHETIC, cfg.synthetic_identities, cfg.synthetic_images)
     if not cfg.align:
         return cfg.input
     aligned = cfg.output / "aligned"
@@ -128,13 +138,46 @@ def prepare_faces(cfg: FewShotConfig) -> Path:
     return aligned
 
 
+def write_synthetic_folder(folder: Path, identities: int, images: int) -> Path:
+    """Synthetic faces as an identity folder of PNGs, with their exact landmarks in ``exact_landmarks.npy``
+    (rows in the sorted order `scan_image_folder` lists the images)."""
+    if (folder / "exact_landmarks.npy").is_file():
+        return folder
+    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=identities, images_per_identity=images,
+                                                landmark_set=LANDMARK_SET, seed=SYNTHETIC_SEED))  # fmt: skip
+    width = len(str(images))
+    points = []
+    for index in range(len(faces)):
+        item = faces[index]
+        label, number = divmod(index, images)
+        path = folder / f"id{label:04d}" / f"{number:0{width}d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, png = cv2.imencode(".png", cv2.cvtColor(item["image"], cv2.COLOR_RGB2BGR))  # lossless
+        write_atomic(path, png.tobytes())
+        points.append(item["landmarks"])
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack(points).astype(np.float32))
+    write_atomic(folder / "exact_landmarks.npy", buffer.getvalue())  # last: it marks the folder complete
+    return folder
+
+
 def prepare_landmarks(cfg: FewShotConfig, faces: Path) -> tuple[list[Path], np.ndarray, list[str], LandmarkCache]:
-    """Every image (sorted), its label and identity names, and their MediaPipe landmark cache (computed once)."""
+    """Every image (sorted), its label and identity names, and their landmark cache (computed once): MediaPipe's on
+    real faces, the exact ones on synthetic faces."""
     paths, labels, names = scan_image_folder(faces)
     all_list = write_list_file(cfg.output / "all_images.csv", paths, labels)
-    report = extract_landmarks(all_list, cfg.output / "landmarks", LANDMARK_SET, workers=cfg.workers, progress=False)
-    cache = report.cache
-    logger.info(f"landmarks: MediaPipe found {cache.info.found} of {cache.info.num_images} faces")
+    exact = faces / "exact_landmarks.npy"
+    if exact.is_file():
+        points = np.load(exact)
+        info = CacheInfo(str(all_list), len(points), LANDMARK_SET, 112, "synthetic faces (exact landmarks)")
+        cache = LandmarkCache.create(cfg.output / "landmarks", info)
+        cache.write(np.arange(len(points)), points, np.ones(len(points), dtype=bool))
+        cache.flush()
+    else:
+        report = extract_landmarks(all_list, cfg.output / "landmarks", LANDMARK_SET, workers=cfg.workers,
+                                   progress=False)  # fmt: skip
+        cache = report.cache
+    logger.info(f"landmarks: {cache.info.found} of {cache.info.num_images} faces found ({cache.info.detector})")
     return paths, labels, names, cache
 
 
@@ -224,7 +267,7 @@ def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, sh
         f"encoder.name={cfg.encoder}",
         f"seed={data.seed}",
         f"optim.batch_size={batch}",
-        f"optim.grad_accum=1",
+        "optim.grad_accum=1",
         f"optim.epochs={_epochs(cfg.finetune_steps, images, batch)}",
         f"max_steps={cfg.finetune_steps}",
         "optim.schedules=relative",

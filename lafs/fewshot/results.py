@@ -65,7 +65,10 @@ def plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['arm']}\n{r['shots']}-shot\n{r['regulariser']}" if r["shots"] else f"{r['arm']}\nno ft" for r in rows]
+    labels = [
+        f"{r['arm']}\n{r['shots']}-shot\n{r['regulariser']}" if r["shots"] else f"{r['arm']}\nno fine-tuning"
+        for r in rows
+    ]
     x = np.arange(len(rows))
     figure, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.9 * len(rows) + 2), 4), sharey=True)
     for axis, metric in zip(axes, ("accuracy", "auc"), strict=True):
