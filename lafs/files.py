@@ -139,6 +139,21 @@ def prepare_output_folder(
     return folder
 
 
+def claim_output_folder(
+    path: str | os.PathLike[str], kind: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """`prepare_output_folder`, then create ``path`` and mark it an output of ``kind`` from the start.
+
+    For long, resumable writers (the few-shot protocol) that fill the folder over hours: the same command accepts the
+    folder again after an interruption, and the manifest lists no files, so nothing there is ever removed by it.
+    """
+    folder = prepare_output_folder(path, kind, overwrite, inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    if output_kind(folder) != kind:
+        write_atomic(folder / MANIFEST, json.dumps({"kind": kind, "files": []}, indent=2) + "\n")
+    return folder
+
+
 def prepare_output_files(paths: Sequence[str | os.PathLike[str]], overwrite: bool = False) -> None:
     """Check the output files ``paths`` may be written: a folder is refused, an existing file unless ``overwrite``."""
     for path in map(Path, paths):
