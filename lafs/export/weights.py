@@ -2,7 +2,8 @@
 
     folder/model.safetensors   the encoder's state dict (no head, no training state)
     folder/config.json         architecture, the arguments to rebuild it, input size, normalisation, landmark set
-                               and template, embedding size, and where the weights came from
+                               and template, the landmark source it was trained with (``landmark_source``:
+                               template, mediapipe or predictor), embedding size, and where the weights came from
     folder/landmark_predictor/ (exported fine-tuned LAFS models) the learned landmark predictor, the same format
 
 `load_encoder(folder)` and ``timm.create_model(architecture, pretrained=True,
@@ -16,6 +17,7 @@ A training run directory keeps its final encoder in ``encoder/`` and its landmar
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +26,9 @@ from typing import Any, cast
 import timm
 from safetensors import SafetensorError
 
-from lafs.errors import DataError
+from lafs.errors import ConfigError, DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
+from lafs.landmarks.provenance import PREDICTOR, TEMPLATE, UNRECORDED, check_landmark_source
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
 from lafs.models.vit import SIZES, LandmarkViT, block_dims
 
@@ -36,8 +39,11 @@ ENCODER_FOLDER = "encoder"  # in a run directory: the final encoder
 PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
 
 
-def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json record for ``model``."""
+def encoder_config(
+    model: LandmarkViT, source: dict[str, Any] | None = None, landmark_source: str = TEMPLATE
+) -> dict[str, Any]:
+    """The config.json record for ``model``, trained on landmarks from ``landmark_source`` (template, mediapipe,
+    predictor: `lafs.landmarks.provenance`)."""
     cfg = model.pretrained_cfg
     return {
         "format": EXPORT_FORMAT,
@@ -54,6 +60,7 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
         "std": list(cfg["std"]),
         "landmark_set": model.landmark_set,
         "template": model.template.tolist(),
+        "landmark_source": check_landmark_source(landmark_source),
         "patch_size": model.patch_embed.patch_size[0],
         "num_features": model.num_features,
         "source": source or {},
@@ -76,16 +83,17 @@ def save_encoder(
     landmark_predictor: LandmarkPredictor | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    landmark_source: str = TEMPLATE,
 ) -> Path:
     """Write the encoder folder ``folder``: model.safetensors, config.json and, with a ``landmark_predictor`` (a
-    fine-tuned LAFS model), ``landmark_predictor/``.
+    fine-tuned LAFS model), ``landmark_predictor/``. ``landmark_source`` is recorded in config.json.
 
     ``folder`` is an output folder of kind ``lafs-encoder`` (`lafs.files.output_folder`): missing, empty or a
     previous encoder folder, any other only with ``overwrite``, never one of ``inputs``; files it does not write are
     left alone, and a failure leaves the folder as it was.
     """
     with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
-        write_encoder(model, staging, source, landmark_predictor)
+        write_encoder(model, staging, source, landmark_predictor, landmark_source)
     return Path(folder)
 
 
@@ -94,9 +102,10 @@ def write_encoder(
     staging: Path,
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
+    landmark_source: str = TEMPLATE,
 ) -> None:
     """The files of an encoder folder, into the staging folder ``staging`` of an `output_folder`."""
-    write_weights(model, staging, encoder_config(model, source))
+    write_weights(model, staging, encoder_config(model, source, landmark_source))
     if landmark_predictor is not None:
         save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
 
@@ -168,6 +177,27 @@ def encoder_folder(path: str | os.PathLike[str]) -> Path:
     if not (folder / "config.json").is_file():
         raise DataError(f"{path}: not a run directory (with {ENCODER_FOLDER}/config.json) or an encoder folder")
     return folder
+
+
+def recorded_landmark_source(folder: str | os.PathLike[str]) -> tuple[str, bool]:
+    """(landmark source, whether config.json records it) of the encoder folder ``folder``.
+
+    Folders written before the record have no ``landmark_source``: they count as the template (`UNRECORDED`), what
+    consumers gave them then, unless a landmark predictor belongs to them (a fine-tuned LAFS model, which consumers
+    ran with its predictor). An unknown value is a one-line `DataError`.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the encoder's record ({exc})") from None
+    recorded = config.get("landmark_source") if isinstance(config, dict) else None
+    if recorded is None:
+        return (UNRECORDED if predictor_folder(folder) is None else PREDICTOR), False
+    try:
+        return check_landmark_source(recorded, f"{path}: landmark_source"), True
+    except ConfigError as error:
+        raise DataError(str(error)) from None
 
 
 def predictor_folder(encoder: str | os.PathLike[str]) -> Path | None:

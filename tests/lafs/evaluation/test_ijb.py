@@ -279,9 +279,11 @@ def test_cli_end_to_end(ijbc, tmp_path, capsys):
     argv = ["--input", str(encoder), "--ijb", str(ijbc["root"]), "--output", str(out), "--detector-score"]
     assert main([*argv, "--batch-size", "4"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[0].split(" | ")[1:] == [f"{k:>8}" for k in ("1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01")]
-    assert printed[1].startswith("IJBC N0D1F2")
+    assert printed[0].startswith("landmarks: template") and printed[1] == "IJBC: template landmarks"
+    assert printed[2].split(" | ")[1:] == [f"{k:>8}" for k in ("1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01")]
+    assert printed[3].startswith("IJBC N0D1F2")
     report = json.loads((out / "ijb_report.json").read_text())
+    assert report["landmark_source"] == "template" and report["landmarks"] == {"source": "template"}
     assert report["options"] == {
         "name": "DF",
         "test_mode": "N0D1F2",
