@@ -35,7 +35,7 @@ class EvalLandmarks:
         if record["source"] != MEDIAPIPE:
             return f"{name}: {record['source']} landmarks"
         how = "computed" if record["computed"] else "read"
-        where = record["cache"] or "nowhere (not cached)"
+        where = record["cache"] or "not cached"
         return (
             f"{name}: MediaPipe landmarks of {record['images']} images {how} ({where}); "
             f"{record['no_face']} without a face got the template"

@@ -94,9 +94,9 @@ def evaluate_sets(
     ``sets`` maps a name to ``(images, issame)`` as `lafs.data.pairs.load_bin` returns them (pair ``i`` is images
     ``2i`` and ``2i + 1``); ``landmarks`` maps a set's name to its images' landmarks (N, K, 2) pixels, mirrored with
     ``flip_permutation`` (`embed_images`), for a model that takes them. Images are embedded `embed_images`-style in
-    batches of ``batch_size``; ``progress(n)`` is
-    called after each batch with the number of images it held. ``seconds`` is the wall time of embedding the set (the
-    metrics excluded) and ``images_per_second`` is images / seconds (with ``flip`` each image is two forward passes).
+    batches of ``batch_size``; ``progress(n)`` is called after each batch with the number of images it held.
+    ``seconds`` is the wall time of embedding the set (the metrics excluded) and ``images_per_second`` is images /
+    seconds (with ``flip`` each image is two forward passes).
     ``threshold_at_far`` ({"1e-04": cosine threshold, ...}) and ``roc`` ({"far": [...], "tar": [...]}, sampled at
     log-spaced FARs) are ``None`` when a set lacks one of the two classes.
     """
@@ -160,7 +160,7 @@ def build_report(
     landmarks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report.json record: ``{"encoder": ..., "protocol": {...}, "sets": {...}}``, plus the fields of
-    ``landmarks`` (`lafs.export.landmark_choice.LandmarkChoice.record`: ``landmark_source`` used, ``trained_with``)."""
+    ``landmarks`` (`lafs.landmarks.provenance.LandmarkChoice.record`: ``landmark_source`` used, ``trained_with``)."""
     protocol = {"flip": bool(flip), "folds": int(folds), "similarity": SIMILARITY}
     return {**(landmarks or {}), "encoder": dict(encoder), "protocol": protocol, "sets": dict(sets)}
 

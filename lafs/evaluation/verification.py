@@ -295,7 +295,7 @@ def embed_images(
     Images are scaled to [-1, 1] (`lafs.data.collate.normalize_images`) and passed as ``model(batch)``, in eval mode
     under ``torch.inference_mode()``; the project's encoders then use their own landmarks: the template, right for
     aligned faces and their mirror images, or a learned predictor. With ``landmarks`` (N, K, 2) pixels of the images
-    (`lafs.export.landmark_choice`: the template or MediaPipe's) the call is ``model(batch, landmarks)``, and a
+    (the template or MediaPipe's, `lafs.evaluation.landmarks`) the call is ``model(batch, landmarks)``, and a
     mirrored image gets its landmarks mirrored with ``flip_permutation`` (K,), the encoder's landmark set's. With
     ``flip=True`` the result is the SUM of the embeddings of each image and of its horizontal flip, insightface's
     convention (its accuracy is computed after normalising the sum). The training mode of every submodule is restored

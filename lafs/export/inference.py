@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lafs.errors import ConfigError, DataError
+from lafs.errors import DataError
 from lafs.export.onnx import INPUT_LANDMARKS, ONNX_FILES, OnnxEncoder
 from lafs.export.weights import (
     EXPORT_FORMAT,
@@ -32,19 +32,14 @@ from lafs.landmarks.provenance import (
     AUTO,
     DEFAULT_IMAGE_SIZE,
     HOW,
-    LANDMARK_CHOICES,
     PREDICTOR,
     TEMPLATE,
     UNRECORDED,
     LandmarkChoice,
+    check_landmark_choice,
     choose_landmark_source,
 )
 from lafs.models.image_encoder import ImageEncoder
-
-
-def _check_choice(requested: str) -> None:
-    if requested not in LANDMARK_CHOICES:
-        raise ConfigError(f"--landmarks: unknown choice {requested!r} (choose from {', '.join(LANDMARK_CHOICES)})")
 
 
 def _wanted(requested: str, recorded: str) -> str:
@@ -57,7 +52,7 @@ def open_encoder(path: str | os.PathLike[str], landmarks: str = AUTO) -> tuple[t
     ``landmarks`` is ``auto`` (what the encoder was trained with), ``template``, ``mediapipe`` or ``predictor``; a
     choice that differs from training warns, one the model cannot take is a one-line error.
     """
-    _check_choice(landmarks)
+    check_landmark_choice(landmarks)  # before loading anything
     path = Path(path)
     if path.suffix == ".onnx":
         return _open_onnx(path, landmarks)

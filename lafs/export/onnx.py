@@ -30,17 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from lafs.errors import ConfigError, DataError
+from lafs.errors import DataError
 from lafs.export.weights import (
     ENCODER_FILES,
     EXPORT_FORMAT,
     PREDICTOR_FOLDER,
+    default_landmark_source,
     encoder_folder,
     load_encoder_and_predictor,
     write_encoder,
 )
 from lafs.files import output_folder, temporary_name, write_atomic
-from lafs.landmarks.provenance import AUTO, LANDMARK_CHOICES, MEDIAPIPE, PREDICTOR, TEMPLATE, choose_landmark_source
+from lafs.landmarks.provenance import AUTO, MEDIAPIPE, PREDICTOR, choose_landmark_source
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor
 from lafs.models.vit import LandmarkViT
@@ -200,8 +201,6 @@ def images_only_landmarks(landmark_source: str, requested: str = AUTO, has_predi
     is asked for (see the module docstring). A choice that differs from training warns; ``predictor`` needs
     ``has_predictor``.
     """
-    if requested not in LANDMARK_CHOICES:
-        raise ConfigError(f"--landmarks: unknown choice {requested!r} (choose from {', '.join(LANDMARK_CHOICES)})")
     chosen = choose_landmark_source(landmark_source, requested)
     if chosen == PREDICTOR and not has_predictor:
         why = "--landmarks predictor" if requested == PREDICTOR else f"it records landmark_source {PREDICTOR}"
@@ -231,18 +230,20 @@ def save_encoder_onnx(
     landmark_predictor: LandmarkPredictor | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
-    landmark_source: str = TEMPLATE,
+    landmark_source: str | None = None,
     graph_landmarks: str | None = AUTO,
 ) -> dict[str, dict[str, Any]]:
     """`save_encoder` plus the ONNX files, parity-checked on ``images``/``landmarks``; returns the report per file.
 
-    ``landmark_source`` is the source the encoder was trained with (recorded in config.json). ``graph_landmarks`` is
+    ``landmark_source`` is the source the encoder was trained with, recorded in config.json (None:
+    `lafs.export.weights.default_landmark_source`). ``graph_landmarks`` is
     what the images-only file computes inside, as `images_only_landmarks` resolves it (``predictor``, ``template``, or
     None for no images-only file); ``auto`` resolves it here: with a predictor it runs inside the graph, and a
     MediaPipe-trained encoder gets no images-only file. The folder keeps a ``landmark_predictor`` in
     ``landmark_predictor/`` whichever the graph uses. ``folder``, ``overwrite`` and ``inputs`` as for `save_encoder`:
     files it does not write are left alone, and a failed export or parity check leaves the folder as it was.
     """
+    landmark_source = landmark_source or default_landmark_source(landmark_predictor)
     graph = graph_landmarks
     if graph == AUTO:
         graph = images_only_landmarks(landmark_source, AUTO, landmark_predictor is not None)

@@ -83,10 +83,11 @@ def save_encoder(
     landmark_predictor: LandmarkPredictor | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
-    landmark_source: str = TEMPLATE,
+    landmark_source: str | None = None,
 ) -> Path:
     """Write the encoder folder ``folder``: model.safetensors, config.json and, with a ``landmark_predictor`` (a
-    fine-tuned LAFS model), ``landmark_predictor/``. ``landmark_source`` is recorded in config.json.
+    fine-tuned LAFS model), ``landmark_predictor/``. config.json records ``landmark_source``, the source the encoder
+    was trained with (None: `default_landmark_source`).
 
     ``folder`` is an output folder of kind ``lafs-encoder`` (`lafs.files.output_folder`): missing, empty or a
     previous encoder folder, any other only with ``overwrite``, never one of ``inputs``; files it does not write are
@@ -102,12 +103,19 @@ def write_encoder(
     staging: Path,
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
-    landmark_source: str = TEMPLATE,
+    landmark_source: str | None = None,
 ) -> None:
     """The files of an encoder folder, into the staging folder ``staging`` of an `output_folder`."""
+    landmark_source = landmark_source or default_landmark_source(landmark_predictor)
     write_weights(model, staging, encoder_config(model, source, landmark_source))
     if landmark_predictor is not None:
         save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
+
+
+def default_landmark_source(landmark_predictor: LandmarkPredictor | None) -> str:
+    """What an encoder written without saying was trained with: its predictor when it comes with one, else the
+    template."""
+    return TEMPLATE if landmark_predictor is None else PREDICTOR
 
 
 def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> LandmarkViT:

@@ -86,11 +86,16 @@ def add_landmark_options(parser: argparse.ArgumentParser, workers: bool = True) 
         )
 
 
-def choose_landmark_source(recorded: str, requested: str = AUTO, encoder: str = "the encoder") -> str:
-    """The source to use: ``recorded`` for ``auto``, else ``requested``, with a warning when the two differ."""
+def check_landmark_choice(requested: str) -> str:
+    """``requested`` if it is a ``--landmarks`` choice (auto or a source), else a one-line `ConfigError`."""
     if requested not in LANDMARK_CHOICES:
         raise ConfigError(f"--landmarks: unknown choice {requested!r} (choose from {', '.join(LANDMARK_CHOICES)})")
-    if requested == AUTO:
+    return requested
+
+
+def choose_landmark_source(recorded: str, requested: str = AUTO, encoder: str = "the encoder") -> str:
+    """The source to use: ``recorded`` for ``auto``, else ``requested``, with a warning when the two differ."""
+    if check_landmark_choice(requested) == AUTO:
         return recorded
     if requested != recorded:
         logger.warning(

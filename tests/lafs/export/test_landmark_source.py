@@ -93,9 +93,8 @@ def test_auto_uses_the_recorded_source_and_another_choice_warns(model, tmp_path,
 
 
 def test_a_predictor_encoder_places_its_own_landmarks(model, tmp_path):
-    folder = save_encoder(
-        model, tmp_path / "encoder", landmark_predictor=small_predictor(), landmark_source="predictor"
-    )
+    folder = save_encoder(model, tmp_path / "encoder", landmark_predictor=small_predictor())
+    assert recorded_landmark_source(folder) == ("predictor", True)  # the default with a predictor
     encoder, choice = open_encoder(folder)
     assert isinstance(encoder, ImageEncoder) and choice.source == "predictor" and not choice.takes_landmarks
     encoder, choice = open_encoder(folder, "template")
