@@ -39,10 +39,12 @@ from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
+from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
+from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
 from lafs.models import Encoder, EncoderConfig, build_any_encoder, encoder_name, takes_landmarks
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import (
@@ -144,6 +146,12 @@ class _Positioned(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**self.base[i], "position": i}
+
+
+def training_landmarks(cfg: FinetuneConfig) -> LandmarkChoice:
+    """The landmarks a run trains with: the learned predictor, or the training data's (template or a cache's)."""
+    source = PREDICTOR if cfg.landmarks.source == "predictor" else data_landmark_source(cfg.data.landmarks)
+    return LandmarkChoice(source, source, True, source != PREDICTOR, cfg.data.landmark_set, cfg.data.image_size)
 
 
 def initial_encoder(cfg: FinetuneConfig) -> Encoder:
@@ -310,8 +318,20 @@ class FinetuneTask(Task):
         )
         landmark_set = get_landmark_set(self.cfg.data.landmark_set)
         self.flip_permutation = torch.tensor(landmark_set.flip_permutation, device=run.device)
+        # Validation and the saved encoders use the landmarks the training data had.
+        self.landmark_choice = training_landmarks(self.cfg)
+        self.eval_landmarks: dict[str, EvalLandmarks] = {}
         if accelerator.is_main_process:
-            self.eval_sets = {Path(p).stem: load_bin(p, self.cfg.data.image_size) for p in self.cfg.eval_bins}
+            for path in self.cfg.eval_bins:
+                name = Path(path).stem
+                images, issame = load_bin(path, self.cfg.data.image_size)
+                self.eval_sets[name] = (images, issame)
+                # MediaPipe's, once, here: cached beside the set (else in the run directory) for later runs.
+                found = bin_landmarks(
+                    self.landmark_choice, path, len(images), max(1, self.cfg.num_workers), self.cfg.output_dir
+                )
+                self.eval_landmarks[name] = found
+                logger.info(f"validation {found.describe(name)}")
 
     def learning_rate(self, step: int) -> float:
         return self.schedule.lr(step)
@@ -364,14 +384,23 @@ class FinetuneTask(Task):
         return bool(self.cfg.eval_bins)
 
     def validate(self, step: int) -> dict[str, float]:
-        """k-fold accuracy on every validation set; a new best mean accuracy saves the encoder to ``best/``."""
+        """k-fold accuracy on every validation set with the training data's landmarks; a new best mean accuracy
+        saves the encoder to ``best/``."""
         model = self.run.accelerator.unwrap_model(self.model)
         encoder: nn.Module = ImageEncoder(model.encoder, model.landmark_predictor)
+        permutation = self.landmark_choice.flip_permutation()
         record = {}
         for name, (images, issame) in self.eval_sets.items():
             folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
             report = evaluate_pairs(
-                encoder, images, issame, batch_size=self.cfg.eval_batch_size, device=self.run.device, folds=folds
+                encoder,
+                images,
+                issame,
+                batch_size=self.cfg.eval_batch_size,
+                device=self.run.device,
+                folds=folds,
+                landmarks=self.eval_landmarks[name].points,
+                flip_permutation=permutation,
             )
             record[f"{name}_accuracy"] = report["accuracy"]
         record["mean_accuracy"] = float(np.mean(list(record.values())))
@@ -390,7 +419,7 @@ class FinetuneTask(Task):
     def _save(self, model: FinetuneModel, folder: Path, source: dict[str, Any]) -> dict[str, Path]:
         """The encoder (and the trained landmark predictor) as stand-alone folders under ``folder``."""
         source = {"run_dir": str(self.cfg.output_dir), **source}
-        save_encoder(model.encoder, folder / "encoder", source)
+        save_encoder(model.encoder, folder / "encoder", source, landmark_source=self.landmark_choice.source)
         written = {"encoder": folder / "encoder"}
         if model.landmark_predictor is not None:
             save_landmark_predictor(model.landmark_predictor, folder / PREDICTOR_FOLDER, source)

@@ -6,6 +6,9 @@ alignment, a photo of any size is read upright (EXIF orientation applied), Media
 photo and then at overlapping windows of 1/2 and 1/4 of its short side (its detector misses small faces), and the
 eyes, nose tip and mouth corners map the face onto the ArcFace 112 x 112 template. Failures come back with a reason,
 never dropped.
+
+The encoder then gets the landmarks it was trained with (`lafs.export.inference.open_encoder`): for ``mediapipe``,
+MediaPipe runs again on each aligned crop, as the training set's landmark cache was made (`crop_landmarks`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from lafs.errors import DataError
 from lafs.evaluation.verification import far_key
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
+from lafs.landmarks.provenance import TEMPLATE, LandmarkChoice
+from lafs.landmarks.sources import MediaPipeLandmarks
 
 NO_FACE, UNREADABLE, NOT_ALIGNED = "no face", "unreadable", "not an aligned crop"
 MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful crop
@@ -159,6 +164,35 @@ def load_faces(
         if own is not None:
             own.close()
     return crops, kept, failures
+
+
+def crop_landmarks(choice: LandmarkChoice, crops: Sequence[np.ndarray]) -> tuple[np.ndarray | None, int]:
+    """(landmarks (N, K, 2) float32 pixels to give the encoder with ``crops``, or None when it places its own; the
+    number of crops where MediaPipe found no face, which get the template).
+
+    ``template``: the template for every crop; ``mediapipe``: MediaPipe's face mesh on each aligned crop, scaled to
+    the encoder's input size (one detector, in this process).
+    """
+    if not choice.takes_landmarks:
+        return None, 0
+    template = choice.template()
+    points = np.repeat(template[None], len(crops), axis=0)
+    if choice.source == TEMPLATE:
+        return points, 0
+    assert choice.landmark_set is not None  # template() above checked it
+    detector = MediaPipeLandmarks(choice.landmark_set)
+    missed = 0
+    try:
+        for row, crop in enumerate(crops):
+            found, valid = detector(crop)
+            if valid.all():
+                height, width = crop.shape[:2]
+                points[row] = found * np.array([choice.image_size / width, choice.image_size / height], np.float32)
+            else:
+                missed += 1
+    finally:
+        detector.close()
+    return points, missed
 
 
 def embedding_side_paths(output: Path) -> tuple[Path, Path]:

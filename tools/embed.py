@@ -2,6 +2,7 @@
 
     python -m tools.embed --input IMAGES_OR_FOLDERS... --model RUN_DIR|ENCODER|MODEL.onnx --output OUT.npy
                           [--align] [--batch-size 64] [--no-flip] [--device cpu|cuda] [--overwrite]
+                          [--landmarks auto|template|mediapipe|predictor]
 
 --input takes image files and folders (searched recursively, sorted). Without --align the images must be aligned
 square face crops (resized to 112 x 112 if of another size; non-square ones are refused); with --align any photo is
@@ -9,7 +10,8 @@ searched for a face with MediaPipe and aligned onto the ArcFace template first.
 
 --model is a training run directory (its encoder/), an exported encoder folder (model.safetensors + config.json)
 or an .onnx file. Embeddings are insightface's: the image's plus its mirror image's (--no-flip: the image's only),
-then L2-normalised.
+then L2-normalised. The encoder gets the landmarks it was trained with (--landmarks auto; another choice warns): for
+MediaPipe-trained encoders MediaPipe runs on each aligned crop, and crops where it finds no face get the template.
 
 Writes OUT.npy (N, D) float32, OUT.index.csv (row,path: which image each row is) and, when some images fail,
 OUT.failed.csv (path,reason); failures are listed on stderr too. All files appear whole or not at all; if no image
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import ConfigError, DataError
+from lafs.landmarks.provenance import add_landmark_options
 
 
 def default_device() -> str:
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flip", action="store_true", help="embed the image only, not image + mirror image")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_landmark_options(parser, workers=False)
     add_threads_option(parser)
     return parser
 
@@ -64,16 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_output_files([args.output, *embedding_side_paths(args.output)], args.overwrite)
 
     from lafs.evaluation.verification import embed_images
-    from lafs.export import load_any_encoder
+    from lafs.export.inference import open_encoder
     from lafs.inference import (
         collect_images,
+        crop_landmarks,
         l2_normalise_rows,
         load_faces,
         write_embeddings,
     )
 
     paths = collect_images(args.input)
-    model = load_any_encoder(args.model)
+    model, choice = open_encoder(args.model, args.landmarks)
+    print(choice.describe())
     device = args.device or default_device()
     try:
         model = model.to(device)
@@ -86,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DataError(f"none of the {len(paths)} images gave a face (e.g. {path}: {reason}); nothing written")
     for path, reason in failures:
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    embeddings = embed_images(model, crops, batch_size=args.batch_size, flip=not args.no_flip, device=device)
+    landmarks, missed = crop_landmarks(choice, crops)
+    if missed:
+        print(f"MediaPipe found no face on {missed} of {len(crops)} crops: they get the template")
+    permutation = choice.flip_permutation() if landmarks is not None else None
+    embeddings = embed_images(model, crops, args.batch_size, not args.no_flip, device, landmarks, permutation)
     embeddings = l2_normalise_rows(embeddings)
     seconds = time.perf_counter() - start
     write_embeddings(args.output, embeddings, kept, failures)

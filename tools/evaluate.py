@@ -2,11 +2,18 @@
 
     python -m tools.evaluate --input RUN_DIR|ENCODER_FOLDER|MODEL.onnx --bin lfw.bin [--bin cfp_fp.bin ...]
         --output OUT_FOLDER [--batch-size 128] [--no-flip] [--device cpu|cuda]
+        [--landmarks auto|template|mediapipe|predictor] [--workers N]
 
 Each set is named after its file (``lfw.bin`` -> ``lfw``). Images are resized to the encoder's input size if they
 differ, embedded (with --no-flip not summed with their mirror image), and scored by cosine similarity with
 insightface's 10-fold protocol. OUT_FOLDER receives report.json (every number), report.md (a table) and roc.png;
 the table is also printed. Every input is read and checked before anything is written.
+
+The encoder gets the landmarks it was trained with (--landmarks auto: its config.json's landmark_source; folders
+written before that record count as template, or predictor when they hold one); another choice warns. For MediaPipe
+landmarks, MediaPipe runs once per set in --workers processes and the result is cached beside the set
+(``lfw.bin.landmarks-mediapipe196.npz``; in OUT_FOLDER when the set's folder is read-only); faces MediaPipe misses
+get the template and are counted in the report.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ from typing import TYPE_CHECKING
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import DataError
+from lafs.landmarks.provenance import add_landmark_options
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_IMAGE_SIZE = 112
 FOLDS = 10  # insightface's protocol
 
 
@@ -37,11 +44,6 @@ def _device(text: str) -> torch.device:  # torch is imported lazily so --help st
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"expected cpu or cuda, got {text!r}")
     return device
-
-
-def _image_size(model: torch.nn.Module) -> int:
-    input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    return int(input_size[-1]) if input_size else DEFAULT_IMAGE_SIZE
 
 
 @entry_point
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", type=_device, default=None, help="cpu or cuda[:N] (default cuda when available, else cpu)"
     )
+    add_landmark_options(parser)
     add_threads_option(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -69,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from lafs.data.pairs import load_bin
+    from lafs.evaluation.landmarks import bin_landmarks
     from lafs.evaluation.report import build_report, encoder_info, evaluate_sets, format_table, write_report
-    from lafs.export import load_any_encoder
+    from lafs.export.inference import open_encoder
 
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -83,23 +87,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DataError(f"{args.output}: exists and is not a folder")
 
     # Everything is read and checked before the output folder is touched.
-    model = load_any_encoder(args.input)
-    image_size = _image_size(model)
+    model, choice = open_encoder(args.input, args.landmarks)
+    image_size = choice.image_size
     sets = {}
     for name, path in zip(names, args.bin, strict=True):
         images, issame = load_bin(path, image_size=image_size)
         if len(issame) < FOLDS:
             raise DataError(f"{path}: {len(issame)} pairs, the {FOLDS}-fold protocol needs at least {FOLDS}")
         sets[name] = (images, issame)
+    print(choice.describe())
+    landmarks = {
+        name: bin_landmarks(choice, path, len(sets[name][0]), args.workers, fallback_dir=args.output)
+        for name, path in zip(names, args.bin, strict=True)
+    }
+    for name, found in landmarks.items():
+        print(found.describe(name))
+    points = {name: found.points for name, found in landmarks.items() if found.points is not None}
     model = model.to(device)
 
     flip = not args.no_flip
     total = sum(len(images) for images, _ in sets.values())
+    permutation = choice.flip_permutation() if choice.takes_landmarks else None
     with tqdm(total=total, disable=None, unit="img", dynamic_ncols=True, desc="embedding") as bar:
         results = evaluate_sets(
-            model, sets, batch_size=args.batch_size, flip=flip, device=device, folds=FOLDS, progress=bar.update
+            model,
+            sets,
+            batch_size=args.batch_size,
+            flip=flip,
+            device=device,
+            folds=FOLDS,
+            progress=bar.update,
+            landmarks=points,
+            flip_permutation=permutation,
         )
-    report = build_report(encoder_info(args.input), results, flip=flip, folds=FOLDS)
+    for name, found in landmarks.items():
+        results[name]["landmarks"] = found.record
+    report = build_report(encoder_info(args.input), results, flip=flip, folds=FOLDS, landmarks=choice.record())
     write_report(report, args.output)
     print(format_table(report))
     print(f"wrote {args.output / 'report.json'}, report.md, roc.png")

@@ -9,6 +9,10 @@ flip sums the embeddings of each face and its mirror (F, on by default); --featu
 norm as a quality weight instead of normalising it (N); --detector-score weights each image by its detector score
 (D). insightface's published tables use all three (N1D1F2). They change TAR by whole points; the report names them.
 Writes OUT/ijb_report.json and prints one table row of TAR (%) at each FAR.
+
+The encoder gets the landmarks it was trained with (--landmarks auto; another choice warns). MediaPipe landmarks are
+computed once on the aligned faces in --workers processes and cached beside meta/<set>_name_5pts_score.txt (in OUT
+when that folder is read-only); faces MediaPipe misses get the template and are counted in the report.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 
 from lafs.cli import add_threads_option, entry_point, int_in_range, set_threads
 from lafs.errors import DataError
-from lafs.evaluation.ijb import DATASETS, IJBOptions, evaluate_ijb
+from lafs.evaluation.ijb import DATASETS, IJBOptions, evaluate_ijb, ijb_landmarks, read_meta
 from lafs.files import write_atomic
+from lafs.landmarks.provenance import add_landmark_options
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -54,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--detector-score", action="store_true", help="weight images by detector score (D)")
     parser.add_argument("--batch-size", type=int_in_range(1), default=128, help="images per forward (default 128)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_landmark_options(parser)
     add_threads_option(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -64,12 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.ijb.is_dir():
         raise DataError(f"{args.ijb}: not a folder")
 
-    from lafs.export import load_any_encoder
+    from lafs.export.inference import open_encoder
 
-    model = load_any_encoder(args.input)
+    model, choice = open_encoder(args.input, args.landmarks)
+    print(choice.describe())
+    meta = read_meta(args.ijb, dataset)
+    landmarks = ijb_landmarks(choice, args.ijb, dataset, meta, args.workers, fallback_dir=args.output)
+    print(landmarks.describe(dataset))
     options = IJBOptions(flip=not args.no_flip, feature_norm=args.feature_norm, detector_score=args.detector_score)
-    report = evaluate_ijb(model, args.ijb, dataset, options, batch_size=args.batch_size, device=args.device)
-    report = {"input": str(args.input), "ijb": str(args.ijb), **report}
+    permutation = choice.flip_permutation() if choice.takes_landmarks else None
+    report = evaluate_ijb(
+        model, args.ijb, dataset, options, args.batch_size, args.device, meta, landmarks.points, permutation
+    )
+    report = {"input": str(args.input), "ijb": str(args.ijb), **choice.record(), **report}
+    report["landmarks"] = landmarks.record
     out = args.output / "ijb_report.json"
     write_atomic(out, json.dumps(report, indent=2) + "\n")
     print(format_table(report))

@@ -2,12 +2,14 @@
 
     python -m tools.verify A.jpg B.jpg --model RUN_DIR|ENCODER|MODEL.onnx [--align] [--no-flip]
                            [--threshold T | --report report.json --far 1e-3 [--set lfw]]
+                           [--landmarks auto|template|mediapipe|predictor]
 
 Without --align the two images must be aligned square face crops; with --align photos are searched for a face with
 MediaPipe and aligned first (a photo without a face is an error). Embeddings are insightface's (image + mirror image,
 unless --no-flip). The pair is "same" when the similarity is at or above the threshold: --threshold gives it,
 or --report takes the one `tools/evaluate.py` measured on a verification set at the false-accept rate --far
-(--set names the set when the report holds several).
+(--set names the set when the report holds several). The encoder gets the landmarks it was trained with (--landmarks
+auto; another choice warns): for MediaPipe-trained encoders MediaPipe runs on each aligned face.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from lafs.cli import add_threads_option, entry_point, set_threads
 from lafs.errors import ConfigError, DataError
+from lafs.landmarks.provenance import add_landmark_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--far", type=float, default=1e-3, help="false-accept rate of --report's threshold (1e-3)")
     parser.add_argument("--set", dest="set_name", metavar="NAME", help="--report's verification set (e.g. lfw)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_landmark_options(parser, workers=False)
     add_threads_option(parser)
     return parser
 
@@ -51,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--threshold is a cosine similarity between -1 and 1, got {args.threshold}")
 
     from lafs.evaluation.verification import embed_images
-    from lafs.export import load_any_encoder
-    from lafs.inference import cosine, load_faces, threshold_from_report
+    from lafs.export.inference import open_encoder
+    from lafs.inference import cosine, crop_landmarks, load_faces, threshold_from_report
 
     threshold, origin = None, ""
     if args.threshold is not None:
@@ -62,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.first, args.second):
         if not path.is_file():
             raise DataError(f"{path}: no such file")
-    model = load_any_encoder(args.model)
+    model, choice = open_encoder(args.model, args.landmarks)
+    print(choice.describe())
     if args.device is None:
         import torch
 
@@ -77,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failures:
         path, reason = failures[0]
         raise DataError(f"{path}: {reason}")
-    embeddings = embed_images(model, crops, batch_size=2, flip=not args.no_flip, device=device)
+    landmarks, missed = crop_landmarks(choice, crops)
+    if missed:
+        print(f"MediaPipe found no face on {missed} of the 2 aligned faces: the template stands in")
+    permutation = choice.flip_permutation() if landmarks is not None else None
+    embeddings = embed_images(model, crops, 2, not args.no_flip, device, landmarks, permutation)
     similarity = cosine(embeddings[0], embeddings[1])
     print(f"similarity {similarity:.4f}")
     if threshold is not None:

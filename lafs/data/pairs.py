@@ -170,6 +170,25 @@ def decode_entry(entry: Entry, image_size: int | None = None) -> np.ndarray:
         ) from None
 
 
+class BinImages:
+    """The images of a ``.bin`` decoded one at a time at their stored size: ``load(i) -> {"image": H x W x 3 uint8
+    RGB, "index": i}``, the interface of the landmark extractor's datasets (`lafs.landmarks.extract`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.entries, _ = read_bin(self.path)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Image ``index``; one that does not decode is a `DataError` naming the file and the image."""
+        try:
+            return {"image": decode_entry(self.entries[index]), "index": index}
+        except DataError as error:
+            raise DataError(f"{self.path}: image {index} {error}") from None
+
+
 def load_bin(path: str | os.PathLike[str], image_size: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Decoded images (2 * P of H x W x 3 uint8 RGB; pair i is 2i, 2i + 1) and issame (P,) bool of a ``.bin``.
 

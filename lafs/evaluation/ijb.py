@@ -29,6 +29,7 @@ name "NDF"); the options move TAR by whole points, so every report names them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ import cv2
 import numpy as np
 
 from lafs.errors import DataError
+from lafs.evaluation.landmarks import EvalLandmarks, landmarks_for_set
 from lafs.evaluation.verification import far_key, far_target_resolvable, roc_auc, roc_curve, tar_at_far
 from lafs.landmarks.align import align_face
+from lafs.landmarks.provenance import LandmarkChoice
 
 if TYPE_CHECKING:
     import torch
@@ -211,16 +214,54 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def align_image(path: Path, five_points: np.ndarray) -> np.ndarray:
+    """The aligned 112 x 112 x 3 uint8 RGB face of the loose crop at ``path`` with its five points (5, 2)."""
+    try:
+        aligned, _ = align_face(read_image(path), five_points)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot align ({exc})") from None
+    return aligned
+
+
 def align_images(root: str | Path, meta: IJBMeta) -> Iterator[np.ndarray]:
     """Aligned 112 x 112 x 3 uint8 RGB faces, one per meta row, from ``root/loose_crop``, in order (lazily)."""
     folder = Path(root) / "loose_crop"
     for name, points in zip(meta.image_names, meta.five_points, strict=True):
-        path = folder / name
-        try:
-            aligned, _ = align_face(read_image(path), points)
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot align ({exc})") from None
-        yield aligned
+        yield align_image(folder / name, points)
+
+
+class AlignedFaces:
+    """The aligned faces of an IJB set, one per meta row, for the landmark extractor's workers:
+    ``load(i) -> {"image": 112 x 112 x 3 uint8 RGB, "index": i}`` (`lafs.landmarks.extract.ImageSource`)."""
+
+    def __init__(self, root: str | Path, image_names: list[str], five_points: np.ndarray) -> None:
+        self.folder = Path(root) / "loose_crop"
+        self.image_names, self.five_points = image_names, five_points
+
+    def __len__(self) -> int:
+        return len(self.image_names)
+
+    def load(self, index: int) -> dict[str, Any]:
+        return {"image": align_image(self.folder / self.image_names[index], self.five_points[index]), "index": index}
+
+
+def meta_file(root: str | Path, dataset: str) -> Path:
+    """``root/meta/<dataset>_name_5pts_score.txt``: the file naming the images and their alignment."""
+    return _meta_paths(Path(root), dataset.upper())[2]
+
+
+def ijb_landmarks(
+    choice: LandmarkChoice,
+    root: str | Path,
+    dataset: str,
+    meta: IJBMeta,
+    workers: int = 1,
+    fallback_dir: str | Path | None = None,
+) -> EvalLandmarks:
+    """The landmarks ``choice`` gives the aligned faces of an IJB set (`lafs.evaluation.landmarks`); MediaPipe's are
+    cached beside its ``meta/<set>_name_5pts_score.txt``, which fixes the images and their alignment."""
+    images = functools.partial(AlignedFaces, str(root), meta.image_names, meta.five_points)
+    return landmarks_for_set(choice, meta_file(root, dataset), images, len(meta.image_names), workers, fallback_dir)
 
 
 def image_features(
@@ -230,20 +271,31 @@ def image_features(
     flip: bool = True,
     batch_size: int = 128,
     device: torch.device | str = "cpu",
+    landmarks: np.ndarray | None = None,
+    flip_permutation: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Embeddings (N, D) float32 of every meta row (flip-summed with ``flip``), streamed so memory stays bounded."""
+    """Embeddings (N, D) float32 of every meta row (flip-summed with ``flip``), streamed so memory stays bounded.
+
+    ``landmarks`` (N, K, 2) pixels of the aligned faces and ``flip_permutation`` as for `embed_images`.
+    """
     from lafs.evaluation.verification import embed_images
 
     chunk_size = max(batch_size, 1) * 8
     outputs: list[np.ndarray] = []
     chunk: list[np.ndarray] = []
+
+    def embed() -> None:
+        first = sum(len(done) for done in outputs)
+        points = None if landmarks is None else landmarks[first : first + len(chunk)]
+        outputs.append(embed_images(model, chunk, batch_size, flip, device, points, flip_permutation))
+
     for image in align_images(root, meta):
         chunk.append(image)
         if len(chunk) == chunk_size:
-            outputs.append(embed_images(model, chunk, batch_size=batch_size, flip=flip, device=device))
+            embed()
             chunk = []
     if chunk:
-        outputs.append(embed_images(model, chunk, batch_size=batch_size, flip=flip, device=device))
+        embed()
     if not outputs:
         raise DataError(f"{root}: no images listed")
     return np.concatenate(outputs)
@@ -350,8 +402,14 @@ def evaluate_ijb(
     options: IJBOptions = IJBOptions(),
     batch_size: int = 128,
     device: torch.device | str = "cpu",
+    meta: IJBMeta | None = None,
+    landmarks: np.ndarray | None = None,
+    flip_permutation: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """IJB-B / IJB-C 1:1 report of ``model`` on the set at ``root`` (``.../IJBC``).
+
+    ``meta`` is the set's `read_meta` when already read; ``landmarks`` (one row per meta row, `ijb_landmarks`) and
+    ``flip_permutation`` as for `embed_images`.
 
     Keys: ``dataset``; ``options`` (``name`` like "NDF", insightface's ``test_mode`` like "N1D1F2", and the three
     flags); ``tar_at_far`` keyed "1e-06" ... "1e-01" (the highest TAR whose FAR is at most the target, no
@@ -360,9 +418,9 @@ def evaluate_ijb(
     ``num_different``, ``num_templates``, ``num_media``, ``num_images``, ``embedding_dim``; ``seconds`` (wall time).
     """
     start = time.perf_counter()
-    meta = read_meta(root, dataset)
+    meta = read_meta(root, dataset) if meta is None else meta
     model = model.to(device)
-    features = image_features(model, root, meta, flip=options.flip, batch_size=batch_size, device=device)
+    features = image_features(model, root, meta, options.flip, batch_size, device, landmarks, flip_permutation)
     report = {"dataset": dataset.upper(), **evaluate_features(features, meta, options)}
     report["seconds"] = time.perf_counter() - start
     return report

@@ -86,13 +86,17 @@ def evaluate_sets(
     folds: int = 10,
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
     progress: Callable[[int], None] | None = None,
+    landmarks: Mapping[str, np.ndarray] | None = None,
+    flip_permutation: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per set name, its `verification_report` plus ``threshold_at_far``, ``roc``, ``seconds``, ``images_per_second``.
 
     ``sets`` maps a name to ``(images, issame)`` as `lafs.data.pairs.load_bin` returns them (pair ``i`` is images
-    ``2i`` and ``2i + 1``). Images are embedded `embed_images`-style in batches of ``batch_size``; ``progress(n)`` is
-    called after each batch with the number of images it held. ``seconds`` is the wall time of embedding the set (the
-    metrics excluded) and ``images_per_second`` is images / seconds (with ``flip`` each image is two forward passes).
+    ``2i`` and ``2i + 1``); ``landmarks`` maps a set's name to its images' landmarks (N, K, 2) pixels, mirrored with
+    ``flip_permutation`` (`embed_images`), for a model that takes them. Images are embedded `embed_images`-style in
+    batches of ``batch_size``; ``progress(n)`` is called after each batch with the number of images it held.
+    ``seconds`` is the wall time of embedding the set (the metrics excluded) and ``images_per_second`` is images /
+    seconds (with ``flip`` each image is two forward passes).
     ``threshold_at_far`` ({"1e-04": cosine threshold, ...}) and ``roc`` ({"far": [...], "tar": [...]}, sampled at
     log-spaced FARs) are ``None`` when a set lacks one of the two classes.
     """
@@ -107,9 +111,11 @@ def evaluate_sets(
             raise ValueError(f"{name}: {len(images)} images for {labels.size} pairs; need 2 per pair")
         start = time.perf_counter()
         chunks = []
+        points = None if landmarks is None else landmarks.get(name)
         for first in range(0, len(images), batch_size):
             batch = images[first : first + batch_size]
-            chunks.append(embed_images(model, batch, batch_size=batch_size, flip=flip, device=device))
+            rows = None if points is None else points[first : first + batch_size]
+            chunks.append(embed_images(model, batch, batch_size, flip, device, rows, flip_permutation))
             if progress is not None:
                 progress(len(batch))
         if torch.device(device).type == "cuda":
@@ -147,11 +153,16 @@ def encoder_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def build_report(
-    encoder: Mapping[str, Any], sets: Mapping[str, dict[str, Any]], flip: bool, folds: int = 10
+    encoder: Mapping[str, Any],
+    sets: Mapping[str, dict[str, Any]],
+    flip: bool,
+    folds: int = 10,
+    landmarks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report.json record: ``{"encoder": ..., "protocol": {...}, "sets": {...}}``."""
+    """The report.json record: ``{"encoder": ..., "protocol": {...}, "sets": {...}}``, plus the fields of
+    ``landmarks`` (`lafs.landmarks.provenance.LandmarkChoice.record`: ``landmark_source`` used, ``trained_with``)."""
     protocol = {"flip": bool(flip), "folds": int(folds), "similarity": SIMILARITY}
-    return {"encoder": dict(encoder), "protocol": protocol, "sets": dict(sets)}
+    return {**(landmarks or {}), "encoder": dict(encoder), "protocol": protocol, "sets": dict(sets)}
 
 
 # ------------------------------------------------------------------------------------------------------- tables --
@@ -180,6 +191,13 @@ def _row_cells(name: str, entry: Mapping[str, Any]) -> tuple[list[str], bool]:
 _HEADERS = ["set", "pairs", "accuracy ± std", "TAR@FAR 1e-4", "1e-3", "1e-2", "1e-1", "AUC", "EER"]
 
 
+def _landmark_lines(report: Mapping[str, Any]) -> list[str]:
+    if "landmark_source" not in report:  # a report built without them (a training run's own evaluation)
+        return []
+    trained = report.get("trained_with", "?")
+    return [f"Landmarks: {report['landmark_source']} (the encoder was trained with {trained}).", ""]
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
     """report.md: a title, the protocol and one table row per set (percentages), with a footnote for starred TARs."""
     protocol = report["protocol"]
@@ -192,6 +210,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         f"Protocol: {protocol['folds']}-fold accuracy, {protocol['similarity']}, "
         f"flip {'on' if protocol['flip'] else 'off'}. Accuracy, TAR and EER in %.",
         "",
+        *_landmark_lines(report),
         "| " + " | ".join(_HEADERS) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(_HEADERS) - 1)) + "|",
     ]

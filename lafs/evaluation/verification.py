@@ -287,24 +287,34 @@ def embed_images(
     batch_size: int = 128,
     flip: bool = True,
     device: torch.device | str = "cpu",
+    landmarks: np.ndarray | None = None,
+    flip_permutation: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embeddings (N, D) float32 of aligned H x W x 3 uint8 RGB faces.
 
     Images are scaled to [-1, 1] (`lafs.data.collate.normalize_images`) and passed as ``model(batch)``, in eval mode
-    under ``torch.inference_mode()``; the project's encoders then use their landmark template, which is right for
-    aligned faces, and for their horizontal flips, which are aligned too. With ``flip=True`` the result is the SUM of
-    the embeddings of each image and of its horizontal flip, insightface's convention (its accuracy is computed after
-    normalising the sum). The training mode of every submodule is restored afterwards. ``model`` should already be on
-    ``device``.
+    under ``torch.inference_mode()``; the project's encoders then use their own landmarks: the template, right for
+    aligned faces and their mirror images, or a learned predictor. With ``landmarks`` (N, K, 2) pixels of the images
+    (the template or MediaPipe's, `lafs.evaluation.landmarks`) the call is ``model(batch, landmarks)``, and a
+    mirrored image gets its landmarks mirrored with ``flip_permutation`` (K,), the encoder's landmark set's. With
+    ``flip=True`` the result is the SUM of the embeddings of each image and of its horizontal flip, insightface's
+    convention (its accuracy is computed after normalising the sum). The training mode of every submodule is restored
+    afterwards. ``model`` should already be on ``device``.
     """
     import torch
 
     from lafs.data.collate import normalize_images
+    from lafs.views.geometry import flip_batch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if len(images) == 0:
         raise ValueError("no images")
+    if landmarks is not None and len(landmarks) != len(images):
+        raise ValueError(f"{len(landmarks)} landmark rows for {len(images)} images")
+    if landmarks is not None and flip and flip_permutation is None:
+        raise ValueError("mirrored images need the landmark set's flip_permutation to mirror their landmarks")
+    permutation = None if flip_permutation is None else torch.tensor(np.array(flip_permutation), device=device)
     modes = {module: module.training for module in model.modules()}
     outputs: list[np.ndarray] = []
     try:
@@ -316,9 +326,19 @@ def embed_images(
                     raise ValueError(f"images must be H x W x 3 uint8, got a batch {chunk.shape} {chunk.dtype}")
                 pixels = torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous().to(device)
                 batch = normalize_images(pixels)
-                embedding = model(batch)
-                if flip:
+                points = None
+                if landmarks is not None:
+                    rows = np.array(landmarks[start : start + batch_size], dtype=np.float32)  # a writable copy
+                    points = torch.from_numpy(rows).to(device)
+                embedding = model(batch) if points is None else model(batch, points)
+                if flip and points is None:
                     embedding = embedding + model(torch.flip(batch, dims=[3]))
+                elif flip:
+                    assert points is not None and permutation is not None  # checked on entry
+                    # As training flips: x -> W - x, slots renamed so each keeps its landmark id.
+                    everyone = torch.ones(batch.shape[0], dtype=torch.bool, device=batch.device)
+                    mirrored, mirrored_points, _ = flip_batch(batch, points, everyone, permutation)
+                    embedding = embedding + model(mirrored, mirrored_points)
                 outputs.append(embedding.float().cpu().numpy())
     finally:
         for module, training in modes.items():
@@ -334,10 +354,15 @@ def evaluate_pairs(
     flip: bool = True,
     device: torch.device | str = "cpu",
     folds: int = 10,
+    landmarks: np.ndarray | None = None,
+    flip_permutation: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """`verification_report` of a pair set: images ``2i`` and ``2i + 1`` are pair ``i`` (a loaded ``.bin``)."""
+    """`verification_report` of a pair set: images ``2i`` and ``2i + 1`` are pair ``i`` (a loaded ``.bin``);
+    ``landmarks`` and ``flip_permutation`` as for `embed_images`."""
     labels = np.asarray(issame)
     if len(images) != 2 * labels.size:
         raise ValueError(f"{len(images)} images for {labels.size} pairs; need 2 per pair")
-    embeddings = embed_images(model, images, batch_size=batch_size, flip=flip, device=device)
+    embeddings = embed_images(
+        model, images, batch_size, flip, device, landmarks=landmarks, flip_permutation=flip_permutation
+    )
     return verification_report(pair_similarities(embeddings), labels, folds=folds)

@@ -1,5 +1,6 @@
 """Exporting encoders: weights folders (`lafs.export.weights`) and ONNX (`lafs.export.onnx`)."""
 
+from lafs.export.inference import open_encoder
 from lafs.export.onnx import (
     MIN_PARITY_COSINE,
     ONNX_FILES,
@@ -7,6 +8,8 @@ from lafs.export.onnx import (
     OnnxEncoder,
     check_onnx_parity,
     export_onnx,
+    images_only_landmarks,
+    images_only_note,
     load_any_encoder,
     load_onnx_encoder,
     onnx_files,
@@ -22,6 +25,7 @@ from lafs.export.weights import (
     load_encoder,
     load_encoder_and_predictor,
     predictor_folder,
+    recorded_landmark_source,
     save_encoder,
 )
 
@@ -38,12 +42,16 @@ __all__ = [
     "encoder_config",
     "encoder_folder",
     "export_onnx",
+    "images_only_landmarks",
+    "images_only_note",
     "load_any_encoder",
     "load_encoder",
     "load_encoder_and_predictor",
     "load_onnx_encoder",
     "onnx_files",
+    "open_encoder",
     "predictor_folder",
+    "recorded_landmark_source",
     "save_encoder",
     "save_encoder_onnx",
 ]

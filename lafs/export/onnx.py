@@ -4,13 +4,19 @@
 with a dynamic batch axis:
 
     folder/model.onnx              images (batch, 3, 112, 112) normalised + landmarks (batch, K, 2) pixels -> embedding
-    folder/model_images_only.onnx  images -> embedding, landmarks from the template (faces aligned to ArcFace's)
+    folder/model_images_only.onnx  images -> embedding, landmarks computed inside: the learned predictor of a
+                                   fine-tuned LAFS model, else the template (faces aligned to ArcFace's)
 
 and for an image-only encoder (IResNet, ``timm:``) one, ``folder/model.onnx``: images -> embedding.
 
-and config.json gains an ``"onnx"`` entry listing them with the parity and latency measured at export.
-`OnnxEncoder` runs either file with onnxruntime as a torch module; `load_any_encoder` opens whatever a command is
-given: an ``.onnx`` file, a run directory or an encoder folder.
+and config.json gains an ``"onnx"`` entry listing them with the parity and latency measured at export, and the
+landmarks each file uses (``"landmarks"``: ``input``, ``predictor`` or ``template``).
+
+A graph cannot contain MediaPipe, so an encoder trained on MediaPipe landmarks gets no images-only file by default:
+``model.onnx`` takes the MediaPipe landmarks the caller computes, and an images-only file on the template would depart
+from training without anyone noticing (most on profile faces). Asking for the template explicitly writes it anyway,
+recorded as such. `OnnxEncoder` runs either file with onnxruntime as a torch module; `load_any_encoder` opens
+whatever a command is given: an ``.onnx`` file, a run directory or an encoder folder.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ from lafs.errors import DataError
 from lafs.export.weights import (
     ENCODER_FILES,
     EXPORT_FORMAT,
+    PREDICTOR_FOLDER,
+    default_landmark_source,
     encoder_folder,
     load_encoder_and_predictor,
     write_encoder,
 )
 from lafs.files import output_folder, temporary_name, write_atomic
+from lafs.landmarks.provenance import AUTO, MEDIAPIPE, PREDICTOR, choose_landmark_source
 from lafs.models import Encoder, LandmarkViT, takes_landmarks
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor
@@ -43,6 +52,7 @@ from lafs.models.landmark_predictor import LandmarkPredictor
 ONNX_OPSET = 17  # GridSample needs opset 16 or newer
 ONNX_FILES = {False: "model.onnx", True: "model_images_only.onnx"}  # a landmark-token ViT's, keyed by images_only
 MIN_PARITY_COSINE = 0.9999
+INPUT_LANDMARKS = "input"  # config.json: a file whose landmarks are an input (model.onnx)
 
 
 def load_any_encoder(path: str | os.PathLike[str]) -> torch.nn.Module:
@@ -196,6 +206,33 @@ def check_onnx_parity(
     return report
 
 
+def images_only_landmarks(landmark_source: str, requested: str = AUTO, has_predictor: bool = False) -> str | None:
+    """The landmarks the images-only graph computes inside, ``predictor`` or ``template``; None: no such file.
+
+    ``requested`` (auto | template | predictor | mediapipe) is checked against what the encoder was trained with,
+    ``landmark_source``: auto follows it, and a MediaPipe-trained encoder gets no images-only file unless the template
+    is asked for (see the module docstring). A choice that differs from training warns; ``predictor`` needs
+    ``has_predictor``.
+    """
+    chosen = choose_landmark_source(landmark_source, requested)
+    if chosen == PREDICTOR and not has_predictor:
+        why = "--landmarks predictor" if requested == PREDICTOR else f"it records landmark_source {PREDICTOR}"
+        raise DataError(f"the encoder has no {PREDICTOR_FOLDER}/ ({why})")
+    return None if chosen == MEDIAPIPE else chosen
+
+
+def images_only_note(graph: str | None, landmark_source: str) -> str:
+    """One line on the images-only file for an encoder trained with ``landmark_source`` (config.json, the tool)."""
+    if graph is None:
+        return (
+            f"{ONNX_FILES[True]} not written: the encoder was trained with MediaPipe landmarks, which an ONNX graph "
+            f"cannot compute; {ONNX_FILES[False]} takes them as input (--landmarks template writes the images-only "
+            "file on the template, departing from training)"
+        )
+    departs = "" if graph == landmark_source else f", departing from training ({landmark_source})"
+    return f"{ONNX_FILES[True]} computes its landmarks with the {graph}{departs}"
+
+
 def save_encoder_onnx(
     model: Encoder,
     folder: str | os.PathLike[str],
@@ -206,29 +243,47 @@ def save_encoder_onnx(
     landmark_predictor: LandmarkPredictor | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    landmark_source: str | None = None,
+    graph_landmarks: str | None = AUTO,
 ) -> dict[str, dict[str, Any]]:
     """`save_encoder` plus its ONNX files (`onnx_files`), parity-checked on ``images``/``landmarks``; returns the
     report per file.
 
-    With a ``landmark_predictor``, the images-only file runs it inside the graph and the folder keeps it in
-    ``landmark_predictor/``. ``folder``, ``overwrite`` and ``inputs`` as for `save_encoder`: files it does not write
-    are left alone, and a failed export or parity check leaves the folder as it was.
+    ``landmark_source`` is the source the encoder was trained with, recorded in config.json (None:
+    `lafs.export.weights.default_landmark_source`). ``graph_landmarks`` is
+    what the images-only file computes inside, as `images_only_landmarks` resolves it (``predictor``, ``template``, or
+    None for no images-only file); ``auto`` resolves it here: with a predictor it runs inside the graph, and a
+    MediaPipe-trained encoder gets no images-only file. The folder keeps a ``landmark_predictor`` in
+    ``landmark_predictor/`` whichever the graph uses. ``folder``, ``overwrite`` and ``inputs`` as for `save_encoder`:
+    files it does not write are left alone, and a failed export or parity check leaves the folder as it was.
     """
+    landmark_source = landmark_source or default_landmark_source(landmark_predictor)
+    graph = graph_landmarks
+    if graph == AUTO:
+        graph = images_only_landmarks(landmark_source, AUTO, landmark_predictor is not None)
+    if graph == PREDICTOR and landmark_predictor is None:
+        raise ValueError("graph_landmarks=predictor needs a landmark_predictor")
+    graph_predictor = landmark_predictor if graph == PREDICTOR else None
     with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
-        write_encoder(model, staging, source, landmark_predictor)
+        write_encoder(model, staging, source, landmark_predictor, landmark_source)
         reports, entries = {}, []
         for images_only, name in onnx_files(model).items():
-            export_onnx(
-                model, staging / name, images_only=images_only, opset=opset, landmark_predictor=landmark_predictor
-            )
-            reference = ImageEncoder(model, landmark_predictor) if images_only and takes_landmarks(model) else model
+            landmark_tokens = takes_landmarks(model)
+            if images_only and landmark_tokens and graph is None:
+                continue
+            predictor = graph_predictor if landmark_tokens else None
+            export_onnx(model, staging / name, images_only=images_only, opset=opset, landmark_predictor=predictor)
+            reference = ImageEncoder(model, predictor) if images_only and landmark_tokens else model
             report = check_onnx_parity(reference, staging / name, images, None if images_only else landmarks)
             reports[name] = report
             inputs_of = ["images"] if images_only else ["images", "landmarks"]
-            entries.append({"file": name, "inputs": inputs_of, "output": "embedding", "parity": report})
+            used = (graph if landmark_tokens else "none") if images_only else INPUT_LANDMARKS
+            entry = {"file": name, "inputs": inputs_of, "landmarks": used, "output": "embedding", "parity": report}
+            entries.append(entry)
         config_path = staging / "config.json"
         config = json.loads(config_path.read_text())
-        config["onnx"] = {"opset": opset, "dynamic_batch": True, "files": entries}
+        note = images_only_note(graph, landmark_source)
+        config["onnx"] = {"opset": opset, "dynamic_batch": True, "files": entries, "images_only": note}
         write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return reports
 

@@ -3,7 +3,9 @@
     folder/model.safetensors   the encoder's state dict (no head, no training state)
     folder/config.json         timm's hub format (architecture, num_classes, num_features, model_args, pretrained_cfg
                                with input size, mean, std and interpolation) and, beside it, the project's fields:
-                               format and version, landmark set and template (landmark-token ViTs), provenance
+                               format and version, landmark set and template (landmark-token ViTs), the landmark
+                               source it was trained with (``landmark_source``: template, mediapipe or predictor),
+                               provenance
     folder/landmark_predictor/ (exported fine-tuned LAFS models) the learned landmark predictor, the same format
 
 Every encoder (landmark-token ViT, IResNet, ``timm:`` wrapper) rebuilds, weights loaded, with no other argument:
@@ -24,6 +26,7 @@ A training run directory keeps its final encoder in ``encoder/`` and its landmar
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +36,9 @@ import timm
 from safetensors import SafetensorError
 from timm.models import filter_pretrained_cfg
 
-from lafs.errors import DataError
+from lafs.errors import ConfigError, DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
+from lafs.landmarks.provenance import PREDICTOR, TEMPLATE, UNRECORDED, check_landmark_source
 from lafs.models import TIMM_ARCHITECTURE, Encoder, ImageOnlyEncoder, LandmarkViT, takes_landmarks
 from lafs.models.iresnet import LAYERS
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
@@ -55,8 +59,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def encoder_config(model: Encoder, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json record for ``model``: timm's hub format, then the project's own fields."""
+def encoder_config(
+    model: Encoder, source: dict[str, Any] | None = None, landmark_source: str = TEMPLATE
+) -> dict[str, Any]:
+    """The config.json record for ``model``: timm's hub format, then the project's own fields, among them the source
+    of the landmarks it was trained with (template, mediapipe, predictor: `lafs.landmarks.provenance`)."""
     config = {
         "architecture": model.pretrained_cfg["architecture"],
         "num_classes": 0,  # an encoder: the margin head, with the class centres, is not exported
@@ -65,6 +72,7 @@ def encoder_config(model: Encoder, source: dict[str, Any] | None = None) -> dict
         "pretrained_cfg": hub_pretrained_cfg(model),
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
+        "landmark_source": check_landmark_source(landmark_source),
         "source": source or {},
     }
     if isinstance(model, LandmarkViT):
@@ -116,16 +124,18 @@ def save_encoder(
     landmark_predictor: LandmarkPredictor | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    landmark_source: str | None = None,
 ) -> Path:
     """Write the encoder folder ``folder``: model.safetensors, config.json and, with a ``landmark_predictor`` (a
-    fine-tuned LAFS model), ``landmark_predictor/``.
+    fine-tuned LAFS model), ``landmark_predictor/``. config.json records ``landmark_source``, the source the encoder
+    was trained with (None: `default_landmark_source`).
 
     ``folder`` is an output folder of kind ``lafs-encoder`` (`lafs.files.output_folder`): missing, empty or a
     previous encoder folder, any other only with ``overwrite``, never one of ``inputs``; files it does not write are
     left alone, and a failure leaves the folder as it was.
     """
     with output_folder(folder, EXPORT_FORMAT, overwrite, inputs, ENCODER_FILES) as staging:
-        write_encoder(model, staging, source, landmark_predictor)
+        write_encoder(model, staging, source, landmark_predictor, landmark_source)
     return Path(folder)
 
 
@@ -134,11 +144,19 @@ def write_encoder(
     staging: Path,
     source: dict[str, Any] | None = None,
     landmark_predictor: LandmarkPredictor | None = None,
+    landmark_source: str | None = None,
 ) -> None:
     """The files of an encoder folder, into the staging folder ``staging`` of an `output_folder`."""
-    write_weights(model, staging, encoder_config(model, source))
+    landmark_source = landmark_source or default_landmark_source(landmark_predictor)
+    write_weights(model, staging, encoder_config(model, source, landmark_source))
     if landmark_predictor is not None:
         save_landmark_predictor(landmark_predictor, staging / PREDICTOR_FOLDER, source)
+
+
+def default_landmark_source(landmark_predictor: LandmarkPredictor | None) -> str:
+    """What an encoder written without saying was trained with: its predictor when it comes with one, else the
+    template."""
+    return TEMPLATE if landmark_predictor is None else PREDICTOR
 
 
 def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> Encoder:
@@ -214,6 +232,27 @@ def encoder_folder(path: str | os.PathLike[str]) -> Path:
     if not (folder / "config.json").is_file():
         raise DataError(f"{path}: not a run directory (with {ENCODER_FOLDER}/config.json) or an encoder folder")
     return folder
+
+
+def recorded_landmark_source(folder: str | os.PathLike[str]) -> tuple[str, bool]:
+    """(landmark source, whether config.json records it) of the encoder folder ``folder``.
+
+    Folders written before the record have no ``landmark_source``: they count as the template (`UNRECORDED`), what
+    consumers gave them then, unless a landmark predictor belongs to them (a fine-tuned LAFS model, which consumers
+    ran with its predictor). An unknown value is a one-line `DataError`.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the encoder's record ({exc})") from None
+    recorded = config.get("landmark_source") if isinstance(config, dict) else None
+    if recorded is None:
+        return (UNRECORDED if predictor_folder(folder) is None else PREDICTOR), False
+    try:
+        return check_landmark_source(recorded, f"{path}: landmark_source"), True
+    except ConfigError as error:
+        raise DataError(str(error)) from None
 
 
 def predictor_folder(encoder: str | os.PathLike[str]) -> Path | None:

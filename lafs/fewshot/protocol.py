@@ -42,6 +42,7 @@ from lafs.fewshot.split import IdentitySplit, relabel, split_identities, subset_
 from lafs.files import write_atomic
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.extract import extract_landmarks
+from lafs.landmarks.sets import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
 from lafs.tasks.pretrain import PretrainConfig, PretrainTask
 
@@ -165,7 +166,7 @@ def prepare_landmarks(cfg: FewShotConfig, faces: Path) -> tuple[list[Path], np.n
     """Every image (sorted), its label and identity names, and their landmark cache (computed once): MediaPipe's on
     real faces, the exact ones on synthetic faces."""
     paths, labels, names = scan_image_folder(faces)
-    all_list = write_list_file(cfg.output / "all_images.csv", paths, labels)
+    all_list = write_list_file(cfg.output / "all_images.csv", paths, labels.tolist())
     exact = faces / "exact_landmarks.npy"
     if exact.is_file():
         points = np.load(exact)
@@ -189,7 +190,7 @@ def prepare_seed(
     split = split_identities(labels, names, cfg.unseen, seed)
     seen = split.seen_positions
     seen_labels = relabel(labels[seen])
-    seen_list = write_list_file(folder / "seen.csv", [paths[i] for i in seen], seen_labels)
+    seen_list = write_list_file(folder / "seen.csv", [paths[i] for i in seen], seen_labels.tolist())
     seen_landmarks = folder / "seen_landmarks"
     subset_cache(cache, seen, seen_landmarks)
     unseen = split.unseen_positions
@@ -291,8 +292,12 @@ def evaluate(encoder: Any, data: SeedData) -> dict[str, Any]:
     from lafs.evaluation.verification import evaluate_pairs
 
     images, issame = load_bin(data.pairs_bin, 112)
-    landmarks = data.pair_landmarks if encoder.landmark_set == LANDMARK_SET else None
-    report = evaluate_pairs(encoder, images, issame, landmarks=landmarks, batch_size=64)
+    if encoder.landmark_set == LANDMARK_SET:  # MediaPipe's (found) or the template's points, as in training
+        landmarks = np.where(data.pair_found[:, None, None], data.pair_landmarks, encoder.template.numpy())
+        permutation = get_landmark_set(LANDMARK_SET).flip_permutation
+        report = evaluate_pairs(encoder, images, issame, 64, landmarks=landmarks, flip_permutation=permutation)
+    else:  # the grid: the encoder's template
+        report = evaluate_pairs(encoder, images, issame, 64)
     return {key: report[key] for key in ("accuracy", "accuracy_std", "auc", "eer", "num_pairs")}
 
 

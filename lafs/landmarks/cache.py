@@ -5,7 +5,7 @@ A cache is a folder:
     landmarks.npy   (N, K, 2) float32, pixels of the model's image_size x image_size input (pixel j spans [j, j+1))
     found.npy       (N,) bool, the detector found a face (else the landmarks are zeros and must not be used)
     done.npy        (N,) bool, the image has been processed (what a resumed or sharded run skips)
-    meta.json       format, landmark set, image size, detector, source dataset, shard, counts
+    meta.json       format, landmark set, image size, detector and landmark source, source dataset, shard, counts
 
 Writes go to the memory maps in place and ``done`` is flushed only after the landmarks it vouches for, so a
 killed run loses at most the images since its last flush and never marks an image done without its landmarks.
@@ -42,6 +42,9 @@ class CacheInfo:
     shard_count: int = 1
     processed: int = 0
     found: int = 0
+    # Which landmark source made it (`lafs.landmarks.provenance`); what an encoder trained on it records. Caches
+    # written before this field have none and were all made by MediaPipe (tools/landmarks.py, the only writer then).
+    landmark_source: str = "mediapipe"
 
 
 def shard_range(num_images: int, shard_index: int, shard_count: int) -> range:
@@ -89,7 +92,7 @@ class LandmarkCache:
         if (path / "meta.json").exists():
             cache = cls.open(path, writable=True)
             theirs, ours = asdict(cache.info), asdict(info)
-            for key in ("num_images", "landmark_set", "image_size", "shard_index", "shard_count"):
+            for key in ("num_images", "landmark_set", "image_size", "shard_index", "shard_count", "landmark_source"):
                 if theirs[key] != ours[key]:
                     raise DataError(f"{path}: existing cache has {key}={theirs[key]}, this run asks for {ours[key]}")
             return cache
@@ -148,10 +151,17 @@ def merge_caches(shards: list[str | os.PathLike[str]], output: str | os.PathLike
     opened = [LandmarkCache.open(s) for s in shards]
     first = opened[0].info
     for cache in opened[1:]:
-        for key in ("num_images", "landmark_set", "image_size"):
+        for key in ("num_images", "landmark_set", "image_size", "landmark_source"):
             if getattr(cache.info, key) != getattr(first, key):
                 raise DataError(f"{cache.path}: {key}={getattr(cache.info, key)} differs from {opened[0].path}")
-    info = CacheInfo(first.dataset, first.num_images, first.landmark_set, first.image_size, first.detector)
+    info = CacheInfo(
+        first.dataset,
+        first.num_images,
+        first.landmark_set,
+        first.image_size,
+        first.detector,
+        landmark_source=first.landmark_source,
+    )
     merged = LandmarkCache.create(output, info)
     for cache in opened:
         indices = np.flatnonzero(cache.done)

@@ -7,10 +7,11 @@ stopped, and shards of one dataset can run on several machines and be merged (`l
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -40,14 +41,28 @@ class ExtractionReport:
 _worker: dict[str, Any] = {}
 
 
-def start_worker(dataset_path: str, bgr: bool, landmark_set: str, image_size: int) -> None:
+def mediapipe_detector() -> str:
+    """How the landmarks were detected, as caches record it: e.g. "mediapipe 0.10.14 solutions.face_mesh"."""
+    return f"mediapipe {version('mediapipe')} solutions.face_mesh"
+
+
+# What a worker reads its images from: a dataset path (`open_dataset`), or a picklable callable returning an object
+# with ``__len__`` and ``load(index) -> {"image": H x W x 3 uint8 RGB, ...}`` (a .bin's or an IJB set's faces).
+ImageSource = str | Callable[[], Any]
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # indices (n,), landmarks (n, K, 2), found (n,)
+
+
+def start_worker(images: ImageSource, bgr: bool, landmark_set: str, image_size: int) -> None:
     """Open this process's dataset handle and MediaPipe detector (a pool initialiser, or the one-process path)."""
-    _worker["dataset"] = open_dataset(dataset_path, bgr=bgr, image_size=None, landmarks="none")
+    if isinstance(images, str):
+        _worker["dataset"] = open_dataset(images, bgr=bgr, image_size=None, landmarks="none")
+    else:
+        _worker["dataset"] = images()
     _worker["source"] = MediaPipeLandmarks(landmark_set)
     _worker["image_size"] = image_size
 
 
-def process_chunk(indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def process_chunk(indices: list[int]) -> Chunk:
     """Landmarks (n, K, 2) in model pixels and found flags (n,) for dataset items ``indices``."""
     dataset, source, size = _worker["dataset"], _worker["source"], _worker["image_size"]
     landmarks = np.zeros((len(indices), len(source.mesh_indices), 2), dtype=np.float32)
@@ -71,6 +86,32 @@ def stop_worker() -> None:
     _worker.clear()
 
 
+@contextlib.contextmanager
+def landmark_workers(
+    images: ImageSource, landmark_set: str, image_size: int, workers: int = 1, bgr: bool = False
+) -> Iterator[Callable[[list[list[int]]], Iterator[Chunk]]]:
+    """A function mapping chunks of indices to their `process_chunk` results (in any order), run by ``workers``
+    processes (each with its own detector and images) or, with one, in this process; they stop on leaving."""
+    start_args = (images, bgr, landmark_set, image_size)
+    if workers <= 1:
+        start_worker(*start_args)
+        try:
+            yield lambda chunks: map(process_chunk, chunks)
+        finally:
+            stop_worker()
+        return
+    # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    pool = context.Pool(workers, initializer=start_worker, initargs=start_args)
+    try:
+        yield lambda chunks: pool.imap_unordered(process_chunk, chunks)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
 def extract_landmarks(
     dataset_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -85,55 +126,36 @@ def extract_landmarks(
 ) -> ExtractionReport:
     """Compute (or resume) the landmark cache of shard ``(i, n)`` of a dataset; ``max_images`` caps this run."""
     num_images = len(open_dataset(dataset_path, bgr=bgr, image_size=None, landmarks="none"))
-    detector = f"mediapipe {version('mediapipe')} solutions.face_mesh"
-    info = CacheInfo(str(dataset_path), num_images, landmark_set, image_size, detector, *shard)
+    info = CacheInfo(str(dataset_path), num_images, landmark_set, image_size, mediapipe_detector(), *shard)
     cache = LandmarkCache.create(output, info)
     block = shard_range(num_images, *shard)
     todo = [i for i in block if not cache.done[i]][:max_images]
     chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
-    start_args = (str(dataset_path), bgr, landmark_set, image_size)
-    pool = None
-    results: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]  # a pool's imap_unordered or a plain map
-    if workers > 1:
-        # MediaPipe's threads do not survive fork(): workers come from a clean forkserver, never from this process.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        pool = context.Pool(workers, initializer=start_worker, initargs=start_args)
-        results = pool.imap_unordered(process_chunk, chunks)
-    else:
-        start_worker(*start_args)
-        results = map(process_chunk, chunks)
     # Pool workers start inside the timed loop: the rate counts from the workers-th returned chunk, about when every
     # worker has started. (The one-process path starts its detector before the loop.)
     warm_results = min(workers, len(chunks)) if workers > 1 else 0
     processed = found = first_chunk = results_seen = 0
-    start = last_flush = first_time = time.perf_counter()
     # disable=None: a bar on a terminal, silence in logs.
     bar = tqdm(
         total=len(todo), unit="img", disable=None if progress else True, desc=f"landmarks -> {Path(output).name}"
     )
-    try:
-        for indices, landmarks, hits in results:
-            results_seen += 1
-            if results_seen <= warm_results:
-                first_chunk, first_time = first_chunk + len(indices), time.perf_counter()
-            cache.write(indices, landmarks, hits)
-            processed, found = processed + len(indices), found + int(hits.sum())
-            bar.update(len(indices))
-            bar.set_postfix(found=f"{found / processed:.1%}")
-            if time.perf_counter() - last_flush > FLUSH_SECONDS:
-                cache.flush()
-                last_flush = time.perf_counter()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    finally:
-        cache.flush()
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-        else:
-            stop_worker()
+    with landmark_workers(str(dataset_path), landmark_set, image_size, workers, bgr) as run:
+        start = last_flush = first_time = time.perf_counter()
+        try:
+            for indices, landmarks, hits in run(chunks):
+                results_seen += 1
+                if results_seen <= warm_results:
+                    first_chunk, first_time = first_chunk + len(indices), time.perf_counter()
+                cache.write(indices, landmarks, hits)
+                processed, found = processed + len(indices), found + int(hits.sum())
+                bar.update(len(indices))
+                bar.set_postfix(found=f"{found / processed:.1%}")
+                if time.perf_counter() - last_flush > FLUSH_SECONDS:
+                    cache.flush()
+                    last_flush = time.perf_counter()
+        finally:
+            cache.flush()
+            bar.close()
     end = time.perf_counter()
     remaining = int(np.count_nonzero(~cache.done[block.start : block.stop]))
     if processed > first_chunk and end > first_time:

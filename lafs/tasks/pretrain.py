@@ -28,6 +28,7 @@ from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
+from lafs.landmarks.provenance import data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.multiview import MultiViewEncoder
 from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature
@@ -305,6 +306,8 @@ class PretrainTask(Task):
         return {"verify_accuracy": report["accuracy"], "verify_accuracy_std": report["accuracy_std"]}
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        """The teacher's backbone as ``run_dir/encoder``, recording the landmark source of the training data."""
         source = {"stage": "lafs-pretrain", "run_dir": str(run_dir), "step": step, "weights": "teacher"}
-        save_encoder(self.teacher.backbone, run_dir / "encoder", source)
+        landmarks = data_landmark_source(self.cfg.data.landmarks)
+        save_encoder(self.teacher.backbone, run_dir / "encoder", source, landmark_source=landmarks)
         return {"encoder": run_dir / "encoder"}

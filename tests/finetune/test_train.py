@@ -2,11 +2,13 @@
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,9 +24,11 @@ from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.engine.run_log import read_log
 from lafs.export import load_encoder, save_encoder
+from lafs.landmarks.cache import CacheInfo, LandmarkCache
+from lafs.landmarks.sources import scaled_template
 from lafs.models import EncoderConfig, build_any_encoder, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
-from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
+from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes, write_face_folder
 
 CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
 # Any config of configs/finetune shrunk to seconds on CPU: tiny synthetic data, the nano encoder, 2 steps.
@@ -192,6 +196,30 @@ def test_validation_keeps_the_best_encoder(tmp_path):
     assert records[-1]["best_mean_accuracy"] == best
     assert (out / "best" / "encoder" / "model.safetensors").is_file()
     assert '"held_out_accuracy"' in (out / "best" / "best.json").read_text()
+    for encoder in (out / "encoder", out / "best" / "encoder"):  # trained and validated on the template
+        assert json.loads((encoder / "config.json").read_text())["landmark_source"] == "template"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out.bin", "run"]  # no landmark cache
+
+
+def test_training_on_mediapipe_landmarks_validates_and_records_them(tmp_path):
+    """A MediaPipe landmark cache for training: the eval set gets MediaPipe landmarks, cached beside it, once."""
+    root, items = write_face_folder(tmp_path / "faces", identities=3, per_identity=4)
+    cache = LandmarkCache.create(tmp_path / "cache", CacheInfo(str(root), len(items), "mediapipe49", 112, "test"))
+    template = scaled_template("mediapipe49", 112, 112)  # stands in for MediaPipe's: the values do not matter here
+    cache.write(np.arange(len(items)), np.repeat(template[None], len(items), 0), np.ones(len(items), bool))
+    cache.flush()
+    faces = SyntheticFaces(SyntheticFacesConfig(num_identities=4, images_per_identity=3, landmark_set="mediapipe49"))
+    images, issame = synthetic_pairs(faces, 10)
+    write_bin(tmp_path / "held_out.bin", list(zip(images[0::2], images[1::2], strict=True)), issame)
+    data = [f"data.path={root}", f"data.landmarks={tmp_path / 'cache'}", "data.shots=null", "optim.batch_size=4"]
+    out = run(tmp_path / "run", *data, f"eval_bins=[{tmp_path / 'held_out.bin'}]", "eval_every=1", "max_steps=1")
+    landmarks = tmp_path / "held_out.bin.landmarks-mediapipe49.npz"
+    assert landmarks.is_file()
+    for encoder in (out / "encoder", out / "best" / "encoder"):
+        assert json.loads((encoder / "config.json").read_text())["landmark_source"] == "mediapipe"
+    written = landmarks.stat().st_mtime_ns
+    run(tmp_path / "again", *data, f"eval_bins=[{tmp_path / 'held_out.bin'}]", "eval_every=1", "max_steps=1")
+    assert landmarks.stat().st_mtime_ns == written  # read, not computed again
 
 
 def test_trainable_predictor_and_landmark_regulariser_are_saved(tmp_path):
@@ -199,6 +227,7 @@ def test_trainable_predictor_and_landmark_regulariser_are_saved(tmp_path):
     log = [r for r in read_log(out) if "loss" in r]
     assert log[0]["lambda_landmark"] == 1000 and "landmark_loss" in log[0]
     assert (out / "landmark_predictor" / "model.safetensors").is_file()
+    assert json.loads((out / "encoder" / "config.json").read_text())["landmark_source"] == "predictor"
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

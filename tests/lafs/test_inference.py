@@ -19,6 +19,8 @@ from lafs.errors import DataError
 from lafs.evaluation.verification import embed_images
 from lafs.export import load_encoder, save_encoder
 from lafs.inference import cosine, load_faces, threshold_from_report
+from lafs.landmarks.sets import get_landmark_set
+from lafs.landmarks.sources import MediaPipeLandmarks, scaled_template
 from tests.conftest import grey_image, write_face_folder
 from tools.embed import main as embed_main
 from tools.verify import main as verify_main
@@ -195,6 +197,41 @@ def test_verify_no_face(encoder: Path, photos: dict[str, Path], capsys: pytest.C
     assert verify_main([str(photos["astronaut"]), str(photos["grey"]), "--model", str(encoder), "--align"]) == 2
     line = error_line(capsys)
     assert line == f"error: {photos['grey']}: no face"
+
+
+def test_a_mediapipe_encoder_gets_mediapipe_landmarks_on_each_crop(
+    tmp_path: Path, photos: dict[str, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    model = timm.create_model("lafs_vit_nano_p8_112", landmark_set="mediapipe49", embed_dim=32, depth=2, num_heads=2)
+    encoder = save_encoder(model, tmp_path / "encoder", landmark_source="mediapipe")
+    inputs = [str(photos["synthetic"]), str(grey_image(tmp_path / "grey.png"))]  # aligned crops: a face, no face
+    output = tmp_path / "emb.npy"
+    assert embed_main(["--input", *inputs, "--model", str(encoder), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("landmarks: mediapipe (MediaPipe on each aligned face)")
+    assert "MediaPipe found no face on 1 of 2 crops: they get the template" in printed
+    crops = [cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB) for path in inputs]
+    source = MediaPipeLandmarks("mediapipe49")
+    try:
+        found, valid = source(crops[0])
+    finally:
+        source.close()
+    assert valid.all()
+    landmarks = np.stack([found, scaled_template("mediapipe49", 112, 112)])
+    permutation = get_landmark_set("mediapipe49").flip_permutation
+    direct = embed_images(model, crops, landmarks=landmarks, flip_permutation=permutation)
+    np.testing.assert_allclose(np.load(output), direct / np.linalg.norm(direct, axis=1, keepdims=True), atol=1e-5)
+
+    with caplog.at_level("WARNING", logger="lafs.landmarks"):
+        args = ["--input", *inputs, "--model", str(encoder), "--output", str(output), "--overwrite"]
+        assert embed_main([*args, "--landmarks", "template"]) == 0
+    assert "using template, but" in caplog.text
+    assert capsys.readouterr().out.startswith("landmarks: template")
+    assert not np.allclose(np.load(output)[0], direct[0] / np.linalg.norm(direct[0]), atol=1e-3)
+
+    assert verify_main([*inputs, "--model", str(encoder)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("landmarks: mediapipe") and printed[-1].startswith("similarity ")
 
 
 def test_cosine() -> None:

@@ -10,7 +10,7 @@ from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import checkpoints
 from lafs.engine.run_log import read_log
-from lafs.export import load_encoder
+from lafs.export import load_encoder, recorded_landmark_source
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
 from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
@@ -54,6 +54,7 @@ def test_two_steps_in_process(tmp_path, make_on):
     assert [p.name for p in checkpoints.checkpoints(out / "checkpoints")] == ["step_00000002"]
     encoder = load_encoder(out / "encoder")
     assert encoder.landmark_set == "mediapipe49"
+    assert recorded_landmark_source(out / "encoder") == ("template", True)  # synthetic faces: data.landmarks=template
     assert encoder(torch.zeros(1, 3, 112, 112)).shape == (1, 128)
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
 

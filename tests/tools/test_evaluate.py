@@ -64,7 +64,11 @@ def test_end_to_end(data, tmp_path, capsys):
     assert run(data, out) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"encoder", "protocol", "sets"}
+    assert set(report) == {"encoder", "protocol", "sets", "landmark_source", "trained_with", "trained_with_recorded"}
+    assert report["landmark_source"] == report["trained_with"] == "template" and report["trained_with_recorded"]
+    assert printed.startswith(
+        "landmarks: template (the landmark set's template); the encoder was trained with template"
+    )
     assert report["encoder"]["input"] == str(data / "encoder")
     assert report["encoder"]["architecture"] == "lafs_vit_nano_p8_112"
     assert report["encoder"]["model_args"]["embed_dim"] == 32
@@ -89,7 +93,9 @@ def test_end_to_end(data, tmp_path, capsys):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "roc.png"]  # no temporaries left
     assert format_table(report) in printed
-    table = printed.splitlines()
+    lines = printed.splitlines()
+    assert lines[1:3] == ["lfw: template landmarks", "small_faces: template landmarks"]
+    table = lines[3:]
     assert table[0].split()[:3] == ["set", "pairs", "accuracy"] and "images/s" in table[0]
     assert table[2].startswith("lfw ") and table[3].startswith("small_faces ")
 
@@ -137,3 +143,40 @@ def test_help(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--no-flip" in capsys.readouterr().out
+
+
+def test_a_mediapipe_encoder_is_evaluated_on_mediapipe_landmarks(data, tmp_path, capsys, caplog):
+    shutil.copy(data / "lfw.bin", tmp_path / "lfw.bin")
+    model = timm.create_model("lafs_vit_nano_p8_112", landmark_set="mediapipe49", embed_dim=32, depth=2, num_heads=2)
+    save_encoder(model, tmp_path / "encoder", landmark_source="mediapipe")
+    argv = ["--input", str(tmp_path / "encoder"), "--bin", str(tmp_path / "lfw.bin"), "--device", "cpu"]
+    assert main([*argv, "--output", str(tmp_path / "first"), "--workers", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cache = tmp_path / "lfw.bin.landmarks-mediapipe49.npz"
+    assert printed[0].startswith("landmarks: mediapipe (MediaPipe on each aligned face)")
+    assert printed[1].startswith(f"lfw: MediaPipe landmarks of 40 images computed ({cache}); ")
+    report = json.loads((tmp_path / "first" / "report.json").read_text())
+    assert report["landmark_source"] == report["trained_with"] == "mediapipe"
+    record = report["sets"]["lfw"]["landmarks"]
+    assert record["source"] == "mediapipe" and record["cache"] == str(cache) and record["computed"]
+    assert record["images"] == 40 and 0 <= record["no_face"] <= 4  # MediaPipe finds almost every synthetic face
+    assert (
+        "Landmarks: mediapipe (the encoder was trained with mediapipe)."
+        in (tmp_path / "first" / "report.md").read_text()
+    )
+
+    # Again: the cache is read, and the numbers are the same.
+    assert main([*argv, "--output", str(tmp_path / "second")]) == 0
+    assert f"lfw: MediaPipe landmarks of 40 images read ({cache})" in capsys.readouterr().out
+    again = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert again["sets"]["lfw"]["accuracy"] == report["sets"]["lfw"]["accuracy"]
+    assert again["sets"]["lfw"]["auc"] == report["sets"]["lfw"]["auc"]
+
+    # Told to use the template: a warning, and the report says so.
+    with caplog.at_level("WARNING", logger="lafs.landmarks"):
+        assert main([*argv, "--output", str(tmp_path / "third"), "--landmarks", "template"]) == 0
+    assert "using template, but" in caplog.text and "trained with mediapipe" in caplog.text
+    third = json.loads((tmp_path / "third" / "report.json").read_text())
+    assert third["landmark_source"] == "template" and third["trained_with"] == "mediapipe"
+    assert third["sets"]["lfw"]["landmarks"] == {"source": "template"}
+    assert third["sets"]["lfw"]["auc"] != report["sets"]["lfw"]["auc"]

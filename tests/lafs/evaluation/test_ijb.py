@@ -279,9 +279,11 @@ def test_cli_end_to_end(ijbc, tmp_path, capsys):
     argv = ["--input", str(encoder), "--ijb", str(ijbc["root"]), "--output", str(out), "--detector-score"]
     assert main([*argv, "--batch-size", "4"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[0].split(" | ")[1:] == [f"{k:>8}" for k in ("1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01")]
-    assert printed[1].startswith("IJBC N0D1F2")
+    assert printed[0].startswith("landmarks: template") and printed[1] == "IJBC: template landmarks"
+    assert printed[2].split(" | ")[1:] == [f"{k:>8}" for k in ("1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01")]
+    assert printed[3].startswith("IJBC N0D1F2")
     report = json.loads((out / "ijb_report.json").read_text())
+    assert report["landmark_source"] == "template" and report["landmarks"] == {"source": "template"}
     assert report["options"] == {
         "name": "DF",
         "test_mode": "N0D1F2",
@@ -308,3 +310,30 @@ def test_cli_errors(ijbc, tmp_path, capsys):
     assert main(["--input", str(tmp_path), "--ijb", str(other), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "pass --dataset" in err and err.count("\n") == 1
+
+
+def test_cli_gives_a_mediapipe_encoder_mediapipe_landmarks_cached_beside_the_meta(tmp_path, capsys):
+    import timm
+
+    import lafs  # noqa: F401  (registers the models)
+    from lafs.export import save_encoder
+    from tools.evaluate_ijb import main
+
+    root = write_ijbc(tmp_path / "data")["root"]
+    model = timm.create_model("lafs_vit_nano_p8_112", landmark_set="mediapipe49", embed_dim=32, depth=2, num_heads=2)
+    encoder = save_encoder(model, tmp_path / "encoder", landmark_source="mediapipe")
+    argv = ["--input", str(encoder), "--ijb", str(root), "--batch-size", "4", "--workers", "1"]
+    assert main([*argv, "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cache = root / "meta" / "ijbc_name_5pts_score.txt.landmarks-mediapipe49.npz"
+    assert printed[0].startswith("landmarks: mediapipe") and printed[1].startswith(
+        f"IJBC: MediaPipe landmarks of {IDENTITIES * len(LAYOUT)} images computed ({cache})"
+    )
+    report = json.loads((tmp_path / "out" / "ijb_report.json").read_text())
+    assert report["landmark_source"] == report["trained_with"] == "mediapipe"
+    record = report["landmarks"]
+    assert record["cache"] == str(cache) and record["images"] == 12 and record["no_face"] <= 2
+    assert main([*argv, "--output", str(tmp_path / "again")]) == 0
+    assert "images read" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "ijb_report.json").read_text())
+    assert again["tar_at_far"] == report["tar_at_far"] and again["auc"] == report["auc"]
