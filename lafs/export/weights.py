@@ -27,11 +27,15 @@ from safetensors import SafetensorError
 from lafs.errors import DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
-from lafs.models.vit import SIZES, LandmarkViT, block_dims
+from lafs.models.partfvit import SIZES as PARTFVIT_SIZES
+from lafs.models.partfvit import PartFViT
+from lafs.models.vit import SIZES as VIT_SIZES
+from lafs.models.vit import LandmarkViT, block_dims
 
 EXPORT_FORMAT = "lafs-encoder"
 EXPORT_VERSION = 1
 
+SIZES = {**VIT_SIZES, **PARTFVIT_SIZES}  # every registered encoder size, by architecture name
 ENCODER_FOLDER = "encoder"  # in a run directory: the final encoder
 PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
 
@@ -43,7 +47,10 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "architecture": cfg["architecture"],
-        "model_args": {
+        # The released Part fViT has more shape arguments (head width, MLP width): it lists its own.
+        "model_args": model.model_args()
+        if isinstance(model, PartFViT)
+        else {
             "landmark_set": model.landmark_set,
             "embed_dim": model.embed_dim,
             "depth": len(model.blocks),
@@ -52,6 +59,8 @@ def encoder_config(model: LandmarkViT, source: dict[str, Any] | None = None) -> 
         "input_size": list(cfg["input_size"]),
         "mean": list(cfg["mean"]),
         "std": list(cfg["std"]),
+        # The channel order the weights expect; the model converts the RGB it is fed itself (never flip for it).
+        "channel_order": cfg.get("channel_order", "rgb"),
         "landmark_set": model.landmark_set,
         "template": model.template.tolist(),
         "patch_size": model.patch_embed.patch_size[0],

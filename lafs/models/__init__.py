@@ -1,10 +1,11 @@
-"""Encoders: the landmark-token ViT and its registered sizes."""
+"""Encoders: the landmark-token ViT and its registered sizes, and the released Part fViT."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from lafs.errors import ConfigError
+from lafs.models.partfvit import PartFViT  # registers the released Part fViT
 from lafs.models.tokenizer import LandmarkPatchEmbed
 from lafs.models.vit import LandmarkViT
 from lafs.registry import ENCODERS
@@ -30,4 +31,4 @@ def build_encoder(cfg: EncoderConfig) -> LandmarkViT:
     return ENCODERS.get(cfg.name)(landmark_set=cfg.landmark_set, drop_path_rate=cfg.drop_path_rate)
 
 
-__all__ = ["EncoderConfig", "LandmarkPatchEmbed", "LandmarkViT", "build_encoder"]
+__all__ = ["EncoderConfig", "LandmarkPatchEmbed", "LandmarkViT", "PartFViT", "build_encoder"]
