@@ -106,7 +106,7 @@ class PretrainConfig(RunConfig):
         if self.eval_bin and not Path(self.eval_bin).is_file():  # on every process: none waits for a failed one
             raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
         if self.landmark_predictor and not Path(self.landmark_predictor, "config.json").is_file():
-            raise ConfigError(f"landmark_predictor: no landmark-predictor folder at {self.landmark_predictor}")
+            raise ConfigError(f"landmark_predictor {self.landmark_predictor}: not a folder with a config.json")
         if self.data.landmarks == "none":
             raise ConfigError("data.landmarks=none: pretraining needs landmarks (template or a cache)")
 
