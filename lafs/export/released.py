@@ -13,7 +13,8 @@ Layouts read (`split_layout`), all with ``torch.load(weights_only=True)`` allowi
   the teacher is imported, as the released fine-tuning does; its ``backbone.`` tensors are the ViT, its ``head.``
   tensors the DINO projection head (pretraining only, not imported). These ViTs have no landmark network: the
   released fine-tuning takes it from a supervised checkpoint, ``landmark_network=`` here.
-- **model** ``{"model": {"encoder.<name>": ...}}`` (SimMIM-style), ``encoder.`` stripped as the released code does.
+- **model** ``{"model": {"encoder.<name>": ...}}`` (SimMIM-style): ``encoder.`` stripped as the released code does,
+  the ``decoder.`` tensors set aside; a ``model`` dict without prefixes is read as a state dict.
 
 Every tensor of the model is accounted for: mapped (`released_destination`) and loaded strictly, shapes checked,
 or set aside by name with the reason (DINO head, SimMIM decoder); anything else is a one-line `DataError` naming it.
@@ -164,14 +165,11 @@ def split_layout(checkpoint: Any, path: str | os.PathLike[str]) -> tuple[str, di
         return "self-supervised checkpoint (teacher)", model, aside
     if isinstance(checkpoint, Mapping) and _tensors(checkpoint.get("model")):
         state = _strip(checkpoint["model"], "module.")
-        unknown = [key for key in state if not key.startswith(("encoder.", "decoder."))]
-        if unknown:
-            raise DataError(f"{path}: 'model' tensors outside encoder. and decoder.: {', '.join(unknown[:4])}")
         decoder = [key for key in state if key.startswith("decoder.")]
         if decoder:
             aside["decoder.*"] = f"{_count(decoder)}: the SimMIM decoder (pretraining only)"
-        model = {key[len("encoder.") :]: value for key, value in state.items() if key.startswith("encoder.")}
-        return "{'model': ...} checkpoint (encoder.)", model, aside
+        model = _strip({key: value for key, value in state.items() if key not in decoder}, "encoder.")
+        return "{'model': ...} checkpoint", model, aside
     if _tensors(checkpoint):
         ddp = all(key.startswith("module.") for key in checkpoint)
         return ("DDP state dict (module.)" if ddp else "state dict"), _strip(checkpoint, "module."), aside

@@ -102,12 +102,12 @@ class ReleasedAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, N, dim) -> (B, N, dim)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, N, dim) -> (B, N, dim); ``attn_mask`` as `F.scaled_dot_product_attention` takes it."""
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
 
@@ -137,8 +137,9 @@ class ReleasedBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_dim, act_layer=nn.GELU, drop=proj_drop)
         self.drop_path2 = DropPath(stochastic_depth) if stochastic_depth > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, N, dim) -> (B, N, dim), with timm `Block`'s call signature."""
+        x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
@@ -185,7 +186,7 @@ class PartFViT(LandmarkViT):
             )
         self.patch_embed = ReleasedPatchEmbed(self.num_landmarks, img_size, patch_size, embed_dim=embed_dim)
         self.template = grid
-        self.head_dim, self.mlp_dim, self.drop_path_rate = head_dim, mlp_dim, drop_path_rate
+        self.head_dim, self.mlp_dim = head_dim, mlp_dim
 
     def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
         """The released initialisation: ``randn`` position table and CLS token, PyTorch's defaults elsewhere."""

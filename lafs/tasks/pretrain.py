@@ -195,7 +195,10 @@ class PretrainTask(Task):
                     f"{cfg.views.image_size} px and the encoder takes {student.backbone.num_landmarks}"
                 )
             if self.device_views is None:
-                logger.info("landmark_predictor sees loader views after photometry (LAFS: before it, as device views)")
+                logger.info(
+                    "landmark_predictor sees the loader's views after photometry; views.make_on=accelerator shows "
+                    "them before, as LAFS does"
+                )
             on_device.append(self.landmark_predictor)
         return TrainingParts(student, optimizer, on_device, [self.teacher, self.dino_loss])
 

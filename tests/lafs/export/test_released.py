@@ -107,12 +107,14 @@ def test_margin_head_continues_in_finetunings_head(imported):
     assert load_released_head(imported.parent / "nowhere") is None
 
 
-@pytest.mark.parametrize("layout", ["state dict", "model"])
+@pytest.mark.parametrize("layout", ["state dict", "model", "model without prefix"])
 def test_plain_and_model_layouts(tmp_path, layout):
     state = released_supervised()
-    checkpoint = state if layout == "state dict" else {"model": {f"encoder.{k}": v for k, v in state.items()}}
-    if layout == "model":
-        checkpoint["model"]["decoder.0.weight"] = torch.zeros(3, 3)
+    checkpoint = {
+        "state dict": state,
+        "model": {"model": {f"encoder.{k}": v for k, v in state.items()} | {"decoder.0.weight": torch.zeros(3, 3)}},
+        "model without prefix": {"model": state, "epoch": 3},
+    }[layout]
     summary = import_released_checkpoint(saved(tmp_path / "c.pth", checkpoint), tmp_path / "out")
     assert summary.model_args == {
         "landmark_set": "mediapipe196", "embed_dim": 64, "depth": 1, "num_heads": 2, "head_dim": 64, "mlp_dim": 96
