@@ -41,11 +41,11 @@ from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
-from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, save_encoder
+from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
-from lafs.models import Encoder, EncoderConfig, build_any_encoder, encoder_name, takes_landmarks
+from lafs.models import Encoder, EncoderConfig, PartFViT, build_any_encoder, encoder_name, takes_landmarks
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import (
     LandmarkPredictor,
@@ -163,6 +163,14 @@ def initial_encoder(cfg: FinetuneConfig) -> Encoder:
     except DataError as error:
         raise ConfigError(f"init={error}") from None
     encoder = load_encoder(folder, drop_path_rate=cfg.encoder.drop_path_rate)
+    network = predictor_folder(folder)
+    placed = cfg.landmarks.source == "predictor" and bool(cfg.landmarks.predictor)
+    if isinstance(encoder, PartFViT) and network is not None and not placed:
+        # Its position table belongs to its landmark network's points: other landmarks would be silently wrong.
+        raise ConfigError(
+            f"init={cfg.init} is a released Part fViT placed by its landmark network: add "
+            f"landmarks.source=predictor landmarks.predictor={network}"
+        )
     if takes_landmarks(encoder) and encoder.landmark_set != cfg.data.landmark_set:
         raise ConfigError(
             f"init={cfg.init}: encoder uses landmark set {encoder.landmark_set}, data.landmark_set is "

@@ -42,11 +42,15 @@ from lafs.landmarks.provenance import PREDICTOR, TEMPLATE, UNRECORDED, check_lan
 from lafs.models import TIMM_ARCHITECTURE, Encoder, ImageOnlyEncoder, LandmarkViT, takes_landmarks
 from lafs.models.iresnet import LAYERS
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor, save_landmark_predictor
-from lafs.models.vit import SIZES, block_dims
+from lafs.models.partfvit import SIZES as PARTFVIT_SIZES
+from lafs.models.partfvit import PartFViT
+from lafs.models.vit import SIZES as VIT_SIZES
+from lafs.models.vit import block_dims
 
 EXPORT_FORMAT = "lafs-encoder"
 EXPORT_VERSION = 2  # 2: timm's hub format with our fields beside it; 1: our own layout (still read)
 
+SIZES = {**VIT_SIZES, **PARTFVIT_SIZES}  # every registered encoder size, by architecture name
 ENCODER_FOLDER = "encoder"  # in a run directory: the final encoder
 PREDICTOR_FOLDER = "landmark_predictor"  # beside an encoder: its learned landmarks (fine-tuned LAFS models)
 
@@ -73,6 +77,8 @@ def encoder_config(
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "landmark_source": check_landmark_source(landmark_source),
+        # The channel order the weights expect; the model converts the RGB it is fed itself (never flip for it).
+        "channel_order": model.pretrained_cfg.get("channel_order", "rgb"),
         "source": source or {},
     }
     if isinstance(model, LandmarkViT):
@@ -88,6 +94,8 @@ def model_args(model: Encoder) -> dict[str, Any]:
     """The keyword arguments that, with the architecture name, rebuild ``model``'s shapes (timm's model_args)."""
     if isinstance(model, ImageOnlyEncoder):
         return model.rebuild_args()
+    if isinstance(model, PartFViT):  # the released Part fViT has more shape arguments (head and MLP widths)
+        return model.model_args()
     return {
         "landmark_set": model.landmark_set,
         "embed_dim": model.embed_dim,

@@ -1,4 +1,5 @@
-"""Encoders, all registered with timm: the landmark-token ViT sizes, IResNets, and any timm model (``timm:<name>``).
+"""Encoders, all registered with timm: the landmark-token ViT sizes, IResNets, any timm model (``timm:<name>``),
+and the released LAFS Part fViT (`PartFViT`, a landmark-token ViT).
 
 Every encoder is called ``encoder(images, landmarks=None)`` and returns embeddings (batch, num_features); only the
 landmark-token ViT reads the landmarks (`takes_landmarks`).
@@ -12,6 +13,8 @@ from typing import Any, TypeGuard
 from lafs.errors import ConfigError
 from lafs.models.image_only import ImageOnlyEncoder
 from lafs.models.iresnet import IResNet
+from lafs.models.partfvit import SIZES as PARTFVIT_SIZES
+from lafs.models.partfvit import PartFViT  # registers the released Part fViT
 from lafs.models.timm_encoder import ARCHITECTURE as TIMM_ARCHITECTURE
 from lafs.models.timm_encoder import PREFIX as TIMM_PREFIX
 from lafs.models.timm_encoder import TimmEncoder
@@ -39,7 +42,7 @@ class EncoderConfig:
     @property
     def takes_landmarks(self) -> bool:
         """The encoder samples its tokens at landmarks (a landmark-token ViT), rather than reading images only."""
-        return self.name in SIZES
+        return self.name in SIZES or self.name in PARTFVIT_SIZES
 
     def validate(self) -> None:
         if self.embed_dim < 1:
@@ -106,6 +109,7 @@ __all__ = [
     "LandmarkFit",
     "LandmarkPatchEmbed",
     "LandmarkViT",
+    "PartFViT",
     "TimmEncoder",
     "build_any_encoder",
     "build_encoder",

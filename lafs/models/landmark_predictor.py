@@ -112,6 +112,11 @@ def save_landmark_predictor(
     model: LandmarkPredictor, folder: str | os.PathLike[str], source: dict[str, Any] | None = None
 ) -> Path:
     """Write ``folder`` (model.safetensors + config.json) whole or not at all: built beside it, then renamed."""
+    # The released landmark network (a subclass) lives in a module that imports this one.
+    from lafs.models.released_mobilenet import ReleasedLandmarkNet, save_released_landmark_net
+
+    if isinstance(model, ReleasedLandmarkNet):
+        return save_released_landmark_net(model, folder, source)
     config = {
         "format": PREDICTOR_FORMAT,
         "version": PREDICTOR_VERSION,
@@ -130,6 +135,10 @@ def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor
     config, weights = read_weights_folder(folder, PREDICTOR_FORMAT, "a saved landmark predictor")
     if config.get("version") != PREDICTOR_VERSION:
         raise DataError(f"{folder}: {PREDICTOR_FORMAT} version {config.get('version')}, expected {PREDICTOR_VERSION}")
+    from lafs.models.released_mobilenet import RELEASED_KIND, load_released_landmark_net  # see save_landmark_predictor
+
+    if config.get("kind") == RELEASED_KIND:
+        return load_released_landmark_net(folder, config, weights)
     try:
         cfg = LandmarkPredictorConfig(**config["config"])
     except (KeyError, TypeError) as exc:

@@ -30,6 +30,7 @@ from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
 from lafs.landmarks.provenance import data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
+from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
 from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature
 from lafs.views import (
@@ -41,6 +42,7 @@ from lafs.views import (
     collate_views,
     views_on_accelerator,
 )
+from lafs.views.predicted import views_with_predicted_landmarks
 
 logger = logging.getLogger("lafs.pretrain")
 
@@ -103,12 +105,17 @@ class PretrainConfig(RunConfig):
     views: ViewConfig = field(default_factory=ViewConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
     eval_bin: str = ""  # a .bin pair set to verify the teacher on during training ("" = never)
+    # A landmark-predictor folder (the released LAFS network from tools/import_checkpoint.py, as the paper did) that
+    # places every view's tokens, frozen; "" = the data's landmarks moved with each view.
+    landmark_predictor: str = ""
 
     def validate(self) -> None:
         super().validate()
         self.encoder.require_landmark_set(self.data.landmark_set)
         if self.eval_bin and not Path(self.eval_bin).is_file():  # on every process: none waits for a failed one
             raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
+        if self.landmark_predictor and not Path(self.landmark_predictor, "config.json").is_file():
+            raise ConfigError(f"landmark_predictor {self.landmark_predictor}: not a folder with a config.json")
         check_view_set(self.views, self.encoder.landmark_set, "encoder.landmark_set")
         if self.views.kind == "patches":
             # Patches views put their tokens on each view's grid: a landmark cache would be read for nothing.
@@ -172,7 +179,7 @@ class PretrainTask(Task):
     """Student, EMA teacher, DINO heads and loss with its centre, last-layer freeze; views made per batch."""
 
     name = "pretrain"
-    fixed_on_resume = ("data", "synthetic", "encoder", "dino")
+    fixed_on_resume = ("data", "synthetic", "encoder", "dino", "landmark_predictor")
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
@@ -199,7 +206,23 @@ class PretrainTask(Task):
         groups = optimizer_groups(student, cfg.optim.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=use_fused_adamw(accelerator))
         self.dino_loss = DINOLoss(cfg.dino.out_dim, cfg.dino.student_temp, cfg.dino.center_momentum)
-        return TrainingParts(student, optimizer, [self.teacher, self.dino_loss], [self.teacher, self.dino_loss])
+        on_device: list[torch.nn.Module] = [self.teacher, self.dino_loss]
+        self.landmark_predictor: LandmarkPredictor | None = None
+        if cfg.landmark_predictor:
+            self.landmark_predictor = load_landmark_predictor(cfg.landmark_predictor).requires_grad_(False)
+            predicts = (self.landmark_predictor.num_landmarks, self.landmark_predictor.cfg.image_size)
+            if predicts != (student.backbone.num_landmarks, cfg.views.image_size):
+                raise ConfigError(
+                    f"landmark_predictor predicts {predicts[0]} landmarks on {predicts[1]} px images; the views are "
+                    f"{cfg.views.image_size} px and the encoder takes {student.backbone.num_landmarks}"
+                )
+            if self.device_views is None:
+                logger.info(
+                    "landmark_predictor sees the loader's views after photometry; views.make_on=accelerator shows "
+                    "them before, as LAFS does"
+                )
+            on_device.append(self.landmark_predictor)
+        return TrainingParts(student, optimizer, on_device, [self.teacher, self.dino_loss])
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
@@ -247,9 +270,15 @@ class PretrainTask(Task):
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """DINO loss of the student's views against the teacher's globals (outputs view-major)."""
         accelerator = self.run.accelerator
-        if self.device_views is not None:
+        if self.device_views is not None or self.landmark_predictor is not None:
             seed = view_seed(self.cfg.seed, accelerator.process_index, step, self.micro_batch)
-            batch = self.device_views(batch, torch.Generator(accelerator.device).manual_seed(seed))
+            generator = torch.Generator(accelerator.device).manual_seed(seed)
+            if self.landmark_predictor is not None:  # the frozen network places every view's tokens (LAFS)
+                batch = views_with_predicted_landmarks(
+                    self.landmark_predictor, batch, generator, self.cfg.views, self.device_views
+                )
+            elif self.device_views is not None:
+                batch = self.device_views(batch, generator)
         self.micro_batch += 1
         globals_ = {
             "global_images": _pixels(batch["global_images"]),

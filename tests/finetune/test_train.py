@@ -24,11 +24,14 @@ from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
 from lafs.engine.run_log import read_log
 from lafs.export import load_encoder, save_encoder
+from lafs.export.released import import_released_checkpoint
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.sources import scaled_template
-from lafs.models import EncoderConfig, build_any_encoder, build_encoder
-from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
+from lafs.models import EncoderConfig, PartFViT, build_any_encoder, build_encoder
+from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor, load_landmark_predictor
+from lafs.models.released_mobilenet import ReleasedLandmarkNet
 from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes, write_face_folder
+from tests.lafs.models.released_reference import released_supervised
 
 CONFIGS = sorted((ROOT / "configs/finetune").glob("*.yaml"))
 # Any config of configs/finetune shrunk to seconds on CPU: tiny synthetic data, the nano encoder, 2 steps.
@@ -173,6 +176,22 @@ def test_init_from_an_encoder_folder_or_a_pretraining_run(tmp_path):
         out = run(tmp_path / f"from_{init.name}", f"init={init}", "max_steps=0")
         final, start = weights(out / "encoder"), weights(tmp_path / "pretrain" / "encoder")
         assert all(torch.equal(final[k], start[k]) for k in start)
+
+
+def test_init_from_an_imported_released_model_trains_its_landmark_network(tmp_path, capsys):
+    torch.save(released_supervised(), tmp_path / "released.pth")
+    import_released_checkpoint(tmp_path / "released.pth", tmp_path / "imported")
+    released = ["data.landmark_set=mediapipe196", "encoder.landmark_set=mediapipe196", f"init={tmp_path / 'imported'}"]
+    assert main([*DEMO, f"output_dir={tmp_path / 'wrong'}", *released]) == 2  # MediaPipe points would be wrong
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "landmarks.source=predictor landmarks.predictor=" in error
+    network = tmp_path / "imported" / "landmark_predictor"
+    placed = ["landmarks.source=predictor", f"landmarks.predictor={network}"]
+    out = run(tmp_path / "run", *released, *placed, "max_steps=1", "optim.warmup_epochs=0")
+    trained = load_landmark_predictor(out / "landmark_predictor")
+    assert isinstance(trained, ReleasedLandmarkNet) and isinstance(load_encoder(out / "encoder"), PartFViT)
+    start = weights(network)
+    assert not torch.equal(weights(out / "landmark_predictor")["output_layer.1.weight"], start["output_layer.1.weight"])
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):

@@ -11,9 +11,12 @@ from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import checkpoints
 from lafs.engine.run_log import read_log
 from lafs.export import load_encoder, recorded_landmark_source
+from lafs.models.landmark_predictor import save_landmark_predictor
+from lafs.models.released_mobilenet import ReleasedLandmarkNet
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
 from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
+from tests.lafs.models.released_reference import released_landmark_network
 
 TINY = [
     "--config",
@@ -133,6 +136,42 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
 
 
+@pytest.fixture(scope="module")
+def released_network(tmp_path_factory) -> Path:
+    network = ReleasedLandmarkNet()
+    network.load_state_dict(released_landmark_network())
+    return save_landmark_predictor(network.eval(), tmp_path_factory.mktemp("released") / "landmark_predictor")
+
+
+def test_the_released_landmark_network_places_every_view(tmp_path, released_network, monkeypatch):
+    shown = []
+    forward = ReleasedLandmarkNet.forward
+
+    def spy(self, images):
+        shown.append(tuple(images.shape))
+        return forward(self, images)
+
+    monkeypatch.setattr(ReleasedLandmarkNet, "forward", spy)
+    sets = ["data.landmark_set=mediapipe196", "encoder.landmark_set=mediapipe196", "optim.batch_size=4"]
+    network = f"landmark_predictor={released_network}"
+    out = run(tmp_path, "run", "max_steps=1", "views.make_on=accelerator", *sets, network)
+    assert shown == [(4 * (2 + 2), 3, 112, 112)]  # every global and local view of the batch, in one pass
+    assert 0 < read_log(out)[0]["loss"] < 10
+
+
+def test_the_released_landmarks_config_is_the_paper_recipe_with_the_network(released_network):
+    path = ROOT / "configs/pretrain/lafs_vit_base_webface4m_released_landmarks.yaml"
+    cfg = load_config(PretrainConfig, path, [f"landmark_predictor={released_network}", "data.path=synthetic"])
+    assert cfg.views.make_on == "accelerator" and cfg.encoder.name == "lafs_vit_base_p8_112"
+    assert cfg.data.landmark_set == cfg.encoder.landmark_set == "mediapipe196"
+
+
+def test_a_landmark_network_of_another_size_is_one_line(tmp_path, released_network, capsys):
+    assert main([*TINY, f"output_dir={tmp_path / 'run'}", f"landmark_predictor={released_network}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: landmark_predictor predicts 196 landmarks") and error.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -157,6 +196,7 @@ def test_bad_config_is_one_line(tmp_path, capsys):
         ("max_steps=-1", "max_steps"),
         ("synthetic.num_identities=0", "synthetic.num_identities"),
         ("synthetic.max_yaw=90", "synthetic.max_yaw"),
+        ("landmark_predictor=/nowhere", "landmark_predictor"),
     ],
 )
 def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
