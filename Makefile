@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint venv clean-venv
+.PHONY: demo test lint venv clean-venv gpu-check
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# On a machine with a GPU: MFU of the ViT and IResNet-100 steps, 50-step runs, device views vs CPU -> one JSON.
+gpu-check: $(STAMP)
+	$(PY) -m tools.gpu_check $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -124,7 +124,10 @@ def check_resumed_config(cfg: Any, run_dir: Path, fixed: tuple[str, ...]) -> Non
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
         raise ConfigError(f"{path}: unreadable; move it away to resume with the current config") from None
     new = _flat(config_to_dict(cfg))
-    changed = sorted(key for key in saved.keys() | new.keys() if not _same(saved.get(key), new.get(key)))
+    # A key the saved config lacks but that holds its default was added to the project since: not a change.
+    defaults = _flat(config_to_dict(type(cfg)()))
+    added = {key for key in new.keys() - saved.keys() if _same(defaults.get(key), new[key])}
+    changed = sorted(key for key in saved.keys() | new.keys() - added if not _same(saved.get(key), new.get(key)))
     shaping = [key for key in changed if key.split(".")[0] in fixed]
     if shaping:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {new.get(key)!r}" for key in shaping[:4])

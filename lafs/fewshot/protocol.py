@@ -260,7 +260,7 @@ def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, sh
     overrides = [
         *cfg.finetune_overrides,
         f"output_dir={run_dir}",
-        f"init={init or ''}",
+        f"init={init if init else repr('')}",  # '' (quoted for YAML): from scratch
         f"data.path={data.seen_list}",
         f"data.shots={shots}",
         f"data.seed={data.seed}",

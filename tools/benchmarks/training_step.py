@@ -32,7 +32,7 @@ from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.checkpoints import TrainState
 from lafs.engine.loop import train_micro_batch
 from lafs.errors import ConfigError
-from lafs.models import build_encoder
+from lafs.models import build_any_encoder, build_encoder
 from lafs.models.multiview import MultiViewEncoder
 from lafs.models.vit import LandmarkViT, block_dims
 from lafs.tasks.pretrain import DinoConfig, PretrainConfig, PretrainTask, build_models, optimizer_groups
@@ -304,28 +304,32 @@ def build_finetune_step(
     accelerator = make_accelerator(precision, device)
     torch.manual_seed(seed)
     parts = task.build(accelerator, _LabelledSetShape(batch, classes))
-    lafs_encoder = build_encoder(cfg.encoder)
     generator = torch.Generator().manual_seed(seed)
-    num_landmarks, patch = int(lafs_encoder.num_landmarks), int(lafs_encoder.patch_embed.patch_size[0])
-    if plain:
-        images = grid_images(batch, 1, num_landmarks, patch, seed)[:, 0]
-    else:
-        size = lafs_encoder.patch_embed.img_size
+    info: dict[str, Any] = {"classes": classes, "head": cfg.head.name, "parameters": parameter_count(parts.model)}
+    if not cfg.encoder.takes_landmarks:  # IResNet, timm: images only, at the encoder's input size
+        encoder = build_any_encoder(cfg.encoder)
+        size = tuple(encoder.pretrained_cfg["input_size"][-2:])
         images = torch.rand(batch, 3, *size, generator=generator) * 2 - 1
+        landmarks: dict[str, torch.Tensor] = {}
+        info |= {"width": int(encoder.num_features)}
+    else:
+        lafs_encoder = build_encoder(cfg.encoder)
+        num_landmarks, patch = int(lafs_encoder.num_landmarks), int(lafs_encoder.patch_embed.patch_size[0])
+        if plain:
+            images = grid_images(batch, 1, num_landmarks, patch, seed)[:, 0]
+        else:
+            size = lafs_encoder.patch_embed.img_size
+            images = torch.rand(batch, 3, *size, generator=generator) * 2 - 1
+        landmarks = {"landmarks": jittered(lafs_encoder.template, (batch, num_landmarks, 2), generator)}
+        info |= {"tokens": num_landmarks, "width": int(lafs_encoder.num_features), "depth": len(lafs_encoder.blocks)}
     loader_batch = {
         "image": ((images + 1) * 127.5).round().to(torch.uint8),  # the loader's uint8 pixels
-        "landmarks": jittered(lafs_encoder.template, (batch, num_landmarks, 2), generator),
+        **landmarks,
         "label": torch.randint(0, classes, (batch,), generator=generator),
         "position": torch.arange(batch),
     }
     run = task_step(task, parts, loader_batch, accelerator, cfg.optim.epochs)
-    info = {
-        "tokens": num_landmarks,
-        "classes": classes,
-        "head": cfg.head.name,
-        "width": int(lafs_encoder.num_features),
-        "depth": len(lafs_encoder.blocks),
-        "parameters": parameter_count(parts.model),
+    info |= {
         "images": tuple(images.shape[-2:]),
         "precision": "bf16" if autocast_dtype(precision, device) is not None else "fp32",
     }

@@ -29,3 +29,21 @@ def test_warmup_bound_follows_the_switch():
 def test_unknown_switch_is_one_line():
     with pytest.raises(ConfigError, match=r"^optim\.schedules must be epochs or relative, got 'fraction'$"):
         OptimConfig(schedules="fraction").validate()  # type: ignore[arg-type]
+
+
+def test_resume_accepts_keys_added_since_with_their_defaults(tmp_path):
+    """A run saved before a key existed resumes while the key holds its default; a real change still stops it."""
+    import yaml
+
+    from finetune.task import FinetuneConfig
+    from lafs.config import config_to_dict
+    from lafs.engine.config import check_resumed_config
+
+    saved = config_to_dict(FinetuneConfig())
+    del saved["regularisers"]["coreface"]["weight"]["unit"]  # a key added to a fixed section since
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resumed_config(FinetuneConfig(), tmp_path, ("regularisers",))
+    changed = FinetuneConfig()
+    changed.regularisers.coreface.weight.unit = "fraction"
+    with pytest.raises(ConfigError, match=r"^resuming .* with a different regularisers: regularisers\.coreface"):
+        check_resumed_config(changed, tmp_path, ("regularisers",))
