@@ -25,6 +25,7 @@ from lafs.data.pairs import load_bin
 from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_update
 from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
+from lafs.engine.config import ClipMode
 from lafs.errors import ConfigError
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
@@ -82,6 +83,8 @@ class PretrainOptimConfig(OptimConfig):
     epochs: int = LAFS_PRETRAIN_EPOCHS  # LAFS pretraining length: what the epoch-valued keys are written for
     batch_size: int = 82  # per process: LAFS on an A100-40GB
     clip_grad: float = 3.0  # max gradient norm (LAFS); 0 turns clipping off
+    # As the released LAFS (and DINO) pretraining clips: each parameter's gradient on its own (utils.clip_gradients).
+    clip_mode: ClipMode = "per_parameter"
     lr: float = 5e-4  # at a total batch of 256; scaled linearly with the real total batch (DINO rule)
     min_lr: float = 1e-6  # end of the cosine decay (LAFS)
     warmup_epochs: float = 10.0  # linear LR warm-up (LAFS; optim.schedules=relative stretches it from 41 epochs)
