@@ -85,6 +85,9 @@ class PretrainOptimConfig(OptimConfig):
     clip_grad: float = 3.0  # max gradient norm (LAFS); 0 turns clipping off
     # As the released LAFS (and DINO) pretraining clips: each parameter's gradient on its own (utils.clip_gradients).
     clip_mode: ClipMode = "per_parameter"
+    # Ours: no weight decay on the position table, CLS token and patch projection (timm's ViT convention). True: as
+    # released (DINO's groups exempt only biases and norms).
+    decay_embeddings: bool = False
     lr: float = 5e-4  # at a total batch of 256; scaled linearly with the real total batch (DINO rule)
     min_lr: float = 1e-6  # end of the cosine decay (LAFS)
     warmup_epochs: float = 10.0  # linear LR warm-up (LAFS; optim.schedules=relative stretches it from 41 epochs)
@@ -154,12 +157,16 @@ def build_models(cfg: PretrainConfig) -> tuple[MultiViewEncoder, MultiViewEncode
     return student, teacher
 
 
-def optimizer_groups(student: MultiViewEncoder, weight_decay: float) -> list[dict[str, Any]]:
-    """Parameter groups: biases, norms and the backbone's no-decay names (tokenizer, positions) get no decay.
+def optimizer_groups(
+    student: MultiViewEncoder, weight_decay: float, decay_embeddings: bool = False
+) -> list[dict[str, Any]]:
+    """Parameter groups: biases, norms and (unless ``decay_embeddings``) the backbone's no-decay names (tokenizer
+    projection, position table, CLS token) get no decay.
 
     Only the decayed group follows the weight-decay schedule (``scheduled_decay``).
     """
-    no_decay = {f"backbone.{name}" for name in student.backbone.no_weight_decay()}
+    exempt = set() if decay_embeddings else student.backbone.no_weight_decay()
+    no_decay = {f"backbone.{name}" for name in exempt}
     # A positive placeholder makes timm split the groups even when the schedule starts at 0.
     groups = param_groups_weight_decay(student, 1.0, no_weight_decay_list=no_decay)
     for group in groups:
@@ -206,7 +213,7 @@ class PretrainTask(Task):
     def build(self, accelerator: Accelerator, dataset: Any) -> TrainingParts:
         cfg = self.cfg
         student, self.teacher = build_models(cfg)
-        groups = optimizer_groups(student, cfg.optim.weight_decay)
+        groups = optimizer_groups(student, cfg.optim.weight_decay, cfg.optim.decay_embeddings)
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=use_fused_adamw(accelerator))
         self.dino_loss = DINOLoss(cfg.dino.out_dim, cfg.dino.student_temp, cfg.dino.center_momentum)
         on_device: list[torch.nn.Module] = [self.teacher, self.dino_loss]

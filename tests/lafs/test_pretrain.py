@@ -251,6 +251,10 @@ def test_no_decay_for_tokenizer_positions_biases_and_norms():
     assert {"backbone.pos_embed", "backbone.cls_token", "backbone.patch_embed.proj.weight"} <= undecayed
     assert "backbone.blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert decay["scheduled_decay"] and not no_decay["scheduled_decay"]
+    no_decay, decay = optimizer_groups(student, 0.04, decay_embeddings=True)  # as released: only biases and norms
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"backbone.pos_embed", "backbone.cls_token", "backbone.patch_embed.proj.weight"} <= decayed
+    assert all(p.ndim <= 1 for p in no_decay["params"])
 
 
 def test_a_planted_pickle_in_the_run_directory_never_runs(tmp_path, capsys):
