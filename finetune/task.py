@@ -42,6 +42,7 @@ from lafs.errors import ConfigError, DataError
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
+from lafs.export.released import load_released_head
 from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
@@ -248,6 +249,24 @@ class Schedule:
         return cosine_schedule(step, self.total, self.base_lr, self.min_lr, self.warmup)
 
 
+def start_from_imported_head(cfg: FinetuneConfig, head: MarginHead) -> None:
+    """Continue an imported released classifier (``margin_head.safetensors`` beside the ``init`` encoder) when it
+    has this run's shape: the same identities, as when fine-tuning further on the released training set."""
+    if not cfg.init:
+        return
+    weight = load_released_head(encoder_folder(cfg.init))
+    if weight is None:
+        return
+    if weight.shape != head.weight.shape:
+        logger.warning(
+            f"init={cfg.init}: its classifier has {tuple(weight.shape)} centres, this run needs "
+            f"{tuple(head.weight.shape)}: the head starts untrained"
+        )
+        return
+    head.load_state_dict({"weight": weight})
+    logger.info(f"head: continues the imported classifier of {cfg.init} ({weight.shape[0]} classes)")
+
+
 class FinetuneTask(Task):
     """Encoder (+ optional trainable landmark predictor) + objective; augmented, mixed batches; best model."""
 
@@ -284,6 +303,7 @@ class FinetuneTask(Task):
             )
         else:
             head = build_head(cfg.head, dataset.num_classes, encoder.num_features)
+            start_from_imported_head(cfg, head)
         self.objective = build_objective(
             head,
             cfg.regularisers,

@@ -170,15 +170,13 @@ def crop_landmarks(choice: LandmarkChoice, crops: Sequence[np.ndarray]) -> tuple
     """(landmarks (N, K, 2) float32 pixels to give the encoder with ``crops``, or None when it places its own; the
     number of crops where MediaPipe found no face, which get the template).
 
-    ``template``: the template for every crop; ``mediapipe``: MediaPipe's face mesh on each aligned crop, scaled to
-    the encoder's input size (one detector, in this process).
+    ``template``: None, the encoder's own template (a Part fViT's is its patch grid); ``mediapipe``: MediaPipe's face
+    mesh on each aligned crop, scaled to the encoder's input size (one detector, in this process).
     """
-    if not choice.takes_landmarks:
+    if not choice.takes_landmarks or choice.source == TEMPLATE:  # the encoder places its own (template) landmarks
         return None, 0
     template = choice.template()
     points = np.repeat(template[None], len(crops), axis=0)
-    if choice.source == TEMPLATE:
-        return points, 0
     assert choice.landmark_set is not None  # template() above checked it
     detector = MediaPipeLandmarks(choice.landmark_set)
     missed = 0

@@ -57,9 +57,9 @@ def landmarks_for_set(
     """
     if not choice.takes_landmarks:
         return EvalLandmarks(None, {"source": choice.source})
+    if choice.source == TEMPLATE:  # the encoder's own template (a Part fViT's is its patch grid): it places it
+        return EvalLandmarks(None, {"source": TEMPLATE})
     template = choice.template()
-    if choice.source == TEMPLATE:
-        return EvalLandmarks(np.broadcast_to(template, (num_images, *template.shape)), {"source": TEMPLATE})
     if choice.source != MEDIAPIPE:
         raise ValueError(f"no landmarks to compute for source {choice.source!r}")
     assert choice.landmark_set is not None  # template() above checked it

@@ -26,6 +26,7 @@ A training run directory keeps its final encoder in ``encoder/`` and its landmar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from typing import Any
 
 import timm
 from safetensors import SafetensorError
-from timm.models import filter_pretrained_cfg
+from timm.models import PretrainedCfg, filter_pretrained_cfg
 
 from lafs.errors import ConfigError, DataError
 from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
@@ -109,8 +110,10 @@ def hub_pretrained_cfg(model: Encoder) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` entry: input size, normalisation, interpolation and the timm traits, without where
     the weights came from (a reloaded model's file and source) and without the ``untrained`` tag it was built with."""
     cfg = filter_pretrained_cfg(model.pretrained_cfg, remove_source=True, remove_null=True)
-    drop = ("architecture", "tag")
-    cfg = {key: list(value) if isinstance(value, tuple) else value for key, value in cfg.items() if key not in drop}
+    # Only PretrainedCfg's own fields: timm rebuilds one from this entry (the released Part fViT's channel_order is
+    # recorded beside it, at the top level).
+    known = {field.name for field in dataclasses.fields(PretrainedCfg)} - {"architecture", "tag"}
+    cfg = {key: list(value) if isinstance(value, tuple) else value for key, value in cfg.items() if key in known}
     if isinstance(model, ImageOnlyEncoder):
         cfg["input_size"] = [cfg["input_size"][0], *model.img_size]  # what the model was built for
     return cfg | {"num_classes": 0}

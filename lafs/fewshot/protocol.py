@@ -37,7 +37,7 @@ from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import fit
 from lafs.errors import ConfigError
-from lafs.export import load_encoder
+from lafs.export import load_encoder_and_predictor
 from lafs.fewshot.split import IdentitySplit, relabel, split_identities, subset_cache, verification_pairs
 from lafs.files import write_atomic
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
@@ -285,14 +285,19 @@ def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, sh
 
 
 
-def evaluate(encoder: Any, data: SeedData) -> dict[str, Any]:
-    """Verification report of ``encoder`` on the seed's unseen pairs, with the landmarks it was trained on
-    (MediaPipe's for the 196-landmark arms, the grid for the DINO arm)."""
+def evaluate(loaded: tuple[Any, Any], data: SeedData) -> dict[str, Any]:
+    """Verification report of an (encoder, landmark predictor or None) on the seed's unseen pairs, with the
+    landmarks it was trained on: its learned predictor's, MediaPipe's for the other 196-landmark runs, the grid for
+    the DINO arm."""
     from lafs.data.pairs import load_bin
     from lafs.evaluation.verification import evaluate_pairs
+    from lafs.models.image_encoder import ImageEncoder
 
+    encoder, predictor = loaded
     images, issame = load_bin(data.pairs_bin, 112)
-    if encoder.landmark_set == LANDMARK_SET:  # MediaPipe's (found) or the template's points, as in training
+    if predictor is not None:  # the landmark-regulariser runs trained their predictor: it places the tokens
+        report = evaluate_pairs(ImageEncoder(encoder, predictor), images, issame, 64)
+    elif encoder.landmark_set == LANDMARK_SET:  # MediaPipe's (found) or the template's points, as in training
         landmarks = np.where(data.pair_found[:, None, None], data.pair_landmarks, encoder.template.numpy())
         permutation = get_landmark_set(LANDMARK_SET).flip_permutation
         report = evaluate_pairs(encoder, images, issame, 64, landmarks=landmarks, flip_permutation=permutation)
@@ -316,10 +321,10 @@ def _record(arm: str, shots: int, regulariser: str, seed: int, report: dict[str,
     return {"arm": arm, "shots": shots, "regulariser": regulariser, "seed": seed, **report}
 
 
-def untrained_encoder(name: str, seed: int) -> Any:
+def untrained_encoder(name: str, seed: int) -> tuple[Any, None]:
     """The reference every arm starts from before training: the encoder at its seeded initialisation."""
     torch.manual_seed(seed)
-    return build_encoder(EncoderConfig(name=name, landmark_set=LANDMARK_SET))
+    return build_encoder(EncoderConfig(name=name, landmark_set=LANDMARK_SET)), None
 
 
 def run_protocol(cfg: FewShotConfig) -> list[dict[str, Any]]:
@@ -341,7 +346,7 @@ def run_protocol(cfg: FewShotConfig) -> list[dict[str, Any]]:
                 report = _evaluated(folder, data, partial(untrained_encoder, cfg.encoder, seed))
             else:
                 init = pretrain(cfg, data, arm)
-                report = _evaluated(init, data, partial(load_encoder, init / "encoder"))
+                report = _evaluated(init, data, partial(load_encoder_and_predictor, init))
             records.append(_record(arm, 0, "-", seed, report))
             for shots in cfg.shots:
                 for regulariser in cfg.regularisers:
@@ -349,6 +354,6 @@ def run_protocol(cfg: FewShotConfig) -> list[dict[str, Any]]:
                         logger.info("dino arm: no landmark regulariser (its tokens are a fixed grid, not landmarks)")
                         continue
                     run_dir = finetune(cfg, data, arm, init, shots, regulariser)
-                    report = _evaluated(run_dir, data, partial(load_encoder, run_dir / "encoder"))
+                    report = _evaluated(run_dir, data, partial(load_encoder_and_predictor, run_dir))
                     records.append(_record(arm, shots, regulariser, seed, report))
     return records

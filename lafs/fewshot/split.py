@@ -60,8 +60,13 @@ def verification_pairs(labels: np.ndarray, count: int, seed: int) -> list[tuple[
     rng = np.random.default_rng(seed)
     half = count // 2
     same_all = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]]
-    if len(same_all) < half or len(np.unique(labels)) < 2:
-        raise DataError(f"the unseen identities give {len(same_all)} same-identity pairs, {half} are needed")
+    sizes = np.unique(labels, return_counts=True)[1].astype(np.int64)
+    different_count = int((sizes.sum() ** 2 - (sizes**2).sum()) // 2)  # pairs of images of two people
+    if len(same_all) < half or different_count < half:
+        raise DataError(
+            f"the unseen identities give {len(same_all)} same-identity and {different_count} different-identity "
+            f"pairs; {half} of each are needed (fewer --pairs, or more --unseen)"
+        )
     same = [same_all[k] for k in rng.choice(len(same_all), size=half, replace=False)]
     different: set[tuple[int, int]] = set()
     while len(different) < half:  # rejection sampling: different pairs vastly outnumber same ones

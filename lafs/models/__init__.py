@@ -49,6 +49,11 @@ class EncoderConfig:
             raise ConfigError(f"encoder.embed_dim must be >= 1, got {self.embed_dim}")
         if self.name not in ENCODERS:
             raise ConfigError(f"encoder.name: unknown encoder {self.name!r} (known: {', '.join(ENCODERS.names())})")
+        if self.landmark_fit != "none" and (self.name in PARTFVIT_SIZES or not self.takes_landmarks):
+            raise ConfigError(
+                f"encoder.landmark_fit must be none for {self.name} (a Part fViT's landmark network min-maxes its "
+                f"points itself; image-only encoders have no tokens), got {self.landmark_fit}"
+            )
 
     def require_landmark_set(self, data_landmark_set: str) -> None:
         """Raise `ConfigError` unless the encoder embeds the landmark set the data carries (image-only: no need)."""

@@ -161,6 +161,9 @@ class PartFViT(LandmarkViT):
         pos_drop_rate: float = 0.1,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("landmark_fit", "none") != "none":  # its landmark network min-maxes; a second fit is off
+            raise ValueError(f"Part fViT samples at its landmark network's points: landmark_fit must be none, got "
+                             f"{kwargs['landmark_fit']!r}")  # fmt: skip
         block = partial(ReleasedBlock, head_dim=head_dim, mlp_dim=mlp_dim, stochastic_depth=drop_path_rate)
         super().__init__(
             landmark_set,

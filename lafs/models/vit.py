@@ -113,6 +113,10 @@ class LandmarkViT(VisionTransformer):
             )
         if valid is not None and valid.shape != landmarks.shape[:2]:
             raise ValueError(f"valid {tuple(valid.shape)} must match landmarks {tuple(landmarks.shape[:2])}")
+        if valid is not None:
+            # A face with no valid point is one the detector missed: the template stands in for all of it, so every
+            # token counts (as fine-tuning and evaluation use it), not none but CLS.
+            valid = valid | ~valid.any(-1, keepdim=True)
         landmarks = fit_landmarks(landmarks, self.landmark_fit, size, valid)
         # The template lies inside the crop: no in-view test, so aligned faces keep the unmasked fast path.
         keys = valid if on_template else token_validity(landmarks, self.landmark_fit, size, valid)

@@ -29,7 +29,7 @@ from lafs.engine.config import ClipMode
 from lafs.errors import ConfigError
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.export import save_encoder
-from lafs.landmarks.provenance import data_landmark_source
+from lafs.landmarks.provenance import PREDICTOR, data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
@@ -122,6 +122,12 @@ class PretrainConfig(RunConfig):
             raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
         if self.landmark_predictor and not Path(self.landmark_predictor, "config.json").is_file():
             raise ConfigError(f"landmark_predictor {self.landmark_predictor}: not a folder with a config.json")
+        landmark_views = self.views.kind == "landmarks" and self.views.local_side == self.views.image_size
+        if self.landmark_predictor and not landmark_views:
+            raise ConfigError(
+                "landmark_predictor places landmark views: it needs views.kind=landmarks and local views at "
+                f"views.image_size (got kind {self.views.kind}, local side {self.views.local_side})"
+            )
         check_view_set(self.views, self.encoder.landmark_set, "encoder.landmark_set")
         if self.views.kind == "patches":
             # Patches views put their tokens on each view's grid: a landmark cache would be read for nothing.
@@ -347,6 +353,12 @@ class PretrainTask(Task):
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
         """The teacher's backbone as ``run_dir/encoder``, recording the landmark source of the training data."""
         source = {"stage": "lafs-pretrain", "run_dir": str(run_dir), "step": step, "weights": "teacher"}
-        landmarks = data_landmark_source(self.cfg.data.landmarks)
-        save_encoder(self.teacher.backbone, run_dir / "encoder", source, landmark_source=landmarks)
+        if self.landmark_predictor is not None:  # its tokens were placed by the network: it goes with the encoder
+            source["landmark_predictor"] = self.cfg.landmark_predictor
+            save_encoder(
+                self.teacher.backbone, run_dir / "encoder", source, self.landmark_predictor, landmark_source=PREDICTOR
+            )
+        else:
+            landmarks = data_landmark_source(self.cfg.data.landmarks)
+            save_encoder(self.teacher.backbone, run_dir / "encoder", source, landmark_source=landmarks)
         return {"encoder": run_dir / "encoder"}

@@ -30,18 +30,21 @@ def predicted_view_landmarks(
     """The landmark entries of a view batch, predicted on ``views`` by ``predictor`` (without gradients).
 
     ``views`` (B, V, 3, S, S) normalised to [-1, 1], the globals first; ``jitter`` (B, V, K, 2) pixels added to the
-    predictions; ``local_ids`` (B, N, k). Returns ``global_landmarks`` (B, 2, K, 2), ``local_landmarks`` (B, N, k, 2),
-    and ``global_valid`` / ``local_valid``, all true. The predictor runs in float32 outside autocast: its min-max
-    rescaling would lose fractions of a pixel in half precision.
+    predictions; ``local_ids`` (B, N, k). Returns ``global_landmarks`` (B, 2, K, 2) and ``local_landmarks``
+    (B, N, K, 2) (each local view's full set: the encoder gathers ``local_ids`` after fitting its token geometry, as
+    for `lafs.views.render.view_landmarks`), ``local_ids``, and ``global_valid`` / ``local_valid``, all true. The
+    predictor runs in float32 outside autocast: its min-max rescaling would lose fractions of a pixel in half
+    precision.
     """
     with torch.no_grad(), torch.autocast(views.device.type, enabled=False):
         points = predictor(views.flatten(0, 1).float()).unflatten(0, views.shape[:2]) + jitter
-    local = points[:, NUM_GLOBAL:]
+    valid = torch.ones_like(points[..., 0], dtype=torch.bool)
     return {
         "global_landmarks": points[:, :NUM_GLOBAL],
-        "global_valid": torch.ones_like(points[:, :NUM_GLOBAL, :, 0], dtype=torch.bool),
-        "local_landmarks": torch.gather(local, 2, local_ids[..., None].expand(-1, -1, -1, 2)),
-        "local_valid": torch.ones_like(local_ids, dtype=torch.bool),
+        "global_valid": valid[:, :NUM_GLOBAL],
+        "local_landmarks": points[:, NUM_GLOBAL:],
+        "local_ids": local_ids,
+        "local_valid": valid[:, NUM_GLOBAL:],
     }
 
 

@@ -194,6 +194,26 @@ def test_init_from_an_imported_released_model_trains_its_landmark_network(tmp_pa
     assert not torch.equal(weights(out / "landmark_predictor")["output_layer.1.weight"], start["output_layer.1.weight"])
 
 
+def test_an_imported_classifier_is_continued_when_the_classes_match(tmp_path, caplog):
+    from finetune.heads import HeadConfig, build_head
+    from finetune.task import start_from_imported_head
+    from lafs.export.released import load_released_head
+
+    torch.save(released_supervised(classes=10), tmp_path / "released.pth")
+    import_released_checkpoint(tmp_path / "released.pth", tmp_path / "imported")
+    cfg = FinetuneConfig(init=str(tmp_path / "imported"))
+    imported = load_released_head(tmp_path / "imported")
+    assert imported is not None
+    head = build_head(HeadConfig(name="cosface"), 10, imported.shape[1])
+    start_from_imported_head(cfg, head)
+    assert torch.equal(head.weight.detach(), imported)
+    other = build_head(HeadConfig(name="cosface"), 7, imported.shape[1])
+    before = other.weight.detach().clone()
+    with caplog.at_level(logging.WARNING, logger="lafs.finetune"):
+        start_from_imported_head(cfg, other)
+    assert torch.equal(other.weight.detach(), before) and "the head starts untrained" in caplog.text
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     exact = "deterministic=true"  # bit for bit: deterministic kernels, one thread
     whole = run(tmp_path / "whole", "max_steps=4", "checkpoint_every=100", exact)

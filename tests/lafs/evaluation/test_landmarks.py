@@ -7,7 +7,6 @@ import pytest
 
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.landmarks.provenance import LandmarkChoice
-from lafs.landmarks.sources import scaled_template
 
 
 def test_a_model_that_places_its_own_landmarks_gets_none(tmp_path):
@@ -20,11 +19,11 @@ def test_a_model_that_places_its_own_landmarks_gets_none(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_the_template_for_every_image(tmp_path):
+def test_the_template_is_the_encoders_own(tmp_path):
+    # No points: the encoder places its own template (a Part fViT's is its patch grid, not the set's template).
     choice = LandmarkChoice("template", "template", True, True, "mediapipe49", 112)
     found = bin_landmarks(choice, tmp_path / "never_read.bin", 3)
-    assert found.points is not None and found.points.shape == (3, 49, 2)
-    np.testing.assert_array_equal(found.points[2], scaled_template("mediapipe49", 112, 112))
+    assert found.points is None
     assert found.record == {"source": "template"} and found.describe("lfw") == "lfw: template landmarks"
 
 

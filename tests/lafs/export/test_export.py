@@ -359,7 +359,7 @@ def test_an_encoder_exported_before_landmark_fit_loads_as_none(model, tmp_path, 
         torch.testing.assert_close(loaded(*faces), model(*faces), rtol=0, atol=0)
     config["model_args"]["landmark_fit"] = "stretch"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DataError, match=r"config.json: landmark_fit must be one of none, minmax") as caught:
+    with pytest.raises(DataError, match=r"config.json \(landmark_fit must be one of none, minmax") as caught:
         load_encoder(folder)
     assert "\n" not in str(caught.value)
 

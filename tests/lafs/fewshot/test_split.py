@@ -57,8 +57,11 @@ def test_pairs_are_balanced_interleaved_and_distinct() -> None:
 
 def test_pairs_refuse_more_same_pairs_than_exist() -> None:
     labels = np.repeat(np.arange(2), 2)  # one same pair per identity: 2 in all
-    with pytest.raises(DataError, match="same-identity pairs"):
+    with pytest.raises(DataError, match="2 same-identity and 4 different-identity pairs; 5 of each"):
         verification_pairs(labels, 10, seed=0)
+    lopsided = np.array([0] * 6 + [1])  # 15 same pairs, but only 6 different ones: refused, never an endless draw
+    with pytest.raises(DataError, match="15 same-identity and 6 different-identity pairs; 8 of each"):
+        verification_pairs(lopsided, 16, seed=0)
 
 
 def test_subset_cache_keeps_the_chosen_rows(tmp_path) -> None:

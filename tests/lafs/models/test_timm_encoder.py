@@ -101,7 +101,8 @@ def test_config_names_and_stages_that_need_landmark_tokens():
 
 def test_builder_arguments_by_kind():
     vit = EncoderConfig(name="lafs_vit_nano_p8_112", landmark_set="mediapipe49", model_args={"depth": 2})
-    assert vit.builder_args() == {"landmark_set": "mediapipe49", "drop_path_rate": 0.0, "depth": 2}
+    expected = {"landmark_set": "mediapipe49", "landmark_fit": "none", "drop_path_rate": 0.0, "depth": 2}
+    assert vit.builder_args() == expected
     resnet = EncoderConfig(name="iresnet18", embed_dim=128, model_args={"widths": [8, 8, 16, 16]})
     assert resnet.builder_args() == {"num_features": 128, "drop_path_rate": 0.0, "widths": [8, 8, 16, 16]}
     built = build_any_encoder(resnet)

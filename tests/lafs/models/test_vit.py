@@ -152,13 +152,17 @@ def test_a_token_centred_off_the_view_is_masked():
         assert not torch.allclose(model(images, landmarks), model(images, off))
 
 
-def test_a_fully_invalid_image_attends_to_its_cls_token_only():
+def test_a_face_without_one_valid_point_uses_every_token():
+    """A face the detector missed (no valid point: the template stands in) attends to every token, as in
+    fine-tuning and evaluation; an image whose every token lies off the view attends to its CLS token only."""
     model = tiny()
-    nothing = torch.zeros(2, 49, dtype=torch.bool)
+    images, nothing = torch.randn(2, 3, 112, 112), torch.zeros(2, 49, dtype=torch.bool)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 112, 112), model.default_landmarks(2), valid=nothing)
-        assert torch.isfinite(out).all()
-        torch.testing.assert_close(out[0], out[1])  # nothing of the image reaches the CLS token
+        template = model.default_landmarks(2)
+        torch.testing.assert_close(model(images, template, valid=nothing), model(images, template))
+        away = model(images, template - 500.0)  # every centre off the view
+        assert torch.isfinite(away).all()
+        torch.testing.assert_close(away[0], away[1])  # nothing of the image reaches the CLS token
 
 
 def test_no_mask_where_every_token_is_valid_by_construction():
