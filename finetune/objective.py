@@ -162,11 +162,12 @@ def build_objective(
     num_classes: int,
     embed_dim: int,
     num_samples: int,
-    optim: OptimConfig,
+    optim: OptimConfig | None = None,
 ) -> Objective:
     """The objective with every enabled regulariser of ``cfg``, their weights in the epochs of the run ``optim``
-    describes (its length and its ``schedules`` switch)."""
-    enabled = cfg.enabled_in_run(optim)
+    describes (its length and its ``schedules`` switch; None: weights in epochs as written, a 10-epoch run for
+    fraction units)."""
+    enabled = cfg.enabled_in_run(optim or OptimConfig())
     regularisers = {
         name: REGULARISERS.get(name)(options, num_classes=num_classes, embed_dim=embed_dim, num_samples=num_samples)
         for name, options in enabled.items()
