@@ -1,6 +1,7 @@
 """Import a released LAFS checkpoint (szlbiubiubiu/LAFS_CVPR2024) as an encoder folder.
 
     python -m tools.import_checkpoint --input FILE --output FOLDER [--landmark-network FILE] [--overwrite]
+    python -m tools.import_checkpoint --format arcface_torch --input backbone.pth --output FOLDER
 
 --input is a released .pth: a supervised Part fViT state dict (with or without DDP's ``module.``), a
 self-supervised LAFS / DINO checkpoint (its teacher is imported), or a ``{'model': ...}`` checkpoint with
@@ -14,6 +15,10 @@ grid). The folder works with tools.evaluate, tools.embed, tools.verify, tools.ex
 ``init=FOLDER landmarks.source=predictor landmarks.predictor=FOLDER/landmark_predictor``; pretraining takes the
 landmark network as ``landmark_predictor=FOLDER/landmark_predictor``. --output must be missing, empty or a previous
 encoder folder (else pass --overwrite).
+
+--format arcface_torch reads an insightface arcface_torch IResNet (``backbone.pth``, ``model.pt``, or the
+``state_dict_backbone`` of a ``checkpoint_gpu_*.pt``): depth, widths and embedding size come from the tensors, and the
+state dict loads strictly into ``iresnet18/34/50/100/200`` (the same parameter names).
 """
 
 from __future__ import annotations
@@ -39,7 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--landmark-network", type=Path, default=None, metavar="FILE", help="released checkpoint with stn.* weights"
     )
     parser.add_argument("--overwrite", action="store_true", help="write into a folder that is not an encoder folder")
+    parser.add_argument("--format", choices=("released", "arcface_torch"), default="released",
+                        help="released LAFS (default) or an arcface_torch IResNet backbone")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.format == "arcface_torch":
+        from lafs.export.arcface_torch import import_arcface_torch
+
+        name, shape = import_arcface_torch(args.input, args.output, args.overwrite)
+        described = ", ".join(f"{key} {value}" for key, value in shape.items())
+        print(f"read {args.input}: arcface_torch backbone -> {name} ({described})")
+        print(f"wrote {args.output}")
+        return 0
 
     from lafs.export.released import import_released_checkpoint
 

@@ -78,3 +78,28 @@ def test_export_onnx_keeps_the_landmark_network_in_the_images_only_graph(importe
         expected = model(images)
     torch.testing.assert_close(OnnxEncoder(out / "model_images_only.onnx")(images), expected, rtol=1e-4, atol=1e-4)
     assert json.loads((out / "landmark_predictor" / "config.json").read_text())["kind"] == "released-lafs-mobilenetv3"
+
+
+def test_an_arcface_torch_backbone_imports_strictly(tmp_path, capsys):
+    """A backbone.pth in arcface_torch's names (DDP prefix, inside checkpoint_gpu_0.pt) -> an iresnet folder."""
+    import timm
+
+    from lafs.export import load_encoder
+
+    torch.manual_seed(0)
+    source = timm.create_model("iresnet18", widths=[8, 8, 16, 16], num_features=32).eval()
+    state = {f"module.{key}": value for key, value in source.state_dict().items()}
+    torch.save({"state_dict_backbone": state, "epoch": 3}, tmp_path / "checkpoint_gpu_0.pt")
+    out = tmp_path / "imported"
+    arcface = ["--format", "arcface_torch", "--input"]
+    assert main([*arcface, str(tmp_path / "checkpoint_gpu_0.pt"), "--output", str(out)]) == 0
+    assert "-> iresnet18 (widths [8, 8, 16, 16], num_features 32, img_size 112)" in capsys.readouterr().out
+    loaded = load_encoder(out).eval()
+    images = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), source(images), rtol=0, atol=0)
+    del state["module.fc.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    assert main([*arcface, str(tmp_path / "broken.pth"), "--output", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not load into iresnet18" in error and "fc.bias" in error
