@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format == "arcface_torch":
         from lafs.export.arcface_torch import import_arcface_torch
 
-        name, shape = import_arcface_torch(args.input, args.output, args.overwrite)
-        described = ", ".join(f"{key} {value}" for key, value in shape.items())
+        name, arguments = import_arcface_torch(args.input, args.output, args.overwrite)
+        described = ", ".join(f"{key} {value}" for key, value in arguments.items())
         print(f"read {args.input}: arcface_torch backbone -> {name} ({described})")
         print(f"wrote {args.output}")
         return 0
