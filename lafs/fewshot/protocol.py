@@ -221,68 +221,65 @@ def _token_keys(arm: str, data: SeedData) -> list[str]:
             f"data.landmarks={data.seen_landmarks}"]  # fmt: skip
 
 
-def pretrain(cfg: FewShotConfig, data: SeedData, arm: str) -> Path:
-    """Pretrain ``arm`` on the seen images without labels; returns its run directory."""
-    run_dir = data.folder / f"pretrain_{arm}"
-    if _finished(run_dir):
-        return run_dir
-    base = load_config(PretrainConfig, cfg.pretrain_config, cfg.pretrain_overrides)
-    batch = min(base.optim.batch_size, len(data.seen_labels))
-    overrides = [
-        *cfg.pretrain_overrides,
+def _common_keys(
+    data: SeedData, arm: str, cfg: FewShotConfig, run_dir: Path, steps: int, images: int, batch: int
+) -> list[str]:
+    """What every stage of a seed and arm sets: where, on what, which encoder, and the step budget."""
+    return [
         f"output_dir={run_dir}",
         f"data.path={data.seen_list}",
         *_token_keys(arm, data),
         f"encoder.name={cfg.encoder}",
         f"seed={data.seed}",
         f"optim.batch_size={batch}",
-        f"optim.epochs={_epochs(cfg.pretrain_steps, len(data.seen_labels), batch)}",
-        f"max_steps={cfg.pretrain_steps}",
+        f"optim.epochs={_epochs(steps, images, batch)}",
+        f"max_steps={steps}",
         "optim.schedules=relative",
     ]
+
+
+def _run_stage(task: Any, config_class: Any, config: Path, overrides: list[str], run_dir: Path, arm: str) -> Path:
+    """Train one stage through the engine (a finished one is skipped) and mark it finished."""
+    if _finished(run_dir):
+        return run_dir
+    run_cfg = load_config(config_class, config, overrides)
+    start = time.perf_counter()
+    fit(run_cfg, task(run_cfg))
+    _mark_finished(run_dir, {"stage": task.name, "arm": arm, "seconds": time.perf_counter() - start})
+    return run_dir
+
+
+def pretrain(cfg: FewShotConfig, data: SeedData, arm: str) -> Path:
+    """Pretrain ``arm`` on the seen images without labels; returns its run directory."""
+    run_dir = data.folder / f"pretrain_{arm}"
+    base = load_config(PretrainConfig, cfg.pretrain_config, cfg.pretrain_overrides)
+    images = len(data.seen_labels)
+    batch = min(base.optim.batch_size, images)
+    overrides = [*cfg.pretrain_overrides, *_common_keys(data, arm, cfg, run_dir, cfg.pretrain_steps, images, batch)]
     if arm == "dino":
         overrides.append("views.kind=patches")
-    run_cfg = load_config(PretrainConfig, cfg.pretrain_config, overrides)
-    start = time.perf_counter()
-    fit(run_cfg, PretrainTask(run_cfg))
-    _mark_finished(run_dir, {"stage": "pretrain", "arm": arm, "seconds": time.perf_counter() - start})
-    return run_dir
+    return _run_stage(PretrainTask, PretrainConfig, cfg.pretrain_config, overrides, run_dir, arm)
 
 
 def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, shots: int, regulariser: str) -> Path:
     """Fine-tune on ``shots`` images per seen identity with ``regulariser``; returns the run directory."""
     run_dir = data.folder / f"finetune_{arm}_{shots}shot_{regulariser}"
-    if _finished(run_dir):
-        return run_dir
     base = load_config(FinetuneConfig, cfg.finetune_config, cfg.finetune_overrides)
     images = len(few_shot_indices(data.seen_labels, shots, data.seed))
     batch = min(base.optim.batch_size, images - images % 2)  # even: mixup pairs images
     overrides = [
         *cfg.finetune_overrides,
-        f"output_dir={run_dir}",
+        *_common_keys(data, arm, cfg, run_dir, cfg.finetune_steps, images, batch),
         f"init={init if init else repr('')}",  # '' (quoted for YAML): from scratch
-        f"data.path={data.seen_list}",
         f"data.shots={shots}",
         f"data.seed={data.seed}",
-        *_token_keys(arm, data),
-        f"encoder.name={cfg.encoder}",
-        f"seed={data.seed}",
-        f"optim.batch_size={batch}",
         "optim.grad_accum=1",
-        f"optim.epochs={_epochs(cfg.finetune_steps, images, batch)}",
-        f"max_steps={cfg.finetune_steps}",
-        "optim.schedules=relative",
     ]
     if regulariser != "none":
         overrides.append(f"regularisers.{regulariser}.enabled=true")
     if regulariser == "landmark":
         overrides.append("landmarks.source=predictor")
-    run_cfg = load_config(FinetuneConfig, cfg.finetune_config, overrides)
-    start = time.perf_counter()
-    fit(run_cfg, FinetuneTask(run_cfg))
-    _mark_finished(run_dir, {"stage": "finetune", "arm": arm, "seconds": time.perf_counter() - start})
-    return run_dir
-
+    return _run_stage(FinetuneTask, FinetuneConfig, cfg.finetune_config, overrides, run_dir, arm)
 
 
 def evaluate(loaded: tuple[Any, Any], data: SeedData) -> dict[str, Any]:
