@@ -65,8 +65,9 @@ def plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
+    # 0-shot: the encoder before fine-tuning
     labels = [
-        f"{r['arm']}\n{r['shots']}-shot\n{r['regulariser']}" if r["shots"] else f"{r['arm']}\nno fine-tuning"
+        f"{r['arm']}\n{r['shots']}-shot\n{r['regulariser']}" if r["shots"] else f"{r['arm']}\n0-shot"
         for r in rows
     ]
     x = np.arange(len(rows))
