@@ -90,8 +90,9 @@ def views_equality(device: str) -> dict[str, Any]:
     from lafs.data.synthetic import synthetic_batch
     from lafs.landmarks import get_landmark_set
     from lafs.views import ViewConfig, draw_views, render_views
+    from tools.benchmarks.common import resolve_device
 
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+    target = resolve_device(device)
     images, landmarks = synthetic_batch("mediapipe196", 8)
     pixels = ((images + 1) * 127.5).round().to(torch.uint8)
     valid = torch.ones(landmarks.shape[:2], dtype=torch.bool)
