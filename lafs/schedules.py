@@ -46,6 +46,7 @@ __all__ = [
     "WeightSchedule",
     "cosine_schedule",
     "teacher_temperature",
+    "teacher_temperature_per_epoch",
 ]
 
 LAFS_PRETRAIN_EPOCHS = 41  # LAFS lafs_train.py: 10 LR warm-up epochs, 30 teacher-temperature epochs, 1 frozen
@@ -100,6 +101,21 @@ def teacher_temperature(step: int, warmup_steps: int, start: float = 0.07, end: 
     if step >= warmup_steps:
         return float(end)
     return float(start + (end - start) * step / warmup_steps)
+
+
+def teacher_temperature_per_epoch(epoch: int, warmup_epochs: int, start: float = 0.07, end: float = 0.04) -> float:
+    """The released schedule: ``np.linspace(start, end, warmup_epochs)[epoch]`` during the warm-up, then ``end``.
+
+    LAFS (and DINO) build this table once and index it with the epoch, so the temperature moves once per epoch and
+    reaches ``end`` at epoch ``warmup_epochs - 1``, one epoch before `teacher_temperature`'s per-step ramp does.
+    """
+    if epoch < 0 or warmup_epochs < 0:
+        raise ValueError(f"teacher_temperature_per_epoch needs epoch >= 0 and warmup_epochs >= 0, got {epoch=}")
+    if epoch >= warmup_epochs:
+        return float(end)
+    if warmup_epochs == 1:
+        return float(start)  # np.linspace(start, end, 1) == [start]
+    return float(start + (end - start) * epoch / (warmup_epochs - 1))
 
 
 # ---------------------------------------------------------------------------------------- regulariser weights --

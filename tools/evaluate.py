@@ -3,6 +3,10 @@
     python -m tools.evaluate --input RUN_DIR|ENCODER_FOLDER|MODEL.onnx --bin lfw.bin [--bin cfp_fp.bin ...]
         --output OUT_FOLDER [--batch-size 128] [--no-flip] [--device cpu|cuda]
         [--landmarks auto|template|mediapipe|predictor] [--workers N]
+    python -m tools.evaluate --baseline lbp|pixels --bin ... --output OUT_FOLDER
+
+--baseline scores a hand-crafted descriptor instead of a model, with the same protocol (`lafs.evaluation.baselines`:
+uniform LBP histograms in a 7 x 7 grid, or grey pixels at 32 x 32): the floor a trained encoder must clear.
 
 Each set is named after its file (``lfw.bin`` -> ``lfw``). Images are resized to the encoder's input size if they
 differ, embedded (with --no-flip not summed with their mirror image), and scored by cosine similarity with
@@ -51,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--input", type=Path, required=True, metavar="PATH", help="run directory, exported encoder folder or .onnx"
-    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, metavar="PATH", help="run directory, exported encoder folder or .onnx")
+    source.add_argument("--baseline", choices=("lbp", "pixels"), help="a hand-crafted descriptor instead of a model")
     parser.add_argument(
         "--bin", type=Path, action="append", required=True, metavar="SET.bin", help="pair set (repeat for several)"
     )
@@ -87,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DataError(f"{args.output}: exists and is not a folder")
 
     # Everything is read and checked before the output folder is touched.
-    model, choice = open_encoder(args.input, args.landmarks)
+    if args.baseline:
+        from lafs.evaluation.baselines import HandCraftedEncoder
+        from lafs.landmarks.provenance import TEMPLATE, LandmarkChoice
+
+        model: torch.nn.Module = HandCraftedEncoder(args.baseline)
+        choice = LandmarkChoice(TEMPLATE, TEMPLATE, True, False, None)
+    else:
+        model, choice = open_encoder(args.input, args.landmarks)
     image_size = choice.image_size
     sets = {}
     for name, path in zip(names, args.bin, strict=True):
@@ -95,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(issame) < FOLDS:
             raise DataError(f"{path}: {len(issame)} pairs, the {FOLDS}-fold protocol needs at least {FOLDS}")
         sets[name] = (images, issame)
-    print(choice.describe())
+    if not args.baseline:
+        print(choice.describe())
     landmarks = {
         name: bin_landmarks(choice, path, len(sets[name][0]), args.workers, fallback_dir=args.output)
         for name, path in zip(names, args.bin, strict=True)
@@ -122,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     for name, found in landmarks.items():
         results[name]["landmarks"] = found.record
-    report = build_report(encoder_info(args.input), results, flip=flip, folds=FOLDS, landmarks=choice.record())
+    encoder = {"input": f"baseline:{args.baseline}"} if args.baseline else encoder_info(args.input)
+    report = build_report(encoder, results, flip=flip, folds=FOLDS, landmarks=choice.record())
     write_report(report, args.output)
     print(format_table(report))
     print(f"wrote {args.output / 'report.json'}, report.md, roc.png")

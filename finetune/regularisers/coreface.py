@@ -14,8 +14,12 @@ Source: IsidoreSong/CoreFace ``utils/losses.py`` (ContraFace loss), ``backbones/
 Caveats. The code's running margin ``m_t = 0.99 m_b + 0.01 m_{t-1}`` puts weight 0.99 on the *new* value, so
 it is almost the raw batch margin; the paper presumably means an EMA. ``ema_weight_on_new`` keeps 0.99 for
 parity; 0.01 gives a true EMA. The "remove" mask (-inf) follows a community port, not the official code.
-The reverse direction (``reverse_weight``, the code's wC2 / wC) is 0 in the released config and shares the
-forward direction's running margin here (one update per step); that sharing is our choice. As in the authors'
+The reverse direction (``reverse_weight``, the code's wC2 / wC) is 0 in the released config, but the authors'
+``train.py`` still calls the loss in that direction every step and multiplies it by 0: the call is not free, since
+it updates the running margin a second time, from the reverse batch margin (C transposed: hardest negatives by
+column). ``reverse_updates_margin=true`` does the same (the reverse term, if weighted, then uses that second
+margin); by default (ours) the margin is updated once per step, from the forward direction, and a weighted reverse
+term shares it. As in the authors'
 code the batch margin is per process (no all-gather), so processes hold slightly different running margins; a
 checkpoint keeps the main process's, so a resumed multi-process run restarts the others from it.
 """
@@ -56,6 +60,9 @@ class CoReFaceConfig(RegulariserConfig):
     ema_weight_on_new: float = 0.99  # the code's weight on the new batch margin (parity; 0.01 is a true EMA)
     mask: Mask = "zero"  # the code sets same-ID entries to 0 (logit 0 stays in the denominator); remove = -inf
     reverse_weight: float = 0.0  # wC2 / wC: the released config uses one direction only (wC2 = 0)
+    # The authors' train.py calls the reverse direction every step (at weight 0), which updates the running margin a
+    # second time from the reverse batch margin: true reproduces that; false (ours) updates it once per step.
+    reverse_updates_margin: bool = False
     mixed_batches: Literal["skip", "dominant"] = "skip"  # spec 9.1 rule 5: contrastive terms skip mixup batches
 
     def validate(self) -> None:
@@ -134,6 +141,7 @@ class CoReFace(Regulariser):
         mask: Mask = "zero",
         reverse_weight: float = 0.0,
         mixed_batches: str = "skip",
+        reverse_updates_margin: bool = False,
     ) -> None:
         super().__init__()
         self.phase2_epoch, self.dropout, self.dropout_phase2 = (
@@ -143,6 +151,7 @@ class CoReFace(Regulariser):
         )
         self.scale, self.ema_weight_on_new = float(scale), float(ema_weight_on_new)
         self.mask, self.reverse_weight, self.mixed_batches = mask, float(reverse_weight), mixed_batches
+        self.reverse_updates_margin = bool(reverse_updates_margin)
         self.register_buffer("margin", torch.zeros(()))  # m_0 = 0 (utils/losses.py)
 
     def embedding_views(self, features: torch.Tensor, epoch: float, source: ViewSource | None = None) -> torch.Tensor:
@@ -172,18 +181,22 @@ class CoReFace(Regulariser):
         cos = masked_cross_view_cosines(anchors, candidates, ctx.labels, self.mask)
         w = self.ema_weight_on_new
         margin = w * batch_margin(cos) + (1.0 - w) * self.margin.to(dtype)
+        terms = {"coreface_loss": contrastive_loss(cos, margin, self.scale)}
+        if self.reverse_weight > 0 or self.reverse_updates_margin:
+            reverse = masked_cross_view_cosines(candidates, anchors, ctx.labels, self.mask)
+            if self.reverse_updates_margin:  # the authors' second update, from the reverse direction's batch margin
+                margin = w * batch_margin(reverse) + (1.0 - w) * margin
+            if self.reverse_weight > 0:
+                terms["coreface_reverse_loss"] = self.reverse_weight * contrastive_loss(reverse, margin, self.scale)
         if self.training and torch.is_grad_enabled():
             self.margin.copy_(margin)
-        terms = {"coreface_loss": contrastive_loss(cos, margin, self.scale)}
-        if self.reverse_weight > 0:
-            reverse = masked_cross_view_cosines(candidates, anchors, ctx.labels, self.mask)
-            terms["coreface_reverse_loss"] = self.reverse_weight * contrastive_loss(reverse, margin, self.scale)
         return terms
 
     def extra_repr(self) -> str:
         return (
             f"phase2_epoch={self.phase2_epoch}, dropout={self.dropout}->{self.dropout_phase2}, s={self.scale}, "
-            f"ema_weight_on_new={self.ema_weight_on_new}, mask={self.mask}, reverse_weight={self.reverse_weight}"
+            f"ema_weight_on_new={self.ema_weight_on_new}, mask={self.mask}, reverse_weight={self.reverse_weight}, "
+            f"reverse_updates_margin={self.reverse_updates_margin}"
         )
 
 
@@ -202,4 +215,5 @@ def build_coreface(cfg: CoReFaceConfig, *, num_classes: int, embed_dim: int, num
         mask=cfg.mask,
         reverse_weight=cfg.reverse_weight,
         mixed_batches=cfg.mixed_batches,
+        reverse_updates_margin=cfg.reverse_updates_margin,
     )

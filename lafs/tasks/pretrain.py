@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from lafs.landmarks.provenance import PREDICTOR, data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
-from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature
+from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
 from lafs.views import (
     DeviceViews,
     LandmarkViews,
@@ -58,6 +58,10 @@ class DinoConfig:
     teacher_temp: float = 0.04  # final teacher temperature (LAFS)
     warmup_teacher_temp: float = 0.07  # LAFS starts the teacher hotter and cools it (reverse of DINO)
     warmup_teacher_temp_epochs: float = 30.0  # LAFS (of its 41 epochs: optim.schedules=relative stretches it)
+    # How the teacher temperature moves during its warm-up. per_step (ours): a linear ramp, step by step. per_epoch:
+    # the released np.linspace(warmup_teacher_temp, teacher_temp, warmup epochs)[epoch], reaching the end one epoch
+    # earlier (the warm-up's length rounded to whole epochs).
+    teacher_temp_schedule: Literal["per_step", "per_epoch"] = "per_step"
     momentum_teacher: float = 0.996  # EMA momentum, cosine to 1 over training (DINO, LAFS)
     center_momentum: float = 0.9  # DINO centring
     freeze_last_layer_epochs: float = 1.0  # prototypes stay fixed at first: LAFS/DINO default (stretched as above)
@@ -276,6 +280,9 @@ class PretrainTask(Task):
     def teacher_temp(self, step: int) -> float:
         d = self.cfg.dino
         warmup = self.schedule_steps["dino.warmup_teacher_temp_epochs"]
+        if d.teacher_temp_schedule == "per_epoch":
+            spe = self.run.steps_per_epoch
+            return teacher_temperature_per_epoch(step // spe, round(warmup / spe), d.warmup_teacher_temp, d.teacher_temp)
         return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
 
     def momentum(self, step: int) -> float:

@@ -14,7 +14,7 @@ from finetune.task import FinetuneConfig
 from lafs.config import load_config
 from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
-from lafs.schedules import WeightSchedule, cosine_schedule, teacher_temperature
+from lafs.schedules import WeightSchedule, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
 
 # ------------------------------------------------------------------------------------------------------ schedules
 
@@ -70,6 +70,16 @@ def test_teacher_temperature_warms_down_from_007_to_004():
     temps = [teacher_temperature(s, warmup) for s in range(warmup + 1)]
     assert all(a > b for a, b in itertools.pairwise(temps))
     assert teacher_temperature(0, 0) == 0.04
+
+
+def test_teacher_temperature_per_epoch_is_the_released_linspace_table():
+    """np.linspace(0.07, 0.04, 30)[epoch]: 0.07 - 0.03 * epoch / 29, so 0.068966 at epoch 1, 0.04 at epoch 29 (one
+    epoch before the per-step ramp) and after."""
+    assert teacher_temperature_per_epoch(0, 30) == 0.07
+    assert teacher_temperature_per_epoch(1, 30) == pytest.approx(0.0689655172, abs=1e-10)
+    assert teacher_temperature_per_epoch(29, 30) == pytest.approx(0.04, abs=1e-15)
+    assert teacher_temperature_per_epoch(40, 30) == 0.04
+    assert teacher_temperature_per_epoch(0, 1) == 0.07 and teacher_temperature_per_epoch(0, 0) == 0.04
 
 
 # ------------------------------------------------------------------------------------------- regulariser weights

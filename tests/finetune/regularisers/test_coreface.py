@@ -248,6 +248,23 @@ def test_reverse_direction() -> None:
     assert set(CoReFace()(make_ctx(views, labels, head2d()))) == {"coreface_loss"}
 
 
+def test_reverse_call_updates_margin_as_the_authors_do() -> None:
+    """The authors call the reverse direction at weight 0: no term, but a second margin update. By hand: forward
+    m_b = (0.984808 + 0.642788 + 0.342020) / 3 = 0.656539; the reverse C is C transposed, hardest negatives by
+    column: m_b = (0.811160 + 0.342020 + 0.642788) / 3 = 0.598656; m = 0.99 * 0.598656 + 0.01 * (0.99 * 0.656539)
+    = 0.599169. The forward term keeps its own margin, 0.99 * 0.656539."""
+    views, labels = hand_views()
+    module = CoReFace(reverse_updates_margin=True).train()
+    terms = module(make_ctx(views, labels, head2d()))
+    assert set(terms) == {"coreface_loss"}
+    assert module.margin.item() == pytest.approx(0.599169, abs=1e-6)
+    cos = masked_cross_view_cosines(views[0], views[1], labels)
+    torch.testing.assert_close(terms["coreface_loss"], contrastive_loss(cos, 0.99 * 0.6565385020081388, 64.0))
+    ours = CoReFace().train()
+    ours(make_ctx(views, labels, head2d()))
+    assert ours.margin.item() == pytest.approx(0.99 * 0.6565385020081388, abs=1e-6)  # one update per step
+
+
 # -- finiteness, gradient routing, gradcheck -------------------------------------------------------------------------
 
 
