@@ -34,13 +34,11 @@ from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.partial_fc import PartialFC, build_partial_fc
 from finetune.regularisers import RegularisersConfig
-from lafs.data.pairs import load_bin
 from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
-from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
-from lafs.evaluation.verification import evaluate_pairs
+from lafs.evaluation.during_training import MEAN, ValidationSets
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
 from lafs.export.released import load_released_head
 from lafs.files import write_atomic
@@ -278,7 +276,7 @@ class FinetuneTask(Task):
     def __init__(self, cfg: FinetuneConfig) -> None:
         super().__init__(cfg)
         self.cfg: FinetuneConfig = cfg
-        self.eval_sets: dict[str, tuple[Any, Any]] = {}
+        self.eval_sets: ValidationSets | None = None
 
     def build_dataset(self, accelerator: Accelerator) -> _Positioned:
         """The labelled training set, each item with its ``position`` in it."""
@@ -348,18 +346,9 @@ class FinetuneTask(Task):
         self.flip_permutation = torch.tensor(landmark_set.flip_permutation, device=run.device)
         # Validation and the saved encoders use the landmarks the training data had.
         self.landmark_choice = training_landmarks(self.cfg)
-        self.eval_landmarks: dict[str, EvalLandmarks] = {}
         if accelerator.is_main_process:
-            for path in self.cfg.eval_bins:
-                name = Path(path).stem
-                images, issame = load_bin(path, self.cfg.data.image_size)
-                self.eval_sets[name] = (images, issame)
-                # MediaPipe's, once, here: cached beside the set (else in the run directory) for later runs.
-                found = bin_landmarks(
-                    self.landmark_choice, path, len(images), max(1, self.cfg.num_workers), self.cfg.output_dir
-                )
-                self.eval_landmarks[name] = found
-                logger.info(f"validation {found.describe(name)}")
+            workers = max(1, self.cfg.num_workers)
+            self.eval_sets = ValidationSets(self.cfg.eval_bins, self.landmark_choice, workers, self.cfg.output_dir)
 
     def learning_rate(self, step: int) -> float:
         return self.schedule.lr(step)
@@ -416,25 +405,11 @@ class FinetuneTask(Task):
         saves the encoder to ``best/``."""
         model = self.run.accelerator.unwrap_model(self.model)
         encoder: nn.Module = ImageEncoder(model.encoder, model.landmark_predictor)
-        permutation = self.landmark_choice.flip_permutation()
-        record = {}
-        for name, (images, issame) in self.eval_sets.items():
-            folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
-            report = evaluate_pairs(
-                encoder,
-                images,
-                issame,
-                batch_size=self.cfg.eval_batch_size,
-                device=self.run.device,
-                folds=folds,
-                landmarks=self.eval_landmarks[name].points,
-                flip_permutation=permutation,
-            )
-            record[f"{name}_accuracy"] = report["accuracy"]
-        record["mean_accuracy"] = float(np.mean(list(record.values())))
+        assert self.eval_sets is not None  # loaded on the main process, the only one that validates
+        record = self.eval_sets.verify(encoder, self.run.device, self.cfg.eval_batch_size)
         state = self.run.state
-        if record["mean_accuracy"] > state.best_score:
-            state.best_score = record["mean_accuracy"]
+        if record[MEAN] > state.best_score:
+            state.best_score = record[MEAN]
             best = self.cfg.output_dir / "best"
             self._save(model, best, {"stage": "finetune-best", "step": step, **record})
             write_atomic(best / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")

@@ -19,6 +19,7 @@ from lafs.engine.accelerator import build_accelerator, processes_on_this_node, t
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
 from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
 from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
+from lafs.engine.curves import plot_learning_curve
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task
 from lafs.errors import LafsError
@@ -174,12 +175,15 @@ class _Loop:
             progress.step(state.step, record)
             # The last step validates too, before its checkpoint, so the checkpoint holds the final best score.
             if task.validates and ((cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == self.target):
+                started = time.perf_counter()
                 if accelerator.is_main_process:  # the others wait at the barrier
                     # Random draws during validation (a loader's seed) must not shift training's: a run stopped at a
                     # validated step and resumed would otherwise differ from one that ran through.
                     with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
                         log.write(state.step, task.validate(state.step))
+                    plot_learning_curve(cfg.output_dir, f"{task.name}: {cfg.output_dir.name}")
                 accelerator.wait_for_everyone()
+                clock += time.perf_counter() - started  # images/s counts training, not validation
             if state.step % cfg.checkpoint_every == 0 or state.step == self.target:
                 self._save()
             if state.step >= self.target:

@@ -68,7 +68,7 @@ def draw_pairs(
         if labels[i] == labels[j] and i != j and (not symmetric or i < j)
     ]
     if len(same_all) < half:
-        raise DataError(f"the held-aside identities give {len(same_all)} same-identity pairs of this kind, {half} needed")
+        raise DataError(f"the held-aside identities give {len(same_all)} same-identity pairs of a kind, {half} needed")
     same = [same_all[k] for k in rng.choice(len(same_all), size=half, replace=False)]
     different: set[tuple[int, int]] = set()
     attempts = 0
@@ -121,8 +121,8 @@ def make_dev_split(cfg: DevSplitConfig) -> list[Path]:
         "seed": cfg.seed,
         "training_identities": [names[i] for i in range(len(names)) if i not in set(held.tolist())],
         "held_aside_identities": [names[i] for i in held],
-        "training_images": int(len(train_positions)),
-        "held_aside_images": int(len(held_positions)),
+        "training_images": len(train_positions),
+        "held_aside_images": len(held_positions),
         "pairs": counts,
     }
     written.append(write_atomic(cfg.output / "split.json", json.dumps(record, indent=2) + "\n"))

@@ -8,6 +8,7 @@ teacher's outputs (arXiv 2403.08161, ``spec/losses.md``). The engine (`lafs.engi
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,16 +22,17 @@ from accelerate import Accelerator
 from timm.optim import param_groups_weight_decay
 
 from lafs.data.collate import collate_faces, normalize_images
-from lafs.data.pairs import load_bin
 from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_update
 from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.config import ClipMode
 from lafs.errors import ConfigError
-from lafs.evaluation.verification import evaluate_pairs
+from lafs.evaluation.during_training import MEAN, ValidationSets
 from lafs.export import save_encoder
-from lafs.landmarks.provenance import PREDICTOR, data_landmark_source
+from lafs.files import write_atomic
+from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
+from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
 from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
@@ -114,7 +116,10 @@ class PretrainConfig(RunConfig):
     )
     views: ViewConfig = field(default_factory=ViewConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
-    eval_bin: str = ""  # a .bin pair set to verify the teacher on during training ("" = never)
+    # .bin pair sets the teacher is verified on every eval_every steps (and at the end), with the training data's
+    # landmarks: does self-supervision learn identity? The best mean accuracy keeps its encoder in best/.
+    eval_bins: list[str] = field(default_factory=list)
+    eval_batch_size: int = 256  # images per forward during validation
     # A landmark-predictor folder (the released LAFS network from tools/import_checkpoint.py, as the paper did) that
     # places every view's tokens, frozen; "" = the data's landmarks moved with each view.
     landmark_predictor: str = ""
@@ -122,8 +127,11 @@ class PretrainConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         self.encoder.require_landmark_set(self.data.landmark_set)
-        if self.eval_bin and not Path(self.eval_bin).is_file():  # on every process: none waits for a failed one
-            raise ConfigError(f"eval_bin: no such file {self.eval_bin}")
+        missing = [path for path in self.eval_bins if not Path(path).is_file()]
+        if missing:  # on every process: none waits for a failed one
+            raise ConfigError(f"eval_bins: no such file {missing[0]}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.landmark_predictor and not Path(self.landmark_predictor, "config.json").is_file():
             raise ConfigError(f"landmark_predictor {self.landmark_predictor}: not a folder with a config.json")
         landmark_views = self.views.kind == "landmarks" and self.views.local_side == self.views.image_size
@@ -206,7 +214,7 @@ class PretrainTask(Task):
         self.cfg: PretrainConfig = cfg
         self.device_views: DeviceViews | None = None  # makes the views on the device; None: the loader makes them
         self.micro_batch = 0  # within the accumulation cycle: with the step, it seeds the device views
-        self.eval_set: tuple[Any, Any] | None = None
+        self.eval_sets: ValidationSets | None = None
 
     def build_dataset(self, accelerator: Accelerator) -> Any:
         cfg = self.cfg
@@ -249,8 +257,9 @@ class PretrainTask(Task):
         self.base_lr = self.cfg.optim.lr * run.total_batch / 256  # DINO's linear scaling rule
         self.schedule_steps = self.resolve_schedules()
         self.stall_watch = StallWatch()
-        if self.cfg.eval_bin and run.accelerator.is_main_process:
-            self.eval_set = load_bin(self.cfg.eval_bin, self.cfg.data.image_size)
+        if self.cfg.eval_bins and run.accelerator.is_main_process:
+            workers = max(1, self.cfg.num_workers)
+            self.eval_sets = ValidationSets(self.cfg.eval_bins, self.landmark_choice(), workers, self.cfg.output_dir)
 
     # ---------------------------------------------------------------------------------------- schedules --
 
@@ -281,8 +290,8 @@ class PretrainTask(Task):
         d = self.cfg.dino
         warmup = self.schedule_steps["dino.warmup_teacher_temp_epochs"]
         if d.teacher_temp_schedule == "per_epoch":
-            spe = self.run.steps_per_epoch
-            return teacher_temperature_per_epoch(step // spe, round(warmup / spe), d.warmup_teacher_temp, d.teacher_temp)
+            epochs, spe = round(warmup / self.run.steps_per_epoch), self.run.steps_per_epoch
+            return teacher_temperature_per_epoch(step // spe, epochs, d.warmup_teacher_temp, d.teacher_temp)
         return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
 
     def momentum(self, step: int) -> float:
@@ -345,21 +354,36 @@ class PretrainTask(Task):
 
     # ------------------------------------------------------------------------------ validation and export --
 
+    def landmark_choice(self) -> LandmarkChoice:
+        """The landmarks the teacher is verified with: the frozen landmark network's, else the training data's."""
+        cfg = self.cfg
+        if cfg.landmark_predictor:
+            return LandmarkChoice(PREDICTOR, PREDICTOR, True, False, cfg.encoder.landmark_set, cfg.data.image_size)
+        source = data_landmark_source(cfg.data.landmarks)
+        return LandmarkChoice(source, source, True, True, cfg.encoder.landmark_set, cfg.data.image_size)
+
     @property
     def validates(self) -> bool:
-        return bool(self.cfg.eval_bin)
+        return bool(self.cfg.eval_bins)
 
     def validate(self, step: int) -> dict[str, float]:
-        """k-fold verification accuracy of the teacher backbone on ``eval_bin``."""
-        assert self.eval_set is not None
-        images, issame = self.eval_set
-        folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
-        report = evaluate_pairs(self.teacher.backbone, images, issame, device=self.run.device, folds=folds)
-        return {"verify_accuracy": report["accuracy"], "verify_accuracy_std": report["accuracy_std"]}
+        """k-fold verification accuracy of the teacher backbone on every ``eval_bins`` set and their mean; a new
+        best mean keeps the teacher in ``best/encoder``."""
+        assert self.eval_sets is not None  # loaded on the main process, the only one that validates
+        teacher = self.teacher.backbone
+        encoder = teacher if self.landmark_predictor is None else ImageEncoder(teacher, self.landmark_predictor)
+        record = self.eval_sets.verify(encoder, self.run.device, self.cfg.eval_batch_size)
+        state = self.run.state
+        if record[MEAN] > state.best_score:
+            state.best_score = record[MEAN]
+            best = self.cfg.output_dir / "best"
+            self.export(best, step)
+            write_atomic(best / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
+        return record | {"best_mean_accuracy": state.best_score}
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
         """The teacher's backbone as ``run_dir/encoder``, recording the landmark source of the training data."""
-        source = {"stage": "lafs-pretrain", "run_dir": str(run_dir), "step": step, "weights": "teacher"}
+        source = {"stage": "lafs-pretrain", "run_dir": str(self.cfg.output_dir), "step": step, "weights": "teacher"}
         if self.landmark_predictor is not None:  # its tokens were placed by the network: it goes with the encoder
             source["landmark_predictor"] = self.cfg.landmark_predictor
             save_encoder(

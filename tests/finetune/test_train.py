@@ -235,6 +235,7 @@ def test_validation_keeps_the_best_encoder(tmp_path):
     assert records[-1]["best_mean_accuracy"] == best
     assert (out / "best" / "encoder" / "model.safetensors").is_file()
     assert '"held_out_accuracy"' in (out / "best" / "best.json").read_text()
+    assert (out / "learning_curve.png").stat().st_size > 0  # accuracy against the step, redrawn at each validation
     for encoder in (out / "encoder", out / "best" / "encoder"):  # trained and validated on the template
         assert json.loads((encoder / "config.json").read_text())["landmark_source"] == "template"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out.bin", "run"]  # no landmark cache

@@ -1,3 +1,4 @@
+import json
 import pickle
 from pathlib import Path
 
@@ -223,9 +224,13 @@ def test_teacher_verification_during_training(tmp_path):
     images = [faces[i]["image"] for i in range(8)]
     pairs = [(images[0], images[1]), (images[0], images[2]), (images[4], images[5]), (images[3], images[6])]
     write_bin(tmp_path / "pairs.bin", pairs, [True, False, True, False])
-    out = run(tmp_path, "verified", "max_steps=2", f"eval_bin={tmp_path / 'pairs.bin'}", "eval_every=2")
+    out = run(tmp_path, "verified", "max_steps=2", f"eval_bins=[{tmp_path / 'pairs.bin'}]", "eval_every=2")
     record = read_log(out)[-1]
-    assert 0.0 <= record["verify_accuracy"] <= 1.0 and "verify_accuracy_std" in record
+    assert 0.0 <= record["pairs_accuracy"] <= 1.0 and record["mean_accuracy"] == record["pairs_accuracy"]
+    assert record["best_mean_accuracy"] == record["mean_accuracy"]
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["step"] == 2 and (out / "best" / "encoder" / "config.json").is_file()
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gradient_accumulation_counts_optimiser_steps(tmp_path):

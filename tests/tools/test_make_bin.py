@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -97,3 +100,66 @@ def test_output_that_is_a_folder(pairs_dir, capsys, monkeypatch, output):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "is a folder" in err, err
     assert sorted(p.name for p in pairs_dir.rglob("*")) == before
+
+
+# -- --split: the development protocol ----------------------------------------------------------------------------
+
+
+def write_identity_folder(root, identities: int = 8, frontal: int = 4, profile: int = 2) -> None:
+    """CFP-style names; identity k's images are grey at 20 * k + 10 (so a pair's identities can be read back)."""
+    for k in range(identities):
+        folder = root / f"person_{k:02d}"
+        folder.mkdir(parents=True)
+        names = [f"frontal_{i:02d}" for i in range(frontal)] + [f"profile_{i:02d}" for i in range(profile)]
+        for name in names:
+            cv2.imwrite(str(folder / f"{name}.png"), np.full((112, 112, 3), 20 * k + 10, np.uint8))
+
+
+def test_split_holds_identities_aside_and_writes_frontal_and_profile_pairs(tmp_path, capsys):
+    write_identity_folder(tmp_path / "faces")
+    out = tmp_path / "dev"
+    argv = ["--split", str(tmp_path / "faces"), "--output", str(out), "--held-aside", "3", "--pairs", "20"]
+    assert main(argv) == 0
+    assert "5 training identities (30 images), 3 held aside (18 images)" in capsys.readouterr().out
+    split = json.loads((out / "split.json").read_text())
+    held = set(split["held_aside_identities"])
+    assert len(held) == 3 and held.isdisjoint(split["training_identities"])
+    train = (out / "train.csv").read_text().splitlines()[1:]
+    assert {Path(row.split(",")[0]).parent.name for row in train} == set(split["training_identities"])
+    assert sorted({int(row.split(",")[1]) for row in train}) == [0, 1, 2, 3, 4]  # contiguous labels
+    for name, second in (("held_aside_ff", "frontal"), ("held_aside_fp", "profile")):
+        images, issame = load_bin(out / f"{name}.bin")
+        assert issame.tolist() == [True, False] * 10  # alternating: every contiguous fold holds both
+        identity = [(int(image[0, 0, 0]) - 10) // 20 for image in images]
+        assert all((identity[2 * i] == identity[2 * i + 1]) == same for i, same in enumerate(issame))
+        assert {f"person_{k:02d}" for k in identity} <= held
+    again = tmp_path / "again"
+    assert main(["--split", str(tmp_path / "faces"), "--output", str(again), "--held-aside", "3", "--pairs", "20"]) == 0
+    assert (again / "held_aside_fp.bin").read_bytes() == (out / "held_aside_fp.bin").read_bytes()  # fixed split
+
+
+def test_split_refuses_odd_pair_counts_and_existing_outputs(tmp_path, capsys):
+    write_identity_folder(tmp_path / "faces", identities=4)
+    argv = ["--split", str(tmp_path / "faces"), "--output", str(tmp_path / "dev"), "--held-aside", "2"]
+    assert main([*argv, "--pairs", "21"]) == 2
+    assert "--pairs must be an even number" in capsys.readouterr().err
+    assert main([*argv, "--pairs", "20"]) == 0
+    assert main([*argv, "--pairs", "20"]) == 2  # written once; --overwrite to replace
+    assert "already exists" in capsys.readouterr().err
+
+
+SHARED_FACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces15"
+
+
+@pytest.mark.skipif(not SHARED_FACES.is_dir(), reason="../shared/data/faces15 is not here (a fresh clone)")
+def test_split_of_real_faces_and_lbp_beats_chance_on_them(tmp_path):
+    """Real crops (no profiles: a frontal-frontal set only): the split and the LBP floor the recipe must clear."""
+    from lafs.evaluation.baselines import describe
+    from lafs.evaluation.verification import pair_similarities, verification_report
+
+    out = tmp_path / "dev"
+    assert main(["--split", str(SHARED_FACES), "--output", str(out), "--held-aside", "5", "--pairs", "200"]) == 0
+    assert not (out / "held_aside_fp.bin").exists()
+    images, issame = load_bin(out / "held_aside_ff.bin")
+    report = verification_report(pair_similarities(describe(images, "lbp")), issame)
+    assert report["auc"] > 0.55

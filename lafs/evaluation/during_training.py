@@ -1,0 +1,71 @@
+"""Verification during training: pair sets (``.bin``) loaded once, scored every ``eval_every`` steps.
+
+Fine-tuning verifies its encoder and pretraining its teacher with the same k-fold protocol as `tools.evaluate`
+(flip test-time augmentation, 10 folds, or one pair per fold on a home-made set of fewer pairs), each with the
+landmarks the run trains with (`lafs.evaluation.landmarks`: MediaPipe's, computed once and cached beside the set).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lafs.data.pairs import load_bin
+from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
+from lafs.evaluation.verification import evaluate_pairs
+from lafs.landmarks.provenance import LandmarkChoice
+
+logger = logging.getLogger("lafs.evaluation")
+
+MEAN = "mean_accuracy"  # the score a run keeps its best checkpoint by
+
+
+class ValidationSets:
+    """Pair sets by name (the file stem), with their images (2P, S, S, 3) uint8, labels (P,) and landmarks."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        choice: LandmarkChoice,
+        workers: int = 1,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.choice = choice
+        self.sets: dict[str, tuple[Any, Any]] = {}
+        self.landmarks: dict[str, EvalLandmarks] = {}
+        for path in paths:
+            name = Path(path).stem
+            images, issame = load_bin(path, choice.image_size)
+            self.sets[name] = (images, issame)
+            # MediaPipe's, once, here: cached beside the set (else in cache_dir) for later runs.
+            self.landmarks[name] = bin_landmarks(choice, path, len(images), max(1, workers), cache_dir)
+            logger.info(f"validation {self.landmarks[name].describe(name)}")
+
+    def __bool__(self) -> bool:
+        return bool(self.sets)
+
+    def verify(self, encoder: torch.nn.Module, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+        """``{"<set>_accuracy": k-fold accuracy, ..., "mean_accuracy": their mean}`` of ``encoder`` (on ``device``)."""
+        permutation = self.choice.flip_permutation() if self.choice.takes_landmarks else None
+        record = {}
+        for name, (images, issame) in self.sets.items():
+            folds = min(10, len(issame))  # the standard 10 folds; small home-made sets get one pair per fold
+            report = evaluate_pairs(
+                encoder,
+                images,
+                issame,
+                batch_size=batch_size,
+                device=device,
+                folds=folds,
+                landmarks=self.landmarks[name].points,
+                flip_permutation=permutation,
+            )
+            record[f"{name}_accuracy"] = report["accuracy"]
+        record[MEAN] = float(np.mean(list(record.values())))
+        return record
