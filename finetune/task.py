@@ -156,7 +156,12 @@ def training_landmarks(cfg: FinetuneConfig) -> LandmarkChoice:
 def initial_encoder(cfg: FinetuneConfig) -> Encoder:
     """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
     if not cfg.init:
-        return build_any_encoder(cfg.encoder)
+        encoder = cfg.encoder
+        if not encoder.takes_landmarks and "img_size" not in encoder.model_args:
+            # Built for the run's input, so its folder records the size every consumer resizes to (64 px crops
+            # evaluated at 112 px would be another scale).
+            encoder = dataclasses.replace(encoder, model_args={**encoder.model_args, "img_size": cfg.data.image_size})
+        return build_any_encoder(encoder)
     try:
         folder = encoder_folder(cfg.init)
     except DataError as error:
@@ -280,7 +285,7 @@ class FinetuneTask(Task):
 
     def build_dataset(self, accelerator: Accelerator) -> _Positioned:
         """The labelled training set, each item with its ``position`` in it."""
-        dataset = self.open_faces()
+        dataset = self.open_faces(accelerator)
         if dataset.num_classes < 2:
             raise DataError(f"{self.cfg.data.path}: {dataset.num_classes} identity; a margin head needs at least 2")
         return _Positioned(dataset)

@@ -7,6 +7,7 @@
     python -m tools.benchmark pretrain-step [...same options...] [--num-local 8] [--local-landmarks 36] [--out-dim 4096]
                                           [--precision auto|fp32|bf16]
     python -m tools.benchmark finetune-step [...same options...] [--classes 1000] [--precision auto|fp32|bf16]
+    python -m tools.benchmark recipe-step [...same options; --batch 64, --encoder: the recipe's...] [--classes 249]
     python -m tools.benchmark data       [...same options...] [--images 128] [--num-local 8]
     python -m tools.benchmark token-geometry [...same options...] [--landmarks CACHE]
     python -m tools.benchmark gpu        [...same options; --encoder defaults to lafs_vit_base_p8_112...] [--compile]
@@ -49,6 +50,9 @@ Figures:
                                         device path's worker code does not depend on the number of views)
               device_views_vs_decode    images/s of DeviceViews making a batch's 2 + N views on --device / bare
                                         decoding (no target)
+  recipe-step recipe_step_vs_plain_timm images/s of the CPU recipe's step (configs/cpu/finetune.yaml: timm
+                                        ResNet-18 at 64 px, neck, CosFace, device augmentation, SGD) / a plain-PyTorch
+                                        step of the same timm model with an ArcFace head and flips (target >= 0.9)
   gpu         finetune_mfu              achieved FLOP/s of a LAFS fine-tuning step (FlopCounterMode FLOPs / median
                                         step seconds) / peak FLOP/s of a large bf16 matmul (fp32 on CPU) (>= 0.40)
               pretrain_mfu              the same for a pretraining step at 2 x K + 8 x 36 tokens (target >= 0.35);
@@ -85,6 +89,7 @@ from tools.benchmarks import (
     landmark_extraction,
     model_figures,
     partial_fc,
+    recipe_step,
     token_geometry,
     training_step,
 )
@@ -145,6 +150,11 @@ def _finetune_step_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=int_in_range(2), default=1000, help="margin-head classes (default 1000)")
 
 
+def _recipe_step_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", type=int_in_range(2), default=249, help="identities (default 249: cfp349's dev)")
+    parser.set_defaults(batch=64)  # the recipe's batch
+
+
 def _gpu_options(parser: argparse.ArgumentParser) -> None:
     _finetune_step_options(parser)
     _views_options(parser, out_dim=65536)  # DINO's default prototype count: the real pretraining head
@@ -178,6 +188,9 @@ SUB_COMMANDS: dict[str, SubCommand] = {
     ),
     "finetune-step": SubCommand(
         training_step.bench_finetune_step, "LAFS fine-tuning step vs plain timm ViT", _finetune_step_options
+    ),
+    "recipe-step": SubCommand(
+        recipe_step.bench_recipe_step, "the CPU recipe's step vs a plain timm model's", _recipe_step_options, ""
     ),
     "gpu": SubCommand(
         gpu.bench_gpu, "MFU of the LAFS training steps; images/s and peak memory", _gpu_options, gpu.GPU_ENCODER

@@ -38,7 +38,9 @@ class DatasetConfig:
     path: str = ""  # a .rec (+ .idx), an image folder (a sub-folder per identity), a path,label CSV or "synthetic"
     bgr: bool = False  # the source stores BGR pixels (MS1MV3's .rec does; WebFace4M's is RGB)
     image_size: int = 112  # every image is resized to this square: the ArcFace crop the encoders take
-    landmarks: str = "template"  # "template" (aligned faces), "none", or a landmark cache folder (tools/landmarks.py)
+    # "template" (aligned faces), "none", a landmark cache folder (tools/landmarks.py), or "mediapipe": the run finds
+    # the data's cache (<path>.landmarks-<set>-<size> beside it) or computes it there once, with progress.
+    landmarks: str = "template"
     landmark_set: str = "mediapipe196"  # must match the encoder's; a cache records its own and is checked against it
     missing_landmarks: MissingPolicy = "template"  # faces MediaPipe missed: use the template, or skip the image
     shots: int | None = None  # keep N images per identity (few-shot, LAFS's strongest setting); None keeps all

@@ -15,6 +15,8 @@ schedules per optimiser step, logging, validation cadence, checkpoints, export).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +27,14 @@ from accelerate import Accelerator
 from torch import nn
 
 from lafs.data.collate import collate_faces
-from lafs.data.open import open_dataset, write_few_shot_list
+from lafs.data.open import SYNTHETIC, open_dataset, write_few_shot_list
 from lafs.engine.checkpoints import TrainState
 from lafs.engine.config import RunConfig
+from lafs.errors import ConfigError
+from lafs.landmarks.extract import AUTO as AUTO_LANDMARKS
+from lafs.landmarks.extract import dataset_landmark_cache
+
+logger = logging.getLogger("lafs.engine")
 
 
 @dataclass
@@ -80,8 +87,24 @@ class Task:
         """The training set the loader shards and shuffles (items are dicts)."""
         raise NotImplementedError
 
-    def open_faces(self) -> Any:
-        """The run's face data set as ``data`` and ``synthetic`` say (`lafs.data.open.open_dataset`)."""
+    def open_faces(self, accelerator: Accelerator | None = None) -> Any:
+        """The run's face data set as ``data`` and ``synthetic`` say (`lafs.data.open.open_dataset`).
+
+        ``data.landmarks=mediapipe`` is resolved first: the dataset's MediaPipe cache is found or computed (by the
+        main process of ``accelerator``; the others wait) and ``data.landmarks`` becomes its folder, so the saved
+        config, a resumed run and every consumer see the cache itself.
+        """
+        data = self.cfg.data
+        if data.landmarks == AUTO_LANDMARKS:
+            if data.path == SYNTHETIC:
+                raise ConfigError("data.landmarks=mediapipe: synthetic faces carry exact landmarks; use template")
+            main = accelerator is None or accelerator.is_main_process
+            find = functools.partial(dataset_landmark_cache, data.path, data.landmark_set, data.image_size,
+                                     self.cfg.output_dir, data.bgr, log=logger.info)  # fmt: skip
+            found = find() if main else None
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+            data.landmarks = str(found or find())  # the others find the main process's complete cache at once
         options = dataclasses.asdict(self.cfg.data)
         self.faces = open_dataset(options.pop("path"), synthetic=self.cfg.synthetic, **options)
         return self.faces

@@ -163,3 +163,44 @@ def extract_landmarks(
     else:  # too few chunks to leave the start-up out
         rate = processed / (end - start) if end > start else 0.0
     return ExtractionReport(processed, found, remaining, end - start, rate, cache)
+
+
+AUTO = "mediapipe"  # data.landmarks=mediapipe: the run finds or computes the dataset's MediaPipe cache itself
+
+
+def cache_locations(
+    dataset_path: str | os.PathLike[str], landmark_set: str, image_size: int, fallback_dir: Path
+) -> list[Path]:
+    """Where a dataset's own MediaPipe cache lives: beside the data (``<path>.landmarks-<set>-<size>``, shared by
+    every run on it) when that folder is writable, else in ``fallback_dir`` (a run directory)."""
+    path = Path(dataset_path)
+    name = f"{path.name}.landmarks-{landmark_set}-{image_size}"
+    beside = path.parent / name
+    fallback = fallback_dir / f"landmarks-{landmark_set}-{image_size}"
+    return [beside, fallback] if os.access(path.parent, os.W_OK) else [fallback]
+
+
+def dataset_landmark_cache(
+    dataset_path: str | os.PathLike[str],
+    landmark_set: str,
+    image_size: int,
+    fallback_dir: Path,
+    bgr: bool = False,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The complete MediaPipe landmark cache of a dataset: an existing one (`cache_locations`), or computed now in
+    ``workers`` processes (default: every core), with progress, resuming an interrupted one. Returns its folder."""
+    locations = cache_locations(dataset_path, landmark_set, image_size, fallback_dir)
+    for folder in locations:
+        if (folder / "meta.json").is_file() and LandmarkCache.open(folder).complete:
+            return folder
+    folder = next((f for f in locations if (f / "meta.json").is_file()), locations[0])  # resume a started one
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    log(f"data.landmarks=mediapipe: computing the {landmark_set} landmarks of {dataset_path} once -> {folder} "
+        f"({workers} processes; an interrupted run resumes)")  # fmt: skip
+    report = extract_landmarks(dataset_path, folder, landmark_set, image_size, workers=workers, bgr=bgr)
+    log(f"landmarks: MediaPipe found a face in {report.cache.info.found} of {report.cache.info.num_images} images "
+        f"({report.images_per_second:.0f} images/s); the others get the template, marked invalid")  # fmt: skip
+    return folder

@@ -220,7 +220,7 @@ class PretrainTask(Task):
         cfg = self.cfg
         if views_on_accelerator(cfg.views, accelerator.device):
             self.device_views = DeviceViews(cfg.views, cfg.data.landmark_set)
-        base = self.open_faces()
+        base = self.open_faces(accelerator)
         if self.device_views is not None:
             return base
         return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)

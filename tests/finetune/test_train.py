@@ -521,3 +521,30 @@ def test_two_processes_with_an_iresnet(tmp_path):
     assert hashes[0] == hashes[1]
     log = [r for r in read_log(out) if "loss" in r]
     assert [r["step"] for r in log] == [1, 2, 3] and log[0]["coreface_loss"] > 0 and "unpg_loss" in log[0]
+
+
+def test_cpu_recipe_needs_only_the_data_and_an_output_folder(tmp_path):
+    """configs/cpu/finetune.yaml from an aligned folder: decoded once, trained, an encoder tools.evaluate reads."""
+    root, _ = write_face_folder(tmp_path / "faces", identities=3, per_identity=4)
+    config = ["--config", str(ROOT / "configs/cpu/finetune.yaml")]
+    out = run(tmp_path / "run", f"data.path={root}", "optim.batch_size=4", "max_steps=2", config=config)
+    encoder = load_encoder(out / "encoder")
+    assert encoder.pretrained_cfg["input_size"][-1] == 64
+    assert encoder(torch.zeros(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_cpu_pretrained_recipe_fine_tunes_a_cpu_pretraining_run(tmp_path):
+    """configs/cpu/finetune_pretrained.yaml with init= a configs/cpu/pretrain.yaml run (MediaPipe landmarks, computed
+    once by pretraining beside the data and found again here)."""
+    from lafs.pretrain import main as pretrain
+
+    root, _ = write_face_folder(tmp_path / "faces", identities=3, per_identity=4)
+    small = ["dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16", "optim.batch_size=4", "max_steps=1"]
+    pretrained = tmp_path / "pretrain"
+    assert pretrain(["--config", str(ROOT / "configs/cpu/pretrain.yaml"), f"data.path={root}",
+                     f"output_dir={pretrained}", *small]) == 0  # fmt: skip
+    config = ["--config", str(ROOT / "configs/cpu/finetune_pretrained.yaml")]
+    out = run(tmp_path / "run", f"data.path={root}", f"init={pretrained}", "optim.batch_size=4", "max_steps=1",
+              config=config)  # fmt: skip
+    assert json.loads((out / "encoder" / "config.json").read_text())["landmark_source"] == "mediapipe"
+    assert len(list(tmp_path.glob("faces.landmarks-*"))) == 1  # one cache, shared by both stages

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from lafs.config import config_to_dict, load_config
@@ -16,7 +17,7 @@ from lafs.models.landmark_predictor import save_landmark_predictor
 from lafs.models.released_mobilenet import ReleasedLandmarkNet
 from lafs.pretrain import main
 from lafs.tasks.pretrain import PretrainConfig, build_models, optimizer_groups
-from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes
+from tests.conftest import ROOT, assert_bad_value_is_one_line, launch_two_processes, write_face_folder
 from tests.lafs.models.released_reference import released_landmark_network
 
 TINY = [
@@ -299,3 +300,18 @@ def test_dino_baseline_config_is_the_lafs_recipe_over_patches():
     changed = {key for key in lafs if lafs[key] != dino[key]}
     assert changed == {"output_dir", "data.landmarks", "data.landmark_set", "encoder.landmark_set", "views.kind"}
     assert dino["views.kind"] == "patches" and dino["encoder.landmark_set"] == dino["data.landmark_set"] == "grid196"
+
+
+def test_mediapipe_landmarks_are_computed_once_and_recorded(tmp_path):
+    """data.landmarks=mediapipe on a plain face folder: the run computes the cache beside the data, trains on it,
+    records it (config.yaml, the encoder's landmark source), and a second run finds it instead of recomputing."""
+    root, _ = write_face_folder(tmp_path / "faces", identities=4, per_identity=4)
+    data = [f"data.path={root}", "data.landmarks=mediapipe", "max_steps=1"]
+    out = run(tmp_path, "first", *data)
+    cache = tmp_path / "faces.landmarks-mediapipe49-112"
+    assert (cache / "meta.json").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["landmarks"] == str(cache)
+    assert recorded_landmark_source(out / "encoder") == ("mediapipe", True)
+    stamp = (cache / "meta.json").stat().st_mtime_ns
+    run(tmp_path, "second", *data)
+    assert (cache / "meta.json").stat().st_mtime_ns == stamp  # found, not recomputed

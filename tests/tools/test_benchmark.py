@@ -51,3 +51,13 @@ def test_cuda_without_gpu_is_a_one_line_error(capsys: pytest.CaptureFixture[str]
         pytest.skip("a GPU is present")
     assert main(["tokenizer", *TINY[:-2], "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_recipe_step_against_the_plain_timm_step(tmp_path: Path) -> None:
+    output = tmp_path / "recipe.json"
+    argv = ["recipe-step", "--encoder", "timm:resnet10t", "--batch", "4", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--device", "cpu", "--classes", "5", "--json", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["recipe"]["image_size"] == 64 and result["recipe"]["encoder"] == "timm:resnet10t"
+    (fig,) = result["figures"]
+    assert fig["name"] == "recipe_step_vs_plain_timm" and fig["target"] == 0.9 and fig["ratio"] > 0

@@ -274,7 +274,7 @@ class _PlainFinetuneTask(FinetuneTask):
 
 
 @dataclass
-class _LabelledSetShape:
+class LabelledSetShape:
     """What `FinetuneTask.build` reads of a training set: its size (memory banks) and identity count (the head)."""
 
     size: int
@@ -303,7 +303,7 @@ def build_finetune_step(
     task = _PlainFinetuneTask(cfg) if plain else FinetuneTask(cfg)
     accelerator = make_accelerator(precision, device)
     torch.manual_seed(seed)
-    parts = task.build(accelerator, _LabelledSetShape(batch, classes))
+    parts = task.build(accelerator, LabelledSetShape(batch, classes))
     generator = torch.Generator().manual_seed(seed)
     info: dict[str, Any] = {"classes": classes, "head": cfg.head.name, "parameters": parameter_count(parts.model)}
     if not cfg.encoder.takes_landmarks:  # IResNet, timm: images only, at the encoder's input size
