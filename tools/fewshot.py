@@ -1,6 +1,7 @@
 """The few-shot protocol as one command: does pretraining help verify people the model never saw?
 
-    python -m tools.fewshot --input DIR --output DIR [--align] [--unseen N] [--shots 5 ...] [--seeds 0 1 2]
+    python -m tools.fewshot --input DIR --output DIR [--align] [--unseen N | --split SPLIT_JSON] [--shots 5 ...]
+        [--seeds 0 1 2]
         [--arms lafs,dino,none] [--regularisers none,unpg,coreface,intraloss,cluster,landmark]
         [--pretrain-steps N] [--finetune-steps N] [--encoder NAME] [--pairs N] [--workers N]
         [--pretrain-set key=value ...] [--finetune-set key=value ...]
@@ -8,7 +9,8 @@
 DIR holds one sub-folder per identity: aligned 112 x 112 crops, or photos with --align (aligned once into
 OUTPUT/aligned); `--input synthetic` writes the built-in synthetic faces (with their exact landmarks) instead.
 MediaPipe's 196 landmarks are computed once (OUTPUT/landmarks). For each seed, --unseen identities (a seeded draw
-from the sorted names) are held out and give --pairs verification pairs, half same, half different. Each arm
+from the sorted names; with --split, the fixed held-aside identities of a development split, the same for every
+seed, with the same pairs) are held out and give --pairs verification pairs, half same, half different. Each arm
 pretrains on the other (seen) identities without labels for --pretrain-steps (lafs: landmark views; dino: DINO's
 random-crop views on the regular patch grid; none: no pretraining), then fine-tunes on --shots images per seen
 identity for --finetune-steps with each regulariser (none = the ArcFace head alone), and every encoder, also before
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="results and every stage")
     parser.add_argument("--align", action="store_true", help="align the photos to the ArcFace crop first")
     parser.add_argument("--unseen", type=int_in_range(2), default=5, help="identities held out (default 5)")
+    parser.add_argument("--split", type=Path, default=None, metavar="SPLIT_JSON",
+                        help="a fixed split (tools.make_bin --split's split.json) instead of --unseen")  # fmt: skip
     parser.add_argument("--shots", type=int_in_range(1), nargs="+", default=[5], help="images per seen identity")
     parser.add_argument("--seeds", type=int_in_range(0), nargs="+", default=[0, 1, 2], help="repeats (default 0 1 2)")
     parser.add_argument("--arms", type=_names, default=["lafs", "dino", "none"], help="comma-separated pretraining")
@@ -60,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_held_aside(path: Path) -> list[str]:
+    """The held-aside identity names of a split.json (`tools.make_bin --split`); a bad file is a one-line error."""
+    import json
+
+    from lafs.errors import DataError
+
+    try:
+        names = json.loads(path.read_text())["held_aside_identities"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"--split {path}: not a split.json of tools.make_bin --split ({error})") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise DataError(f"--split {path}: held_aside_identities must be a list of names")
+    return names
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -67,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lafs.fewshot.results import format_markdown
     from lafs.files import claim_output_folder
 
+    held_aside = read_held_aside(args.split) if args.split is not None else []
     cfg = FewShotConfig(
+        held_aside=held_aside,
         input=args.input,
         output=args.output,
         align=args.align,
@@ -93,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = run_protocol(cfg)
     setup = {
         "input": str(args.input),
-        "unseen identities": args.unseen,
+        "unseen identities": f"{len(held_aside)} (fixed: {args.split})" if held_aside else args.unseen,
         "pairs": args.pairs,
         "encoder": args.encoder,
         "pretrain steps": args.pretrain_steps,

@@ -38,7 +38,14 @@ from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 from lafs.engine import fit
 from lafs.errors import ConfigError
 from lafs.export import load_encoder_and_predictor
-from lafs.fewshot.split import IdentitySplit, relabel, split_identities, subset_cache, verification_pairs
+from lafs.fewshot.split import (
+    IdentitySplit,
+    fixed_split,
+    relabel,
+    split_identities,
+    subset_cache,
+    verification_pairs,
+)
 from lafs.files import write_atomic
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.extract import extract_landmarks
@@ -63,6 +70,9 @@ class FewShotConfig:
     output: Path  # everything lands here; running the same command again resumes
     align: bool = False  # align the photos to the ArcFace crop first (tools.align)
     unseen: int = 5  # identities held out for verification
+    # A fixed split instead (the held_aside_identities of tools.make_bin --split's split.json): the same unseen
+    # people for every seed, and the same pairs; seeds then vary the pretraining, the shots and the initialisation.
+    held_aside: list[str] = field(default_factory=list)
     shots: Sequence[int] = (5,)  # fine-tuning images per seen identity (several values: one run each)
     seeds: Sequence[int] = (0, 1, 2)  # each seed: its own split, pretraining, few-shot subset and initialisation
     arms: Sequence[str] = ARMS
@@ -187,14 +197,15 @@ def prepare_seed(
 ) -> SeedData:
     """The seed's split, seen list + landmark cache, and unseen pair set (written once, reused on resume)."""
     folder = cfg.output / f"seed{seed}"
-    split = split_identities(labels, names, cfg.unseen, seed)
+    fixed = bool(cfg.held_aside)
+    split = fixed_split(labels, names, cfg.held_aside) if fixed else split_identities(labels, names, cfg.unseen, seed)
     seen = split.seen_positions
     seen_labels = relabel(labels[seen])
     seen_list = write_list_file(folder / "seen.csv", [paths[i] for i in seen], seen_labels.tolist())
     seen_landmarks = folder / "seen_landmarks"
     subset_cache(cache, seen, seen_landmarks)
     unseen = split.unseen_positions
-    pairs = verification_pairs(labels[unseen], cfg.pairs, seed)
+    pairs = verification_pairs(labels[unseen], cfg.pairs, 0 if fixed else seed)
     order = np.array([unseen[i] for a, b, _ in pairs for i in (a, b)])
     pairs_bin = folder / "unseen_pairs.bin"
     if not pairs_bin.is_file():

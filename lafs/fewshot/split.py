@@ -46,6 +46,24 @@ def split_identities(labels: np.ndarray, names: list[str], unseen: int, seed: in
     )
 
 
+def fixed_split(labels: np.ndarray, names: list[str], held_aside: list[str]) -> IdentitySplit:
+    """The split a development protocol fixed (`lafs.fewshot.devset`): ``held_aside`` names are unseen, whatever
+    the seed. Names missing from ``names`` are a one-line `DataError` (the split was made of another folder)."""
+    missing = sorted(set(held_aside) - set(names))
+    if missing:
+        raise DataError(f"the split's held-aside identity {missing[0]!r} is not in the input ({len(missing)} missing)")
+    held = {names.index(name) for name in held_aside}
+    if not 2 <= len(held) <= len(names) - 2:
+        raise ConfigError(f"a fixed split needs 2 to {len(names) - 2} held-aside identities, got {len(held)}")
+    is_unseen = np.isin(labels, sorted(held))
+    return IdentitySplit(
+        seen=tuple(sorted(names[i] for i in range(len(names)) if i not in held)),
+        unseen=tuple(sorted(names[i] for i in held)),
+        seen_positions=np.flatnonzero(~is_unseen),
+        unseen_positions=np.flatnonzero(is_unseen),
+    )
+
+
 def relabel(labels: np.ndarray) -> np.ndarray:
     """Labels (N,) renumbered 0 .. C - 1 in order of their value (a subset's classes, made contiguous)."""
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)

@@ -63,3 +63,16 @@ def test_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.Captur
     (tmp_path / "mine.txt").write_text("keep me")
     assert main([*ARGS, "--output", str(tmp_path)]) == 2
     assert "not a lafs-fewshot output" in capsys.readouterr().err and (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_fixed_split_holds_the_same_people_and_pairs_aside_for_every_seed(tmp_path: Path) -> None:
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"held_aside_identities": ["id0001", "id0004"]}))
+    out = tmp_path / "fewshot"
+    fixed = [*ARGS, "--output", str(out), "--split", str(split), "--arms", "none", "--seeds", "0", "1"]
+    assert main(fixed) == 0
+    for seed in ("seed0", "seed1"):
+        assert json.loads((out / seed / "split.json").read_text())["unseen"] == ["id0001", "id0004"]
+    assert (out / "seed0" / "unseen_pairs.bin").read_bytes() == (out / "seed1" / "unseen_pairs.bin").read_bytes()
+    split.write_text("{}")
+    assert main([*ARGS, "--output", str(tmp_path / "other"), "--split", str(split)]) == 2  # not a split.json

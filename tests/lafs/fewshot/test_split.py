@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lafs.errors import ConfigError, DataError
-from lafs.fewshot.split import relabel, split_identities, subset_cache, verification_pairs
+from lafs.fewshot.split import fixed_split, relabel, split_identities, subset_cache, verification_pairs
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
 
 NAMES = ["ann", "bob", "cat", "dan", "eve", "fay"]
@@ -74,3 +74,13 @@ def test_subset_cache_keeps_the_chosen_rows(tmp_path) -> None:
     assert subset.complete and reopened.complete
     np.testing.assert_array_equal(reopened.landmarks[:], points[[3, 1]])
     assert reopened.found.tolist() == [True, False]
+
+
+def test_fixed_split_holds_the_named_identities_aside() -> None:
+    split = fixed_split(LABELS, NAMES, ["fay", "bob"])
+    assert split.unseen == ("bob", "fay") and split.seen == ("ann", "cat", "dan", "eve")
+    assert sorted(set(LABELS[split.unseen_positions])) == [1, 5]
+    with pytest.raises(DataError, match="'zed' is not in the input"):
+        fixed_split(LABELS, NAMES, ["zed", "bob"])
+    with pytest.raises(ConfigError, match="2 to 4 held-aside"):
+        fixed_split(LABELS, NAMES, ["bob"])
