@@ -156,12 +156,12 @@ def training_landmarks(cfg: FinetuneConfig) -> LandmarkChoice:
 def initial_encoder(cfg: FinetuneConfig) -> Encoder:
     """The encoder to fine-tune: loaded from ``init`` (a run directory or an encoder folder), or untrained."""
     if not cfg.init:
-        encoder = cfg.encoder
-        if not encoder.takes_landmarks and "img_size" not in encoder.model_args:
+        wanted = cfg.encoder
+        if not wanted.takes_landmarks and "img_size" not in wanted.model_args:
             # Built for the run's input, so its folder records the size every consumer resizes to (64 px crops
             # evaluated at 112 px would be another scale).
-            encoder = dataclasses.replace(encoder, model_args={**encoder.model_args, "img_size": cfg.data.image_size})
-        return build_any_encoder(encoder)
+            wanted = dataclasses.replace(wanted, model_args={**wanted.model_args, "img_size": cfg.data.image_size})
+        return build_any_encoder(wanted)
     try:
         folder = encoder_folder(cfg.init)
     except DataError as error:

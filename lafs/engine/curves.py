@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from lafs.engine.run_log import read_log
 from lafs.files import write_atomic
@@ -11,7 +12,7 @@ from lafs.files import write_atomic
 CURVE_FILE = "learning_curve.png"
 
 
-def accuracy_keys(records: list[dict]) -> list[str]:
+def accuracy_keys(records: list[dict[str, Any]]) -> list[str]:
     """The logged validation accuracies (``<set>_accuracy``, ``mean_accuracy``, ...), in first-seen order; spreads
     (``*_std``) and running bests (``best_*``) are left out."""
     keys: dict[str, None] = {}

@@ -97,7 +97,9 @@ def make_dev_split(cfg: DevSplitConfig) -> list[Path]:
     held = np.sort(np.random.default_rng(cfg.seed).permutation(len(names))[: cfg.held_aside])
     is_held = np.isin(labels, held)
     train_positions, held_positions = np.flatnonzero(~is_held), np.flatnonzero(is_held)
-    relabel = lambda rows: np.unique(labels[rows], return_inverse=True)[1]  # noqa: E731 (contiguous 0 .. C - 1)
+    def relabel(rows: np.ndarray) -> list[int]:  # contiguous 0 .. C - 1
+        return np.unique(labels[rows], return_inverse=True)[1].tolist()
+
     written = [
         write_list_file(cfg.output / "train.csv", [paths[i] for i in train_positions], relabel(train_positions)),
         write_list_file(cfg.output / "held_aside.csv", [paths[i] for i in held_positions], relabel(held_positions)),

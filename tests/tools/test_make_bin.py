@@ -127,7 +127,7 @@ def test_split_holds_identities_aside_and_writes_frontal_and_profile_pairs(tmp_p
     train = (out / "train.csv").read_text().splitlines()[1:]
     assert {Path(row.split(",")[0]).parent.name for row in train} == set(split["training_identities"])
     assert sorted({int(row.split(",")[1]) for row in train}) == [0, 1, 2, 3, 4]  # contiguous labels
-    for name, second in (("held_aside_ff", "frontal"), ("held_aside_fp", "profile")):
+    for name in ("held_aside_ff", "held_aside_fp"):
         images, issame = load_bin(out / f"{name}.bin")
         assert issame.tolist() == [True, False] * 10  # alternating: every contiguous fold holds both
         identity = [(int(image[0, 0, 0]) - 10) // 20 for image in images]
