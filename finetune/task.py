@@ -38,7 +38,7 @@ from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
-from lafs.evaluation.during_training import MEAN, ValidationSets
+from lafs.evaluation.during_training import MEAN, ValidationSets, check_eval_bins
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
 from lafs.export.released import load_released_head
 from lafs.files import write_atomic
@@ -127,9 +127,7 @@ class FinetuneConfig(RunConfig):
             raise ConfigError("regularisers.landmark needs landmarks.source=predictor (there is nothing to restrain)")
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        missing = [path for path in self.eval_bins if not Path(path).is_file()]
-        if missing:  # checked on every process, so none waits for a main process that stopped
-            raise ConfigError(f"eval_bins: no such file {missing[0]}")
+        check_eval_bins(self.eval_bins)  # on every process: none waits for a failed one
         if self.augment.mixup_prob > 0 and self.optim.batch_size % 2:
             raise ConfigError("augment.mixup_prob > 0 needs an even optim.batch_size (timm pairs images)")
 

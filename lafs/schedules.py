@@ -110,7 +110,7 @@ def teacher_temperature_per_epoch(epoch: int, warmup_epochs: int, start: float =
     reaches ``end`` at epoch ``warmup_epochs - 1``, one epoch before `teacher_temperature`'s per-step ramp does.
     """
     if epoch < 0 or warmup_epochs < 0:
-        raise ValueError(f"teacher_temperature_per_epoch needs epoch >= 0 and warmup_epochs >= 0, got {epoch=}")
+        raise ValueError(f"teacher_temperature_per_epoch needs both >= 0, got {epoch=}, {warmup_epochs=}")
     if epoch >= warmup_epochs:
         return float(end)
     if warmup_epochs == 1:

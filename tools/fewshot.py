@@ -74,8 +74,8 @@ def read_held_aside(path: Path) -> list[str]:
         names = json.loads(path.read_text())["held_aside_identities"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"--split {path}: not a split.json of tools.make_bin --split ({error})") from None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise DataError(f"--split {path}: held_aside_identities must be a list of names")
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise DataError(f"--split {path}: held_aside_identities must be a non-empty list of names")
     return names
 
 

@@ -10,7 +10,8 @@ Images are read with OpenCV (anything it decodes), resized to N x N unless --ima
 The result loads with ``lafs.data.pairs.load_bin`` and with insightface's own ``load_bin``. An existing --output is
 refused unless --overwrite.
 
---split draws --held-aside identities of ALIGNED_FOLDER (<identity>/<image>; a seeded draw from the sorted names, so
+--split (--image-size and --quality do not apply: images are stored as read) draws --held-aside identities of
+ALIGNED_FOLDER (<identity>/<image>; a seeded draw from the sorted names, so
 the same command always gives the same split) and writes to DEV_FOLDER: train.csv (path,label of the training
 identities: fine-tuning's and pretraining's data.path), held_aside.csv, held_aside_ff.bin (frontal-frontal pairs of
 held-aside people) and, when file names mark profiles (profile_*, as CFP's do), held_aside_fp.bin (frontal-profile),
@@ -69,6 +70,8 @@ def _split(args: argparse.Namespace) -> int:
 
     if not args.split.is_dir():
         raise DataError(f"{args.split}: not a folder of identity sub-folders")
+    if args.output.exists() and not args.output.is_dir():
+        raise DataError(f"{args.output}: exists and is not a folder (--split writes a folder)")
     prepare_output_files([args.output / name for name in FILES], args.overwrite)
     cfg = DevSplitConfig(input=args.split, output=args.output, held_aside=args.held_aside, seed=args.seed,
                          pairs=args.pairs)  # fmt: skip

@@ -24,7 +24,7 @@ ClipMode = Literal["global", "per_parameter"]
 # Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
 RUN_CONTROL = frozenset(
     {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
-     "log_every", "eval_every", "dump_rank_weights", "deterministic"}
+     "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory"}
 )  # fmt: skip
 
 
@@ -128,14 +128,14 @@ def check_resumed_config(cfg: Any, run_dir: Path, fixed: tuple[str, ...]) -> Non
     defaults = _flat(config_to_dict(type(cfg)()))
     added = {key for key in new.keys() - saved.keys() if _same(defaults.get(key), new[key])}
     changed = sorted(key for key in saved.keys() | new.keys() - added if not _same(saved.get(key), new.get(key)))
-    shaping = [key for key in changed if key.split(".")[0] in fixed]
+    shaping = [key for key in changed if key.split(".")[0] in fixed and key not in RUN_CONTROL]
     if shaping:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {new.get(key)!r}" for key in shaping[:4])
         raise ConfigError(
             f"resuming {run_dir} with a different {'/'.join(sorted({k.split('.')[0] for k in shaping}))}: {detail}"
             f"{' ...' if len(shaping) > 4 else ''} (a new run needs another output_dir)"
         )
-    others = [key for key in changed if key.split(".")[0] not in RUN_CONTROL]
+    others = [key for key in changed if key.split(".")[0] not in RUN_CONTROL and key not in RUN_CONTROL]
     if others:
         logger.warning(f"warning: resuming {run_dir} with changed {', '.join(others)} (saved config.yaml is replaced)")
 

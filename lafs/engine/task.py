@@ -15,7 +15,6 @@ schedules per optimiser step, logging, validation cadence, checkpoints, export).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from lafs.engine.checkpoints import TrainState
 from lafs.engine.config import RunConfig
 from lafs.errors import ConfigError
 from lafs.landmarks.extract import AUTO as AUTO_LANDMARKS
-from lafs.landmarks.extract import dataset_landmark_cache
+from lafs.landmarks.extract import cache_locations, complete_landmark_cache, dataset_landmark_cache
 
 logger = logging.getLogger("lafs.engine")
 
@@ -98,13 +97,19 @@ class Task:
         if data.landmarks == AUTO_LANDMARKS:
             if data.path == SYNTHETIC:
                 raise ConfigError("data.landmarks=mediapipe: synthetic faces carry exact landmarks; use template")
-            main = accelerator is None or accelerator.is_main_process
-            find = functools.partial(dataset_landmark_cache, data.path, data.landmark_set, data.image_size,
-                                     self.cfg.output_dir, data.bgr, log=logger.info)  # fmt: skip
-            found = find() if main else None
-            if accelerator is not None:
-                accelerator.wait_for_everyone()
-            data.landmarks = str(found or find())  # the others find the main process's complete cache at once
+            where = (data.path, data.landmark_set, data.image_size, self.cfg.output_dir)
+            if accelerator is not None and accelerator.num_processes > 1:
+                # Hours of MediaPipe on one rank would outlast the others' collective timeout: compute it first.
+                found = complete_landmark_cache(*where)
+                if found is None:
+                    raise ConfigError(
+                        f"data.landmarks=mediapipe with {accelerator.num_processes} processes needs the cache made "
+                        f"first: python -m tools.landmarks --input {data.path} --landmark-set {data.landmark_set} "
+                        f"--output {cache_locations(*where)[0]} (or one single-process run)"
+                    )
+            else:
+                found = dataset_landmark_cache(*where, data.bgr, log=logger.info)
+            data.landmarks = str(found)
         options = dataclasses.asdict(self.cfg.data)
         self.faces = open_dataset(options.pop("path"), synthetic=self.cfg.synthetic, **options)
         return self.faces

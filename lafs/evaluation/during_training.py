@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lafs.data.pairs import load_bin
+from lafs.errors import ConfigError
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.landmarks.provenance import LandmarkChoice
@@ -24,6 +25,17 @@ from lafs.landmarks.provenance import LandmarkChoice
 logger = logging.getLogger("lafs.evaluation")
 
 MEAN = "mean_accuracy"  # the score a run keeps its best checkpoint by
+
+
+def check_eval_bins(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """`ConfigError` (one line) for an ``eval_bins`` file that does not exist, or two that share a name (stem)."""
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise ConfigError(f"eval_bins: no such file {missing[0]}")
+    stems = [Path(path).stem for path in paths]
+    twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if twice:
+        raise ConfigError(f"eval_bins: two sets share the name {twice[0]!r} (names are file stems)")
 
 
 class ValidationSets:
@@ -46,9 +58,6 @@ class ValidationSets:
             # MediaPipe's, once, here: cached beside the set (else in cache_dir) for later runs.
             self.landmarks[name] = bin_landmarks(choice, path, len(images), max(1, workers), cache_dir)
             logger.info(f"validation {self.landmarks[name].describe(name)}")
-
-    def __bool__(self) -> bool:
-        return bool(self.sets)
 
     def verify(self, encoder: torch.nn.Module, device: torch.device, batch_size: int = 256) -> dict[str, float]:
         """``{"<set>_accuracy": k-fold accuracy, ..., "mean_accuracy": their mean}`` of ``encoder`` (on ``device``)."""

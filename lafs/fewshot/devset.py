@@ -100,24 +100,26 @@ def make_dev_split(cfg: DevSplitConfig) -> list[Path]:
     def relabel(rows: np.ndarray) -> list[int]:  # contiguous 0 .. C - 1
         return np.unique(labels[rows], return_inverse=True)[1].tolist()
 
-    written = [
-        write_list_file(cfg.output / "train.csv", [paths[i] for i in train_positions], relabel(train_positions)),
-        write_list_file(cfg.output / "held_aside.csv", [paths[i] for i in held_positions], relabel(held_positions)),
-    ]
     profile = np.array([is_profile(path, cfg.profile_prefix) for path in paths])
     frontal_held = held_positions[~profile[held_positions]]
     profile_held = held_positions[profile[held_positions]]
     sets = {"held_aside_ff": (frontal_held, frontal_held)}
     if len(profile_held):
         sets["held_aside_fp"] = (frontal_held, profile_held)
+    # Every pair drawn and every image read before anything is written: a failure leaves no partial split.
+    drawn = {name: draw_pairs(labels, first, second, cfg.pairs, cfg.seed) for name, (first, second) in sets.items()}
+    needed = sorted({k for pairs in drawn.values() for a, b, _ in pairs for k in (a, b)})
+    images = {i: read_image_file(paths[i], strict=True) for i in needed}
+    written = [
+        write_list_file(cfg.output / "train.csv", [paths[i] for i in train_positions], relabel(train_positions)),
+        write_list_file(cfg.output / "held_aside.csv", [paths[i] for i in held_positions], relabel(held_positions)),
+    ]
     counts = {}
-    for name, (first, second) in sets.items():
-        pairs = draw_pairs(labels, first, second, cfg.pairs, cfg.seed)
-        images = {i: read_image_file(paths[i]) for i in sorted({k for a, b, _ in pairs for k in (a, b)})}
+    for name, pairs in drawn.items():
         write_bin(cfg.output / f"{name}.bin", [(images[a], images[b]) for a, b, _ in pairs], [s for *_, s in pairs])
         written.append(cfg.output / f"{name}.bin")
         counts[name] = len(pairs)
-        logger.info(f"{name}: {len(pairs)} pairs of {len(np.unique(labels[first]))} identities")
+        logger.info(f"{name}: {len(pairs)} pairs of {len(np.unique(labels[sets[name][0]]))} identities")
     record = {
         "input": str(cfg.input.resolve()),
         "seed": cfg.seed,

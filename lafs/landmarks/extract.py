@@ -174,10 +174,19 @@ def cache_locations(
     """Where a dataset's own MediaPipe cache lives: beside the data (``<path>.landmarks-<set>-<size>``, shared by
     every run on it) when that folder is writable, else in ``fallback_dir`` (a run directory)."""
     path = Path(dataset_path)
-    name = f"{path.name}.landmarks-{landmark_set}-{image_size}"
-    beside = path.parent / name
+    beside = path.parent / f"{path.name}.landmarks-{landmark_set}-{image_size}"
     fallback = fallback_dir / f"landmarks-{landmark_set}-{image_size}"
-    return [beside, fallback] if os.access(path.parent, os.W_OK) else [fallback]
+    return [beside, fallback] if os.access(path.parent, os.W_OK) else [fallback, beside]
+
+
+def complete_landmark_cache(
+    dataset_path: str | os.PathLike[str], landmark_set: str, image_size: int, fallback_dir: Path
+) -> Path | None:
+    """An existing complete cache of the dataset in either `cache_locations` place, else None."""
+    for folder in cache_locations(dataset_path, landmark_set, image_size, fallback_dir):
+        if (folder / "meta.json").is_file() and LandmarkCache.open(folder).complete:
+            return folder
+    return None
 
 
 def dataset_landmark_cache(
@@ -189,13 +198,15 @@ def dataset_landmark_cache(
     workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """The complete MediaPipe landmark cache of a dataset: an existing one (`cache_locations`), or computed now in
-    ``workers`` processes (default: every core), with progress, resuming an interrupted one. Returns its folder."""
-    locations = cache_locations(dataset_path, landmark_set, image_size, fallback_dir)
-    for folder in locations:
-        if (folder / "meta.json").is_file() and LandmarkCache.open(folder).complete:
-            return folder
-    folder = next((f for f in locations if (f / "meta.json").is_file()), locations[0])  # resume a started one
+    """The complete MediaPipe landmark cache of a dataset: an existing one (`cache_locations`: beside the data or
+    in ``fallback_dir``), or computed now in ``workers`` processes (default: every core), with progress, resuming an
+    interrupted one (where it was started; a new one beside the data when that folder is writable). Returns it."""
+    found = complete_landmark_cache(dataset_path, landmark_set, image_size, fallback_dir)
+    if found is not None:
+        return found
+    writable = cache_locations(dataset_path, landmark_set, image_size, fallback_dir)
+    started = [f for f in writable if (f / "meta.json").is_file() and os.access(f, os.W_OK)]
+    folder = started[0] if started else writable[0]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     log(f"data.landmarks=mediapipe: computing the {landmark_set} landmarks of {dataset_path} once -> {folder} "

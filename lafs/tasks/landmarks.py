@@ -111,7 +111,7 @@ class LandmarkTask(Task):
 
     def build_dataset(self, accelerator: Accelerator) -> LandmarkFaces:
         cfg = self.cfg
-        faces = self.open_faces()  # items with image, landmarks, landmark_valid
+        faces = self.open_faces(accelerator)  # items with image, landmarks, landmark_valid
         if len(faces) == 0:
             raise DataError(f"{cfg.data.path}: no image with landmarks in {cfg.data.landmarks} (all skipped)")
         self.labels = np.asarray(faces.labels)

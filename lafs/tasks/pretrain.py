@@ -27,7 +27,7 @@ from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.config import ClipMode
 from lafs.errors import ConfigError
-from lafs.evaluation.during_training import MEAN, ValidationSets
+from lafs.evaluation.during_training import MEAN, ValidationSets, check_eval_bins
 from lafs.export import save_encoder
 from lafs.files import write_atomic
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
@@ -127,9 +127,7 @@ class PretrainConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         self.encoder.require_landmark_set(self.data.landmark_set)
-        missing = [path for path in self.eval_bins if not Path(path).is_file()]
-        if missing:  # on every process: none waits for a failed one
-            raise ConfigError(f"eval_bins: no such file {missing[0]}")
+        check_eval_bins(self.eval_bins)  # on every process: none waits for a failed one
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.landmark_predictor and not Path(self.landmark_predictor, "config.json").is_file():

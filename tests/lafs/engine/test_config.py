@@ -47,3 +47,19 @@ def test_resume_accepts_keys_added_since_with_their_defaults(tmp_path):
     changed.regularisers.coreface.weight.unit = "fraction"
     with pytest.raises(ConfigError, match=r"^resuming .* with a different regularisers: regularisers\.coreface"):
         check_resumed_config(changed, tmp_path, ("regularisers",))
+
+
+def test_resume_may_switch_decoding_into_memory_but_not_the_data(tmp_path):
+    import yaml
+
+    from finetune.task import FinetuneConfig
+    from lafs.config import config_to_dict
+    from lafs.engine.config import check_resumed_config
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(FinetuneConfig())))
+    faster = FinetuneConfig()
+    faster.data.in_memory = True  # how the images are read, not what is learned
+    check_resumed_config(faster, tmp_path, ("data",))
+    faster.data.image_size = 64
+    with pytest.raises(ConfigError, match=r"with a different data: data\.image_size 112 -> 64"):
+        check_resumed_config(faster, tmp_path, ("data",))
