@@ -28,6 +28,7 @@ from lafs.data.folder import scan_image_folder, write_list_file
 from lafs.data.images import read_image_file
 from lafs.data.pairs import write_bin
 from lafs.errors import ConfigError, DataError
+from lafs.fewshot.split import interleave
 from lafs.files import write_atomic
 
 logger = logging.getLogger("lafs.fewshot")
@@ -79,12 +80,7 @@ def draw_pairs(
         i, j = int(rng.choice(first)), int(rng.choice(second))
         if labels[i] != labels[j]:
             different.add((min(i, j), max(i, j)) if symmetric else (i, j))
-    others = sorted(different)
-    rng.shuffle(others)
-    pairs: list[tuple[int, int, bool]] = []
-    for (a, b), (c, d) in zip(same, others, strict=True):
-        pairs += [(a, b, True), (c, d, False)]
-    return pairs
+    return interleave(same, different, rng)
 
 
 def make_dev_split(cfg: DevSplitConfig) -> list[Path]:
@@ -97,6 +93,7 @@ def make_dev_split(cfg: DevSplitConfig) -> list[Path]:
     held = np.sort(np.random.default_rng(cfg.seed).permutation(len(names))[: cfg.held_aside])
     is_held = np.isin(labels, held)
     train_positions, held_positions = np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
     def relabel(rows: np.ndarray) -> list[int]:  # contiguous 0 .. C - 1
         return np.unique(labels[rows], return_inverse=True)[1].tolist()
 

@@ -91,6 +91,14 @@ def verification_pairs(labels: np.ndarray, count: int, seed: int) -> list[tuple[
         i, j = (int(v) for v in rng.integers(0, len(labels), size=2))
         if labels[i] != labels[j]:
             different.add((min(i, j), max(i, j)))
+    return interleave(same, different, rng)
+
+
+def interleave(
+    same: list[tuple[int, int]], different: set[tuple[int, int]], rng: np.random.Generator
+) -> list[tuple[int, int, bool]]:
+    """(i, j, same) pairs alternating same and different (the different ones in a seeded order), so every
+    contiguous fold of the k-fold protocol holds both kinds in equal numbers."""
     others = sorted(different)
     rng.shuffle(others)
     pairs: list[tuple[int, int, bool]] = []
