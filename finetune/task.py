@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -38,10 +38,9 @@ from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
-from lafs.evaluation.during_training import MEAN, ValidationSets, check_eval_bins
+from lafs.evaluation.during_training import ValidationSets, check_eval_bins, keep_best
 from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
 from lafs.export.released import load_released_head
-from lafs.files import write_atomic
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
 from lafs.models import Encoder, EncoderConfig, PartFViT, build_any_encoder, encoder_name, takes_landmarks
@@ -410,13 +409,8 @@ class FinetuneTask(Task):
         encoder: nn.Module = ImageEncoder(model.encoder, model.landmark_predictor)
         assert self.eval_sets is not None  # loaded on the main process, the only one that validates
         record = self.eval_sets.verify(encoder, self.run.device, self.cfg.eval_batch_size)
-        state = self.run.state
-        if record[MEAN] > state.best_score:
-            state.best_score = record[MEAN]
-            best = self.cfg.output_dir / "best"
-            self._save(model, best, {"stage": "finetune-best", "step": step, **record})
-            write_atomic(best / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
-        return record | {"best_mean_accuracy": state.best_score}
+        save = functools.partial(self._save, model, source={"stage": "finetune-best", "step": step, **record})
+        return keep_best(record, self.run.state, self.cfg.output_dir / "best", step, save)
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
         model = self.run.accelerator.unwrap_model(self.model)

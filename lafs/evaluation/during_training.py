@@ -7,11 +7,12 @@ landmarks the run trains with (`lafs.evaluation.landmarks`: MediaPipe's, compute
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +21,11 @@ from lafs.data.pairs import load_bin
 from lafs.errors import ConfigError
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
+from lafs.files import write_atomic
 from lafs.landmarks.provenance import LandmarkChoice
+
+if TYPE_CHECKING:
+    from lafs.engine.checkpoints import TrainState
 
 logger = logging.getLogger("lafs.evaluation")
 
@@ -78,3 +83,15 @@ class ValidationSets:
             record[f"{name}_accuracy"] = report["accuracy"]
         record[MEAN] = float(np.mean(list(record.values())))
         return record
+
+
+def keep_best(
+    record: dict[str, float], state: TrainState, folder: Path, step: int, save: Callable[[Path], object]
+) -> dict[str, float]:
+    """After a validation: a new best ``mean_accuracy`` goes into ``state.best_score`` (checkpointed), ``save(folder)``
+    writes the model there and ``folder/best.json`` the step and scores. Returns ``record`` plus the best so far."""
+    if record[MEAN] > state.best_score:
+        state.best_score = record[MEAN]
+        save(folder)
+        write_atomic(folder / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
+    return record | {"best_mean_accuracy": state.best_score}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lafs.data.open import open_dataset
 from lafs.errors import DataError
 from lafs.landmarks.cache import CacheInfo, LandmarkCache, shard_range
+from lafs.landmarks.provenance import default_workers
 from lafs.landmarks.sources import MediaPipeLandmarks
 
 FLUSH_SECONDS = 10.0  # at most this much work is redone after a kill
@@ -171,8 +172,9 @@ AUTO = "mediapipe"  # data.landmarks=mediapipe: the run finds or computes the da
 def cache_locations(
     dataset_path: str | os.PathLike[str], landmark_set: str, image_size: int, fallback_dir: Path
 ) -> list[Path]:
-    """Where a dataset's own MediaPipe cache lives: beside the data (``<path>.landmarks-<set>-<size>``, shared by
-    every run on it) when that folder is writable, else in ``fallback_dir`` (a run directory)."""
+    """Where a dataset's own MediaPipe cache may live, the place a new one goes first: beside the data
+    (``<path>.landmarks-<set>-<size>``, shared by every run on it) when that folder is writable, else in
+    ``fallback_dir`` (a run directory)."""
     path = Path(dataset_path)
     beside = path.parent / f"{path.name}.landmarks-{landmark_set}-{image_size}"
     fallback = fallback_dir / f"landmarks-{landmark_set}-{image_size}"
@@ -204,11 +206,10 @@ def dataset_landmark_cache(
     found = complete_landmark_cache(dataset_path, landmark_set, image_size, fallback_dir)
     if found is not None:
         return found
-    writable = cache_locations(dataset_path, landmark_set, image_size, fallback_dir)
-    started = [f for f in writable if (f / "meta.json").is_file() and os.access(f, os.W_OK)]
-    folder = started[0] if started else writable[0]
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    places = cache_locations(dataset_path, landmark_set, image_size, fallback_dir)
+    started = [f for f in places if (f / "meta.json").is_file() and os.access(f, os.W_OK)]
+    folder = started[0] if started else places[0]
+    workers = workers or default_workers()
     log(f"data.landmarks=mediapipe: computing the {landmark_set} landmarks of {dataset_path} once -> {folder} "
         f"({workers} processes; an interrupted run resumes)")  # fmt: skip
     report = extract_landmarks(dataset_path, folder, landmark_set, image_size, workers=workers, bgr=bgr)

@@ -8,7 +8,7 @@ teacher's outputs (arXiv 2403.08161, ``spec/losses.md``). The engine (`lafs.engi
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -27,9 +27,8 @@ from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.config import ClipMode
 from lafs.errors import ConfigError
-from lafs.evaluation.during_training import MEAN, ValidationSets, check_eval_bins
+from lafs.evaluation.during_training import ValidationSets, check_eval_bins, keep_best
 from lafs.export import save_encoder
-from lafs.files import write_atomic
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
 from lafs.models import EncoderConfig, build_encoder
 from lafs.models.image_encoder import ImageEncoder
@@ -371,13 +370,8 @@ class PretrainTask(Task):
         teacher = self.teacher.backbone
         encoder = teacher if self.landmark_predictor is None else ImageEncoder(teacher, self.landmark_predictor)
         record = self.eval_sets.verify(encoder, self.run.device, self.cfg.eval_batch_size)
-        state = self.run.state
-        if record[MEAN] > state.best_score:
-            state.best_score = record[MEAN]
-            best = self.cfg.output_dir / "best"
-            self.export(best, step)
-            write_atomic(best / "best.json", json.dumps({"step": step, **record}, indent=2) + "\n")
-        return record | {"best_mean_accuracy": state.best_score}
+        save = functools.partial(self.export, step=step)
+        return keep_best(record, self.run.state, self.cfg.output_dir / "best", step, save)
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
         """The teacher's backbone as ``run_dir/encoder``, recording the landmark source of the training data."""
