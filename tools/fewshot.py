@@ -8,7 +8,8 @@
 
 DIR holds one sub-folder per identity: aligned 112 x 112 crops, or photos with --align (aligned once into
 OUTPUT/aligned); `--input synthetic` writes the built-in synthetic faces (with their exact landmarks) instead.
-MediaPipe's 196 landmarks are computed once (OUTPUT/landmarks). For each seed, --unseen identities (a seeded draw
+MediaPipe landmarks (the pretraining config's encoder.landmark_set, or --landmark-set) are computed once
+(OUTPUT/landmarks-SET). For each seed, --unseen identities (a seeded draw
 from the sorted names; with --split, the fixed held-aside identities of a development split, the same for every
 seed, with the same pairs) are held out and give --pairs verification pairs, half same, half different. Each arm
 pretrains on the other (seen) identities without labels for --pretrain-steps (lafs: landmark views; dino: DINO's
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-steps", type=int_in_range(0), default=600, help="per arm (default 600)")
     parser.add_argument("--finetune-steps", type=int_in_range(2), default=300, help="per run (default 300)")
     parser.add_argument("--encoder", default="lafs_vit_nano_p8_112", help="registered encoder (default nano)")
+    parser.add_argument("--landmark-set", default="", metavar="SET",
+                        help="MediaPipe set of the lafs/none tokens (default: the pretraining config's)")  # fmt: skip
     parser.add_argument("--synthetic-identities", type=int_in_range(4), default=40, help="with --input synthetic")
     parser.add_argument("--synthetic-images", type=int_in_range(2), default=20, help="per synthetic identity")
     parser.add_argument("--pairs", type=int_in_range(10), default=600, help="unseen pairs (default 600)")
@@ -100,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps,
         encoder=args.encoder,
+        landmark_set=args.landmark_set,
         synthetic_identities=args.synthetic_identities,
         synthetic_images=args.synthetic_images,
         pairs=args.pairs,
@@ -117,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unseen identities": f"{len(held_aside)} (fixed: {args.split})" if held_aside else args.unseen,
         "pairs": args.pairs,
         "encoder": args.encoder,
+        "landmarks": cfg.landmark_set,
         "pretrain steps": args.pretrain_steps,
         "finetune steps": args.finetune_steps,
         "seeds": " ".join(map(str, args.seeds)),

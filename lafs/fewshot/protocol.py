@@ -57,11 +57,10 @@ logger = logging.getLogger("lafs.fewshot")
 
 ARMS = ("lafs", "dino", "none")  # LAFS landmark views, DINO patch views, no pretraining
 REGULARISERS = ("none", "unpg", "coreface", "intraloss", "cluster", "landmark")  # "none": the margin head alone
-LANDMARK_SET = "mediapipe196"  # LAFS's K = 196 tokens, from MediaPipe on the aligned crops
 GRID_SET = "grid196"  # the regular 14 x 14 grid of 8 x 8 patches: the DINO arm's tokens
-DONE = "fewshot_stage.json"
+DONE = "fewshot_stage.json"  # written in a stage's folder when it has finished
 SYNTHETIC = "synthetic"  # the input that names the built-in synthetic faces
-SYNTHETIC_SEED = 7  # identities no other demo or test draws  # written in a stage's folder when it has finished
+SYNTHETIC_SEED = 7  # identities no other demo or test draws
 
 
 @dataclass
@@ -88,6 +87,9 @@ class FewShotConfig:
     finetune_config: Path = Path("configs/fewshot/finetune.yaml")
     pretrain_overrides: list[str] = field(default_factory=list)  # key=value for every pretraining run
     finetune_overrides: list[str] = field(default_factory=list)  # key=value for every fine-tuning run
+    # The lafs and none arms' tokens: MediaPipe landmarks of this set. Empty: the pretraining config's
+    # encoder.landmark_set (mediapipe196, LAFS's K, for configs/fewshot; mediapipe49 for configs/cpu).
+    landmark_set: str = ""
 
     def validate(self) -> None:
         for name, values, known in (("arms", self.arms, ARMS), ("regularisers", self.regularisers, REGULARISERS)):
@@ -104,6 +106,11 @@ class FewShotConfig:
         for path in (self.pretrain_config, self.finetune_config):
             if not Path(path).is_file():
                 raise ConfigError(f"no such config file {path}")
+        if not self.landmark_set:
+            pretraining = load_config(PretrainConfig, self.pretrain_config, self.pretrain_overrides)
+            self.landmark_set = pretraining.encoder.landmark_set
+        if get_landmark_set(self.landmark_set).mesh_points is None:
+            raise ConfigError(f"landmark set {self.landmark_set} is a patch grid: the lafs arm needs MediaPipe points")
 
 
 @dataclass
@@ -117,6 +124,7 @@ class SeedData:
     seen_landmarks: Path  # their MediaPipe landmark cache
     seen_labels: np.ndarray
     pairs_bin: Path  # unseen verification pairs
+    landmark_set: str  # the MediaPipe set of the landmarks below and of the lafs and none arms' tokens
     pair_landmarks: np.ndarray  # (2P, K, 2) MediaPipe landmarks of the pair images (template where none was found)
     pair_found: np.ndarray  # (2P,) whether MediaPipe found the face
 
@@ -137,7 +145,8 @@ def prepare_faces(cfg: FewShotConfig) -> Path:
     """The aligned identity folder: the input itself, its photos aligned once into ``output/aligned``, or for
     ``input = "synthetic"`` the built-in synthetic faces written once into ``output/synthetic``."""
     if str(cfg.input) == SYNTHETIC:
-        return write_synthetic_folder(cfg.output / SYNTHETIC, cfg.synthetic_identities, cfg.synthetic_images)
+        return write_synthetic_folder(cfg.output / SYNTHETIC, cfg.synthetic_identities, cfg.synthetic_images,
+                                      cfg.landmark_set)  # fmt: skip
     if not cfg.align:
         return cfg.input
     aligned = cfg.output / "aligned"
@@ -149,13 +158,19 @@ def prepare_faces(cfg: FewShotConfig) -> Path:
     return aligned
 
 
-def write_synthetic_folder(folder: Path, identities: int, images: int) -> Path:
-    """Synthetic faces as an identity folder of PNGs, with their exact landmarks in ``exact_landmarks.npy``
-    (rows in the sorted order `scan_image_folder` lists the images)."""
-    if (folder / "exact_landmarks.npy").is_file():
+def exact_landmarks_file(folder: Path, landmark_set: str) -> Path:
+    """Where a synthetic folder keeps its faces' exact landmarks of ``landmark_set``."""
+    return folder / f"exact_landmarks-{landmark_set}.npy"
+
+
+def write_synthetic_folder(folder: Path, identities: int, images: int, landmark_set: str) -> Path:
+    """Synthetic faces as an identity folder of PNGs, with their exact landmarks of ``landmark_set`` in
+    `exact_landmarks_file` (rows in the sorted order `scan_image_folder` lists the images)."""
+    exact = exact_landmarks_file(folder, landmark_set)
+    if exact.is_file():
         return folder
     faces = SyntheticFaces(SyntheticFacesConfig(num_identities=identities, images_per_identity=images,
-                                                landmark_set=LANDMARK_SET, seed=SYNTHETIC_SEED))  # fmt: skip
+                                                landmark_set=landmark_set, seed=SYNTHETIC_SEED))  # fmt: skip
     width = len(str(images))
     points = []
     for index in range(len(faces)):
@@ -168,7 +183,7 @@ def write_synthetic_folder(folder: Path, identities: int, images: int) -> Path:
         points.append(item["landmarks"])
     buffer = io.BytesIO()
     np.save(buffer, np.stack(points).astype(np.float32))
-    write_atomic(folder / "exact_landmarks.npy", buffer.getvalue())  # last: it marks the folder complete
+    write_atomic(exact, buffer.getvalue())  # last: it marks the folder complete
     return folder
 
 
@@ -177,16 +192,16 @@ def prepare_landmarks(cfg: FewShotConfig, faces: Path) -> tuple[list[Path], np.n
     real faces, the exact ones on synthetic faces."""
     paths, labels, names = scan_image_folder(faces)
     all_list = write_list_file(cfg.output / "all_images.csv", paths, labels.tolist())
-    exact = faces / "exact_landmarks.npy"
+    exact = exact_landmarks_file(faces, cfg.landmark_set)
+    folder = cfg.output / f"landmarks-{cfg.landmark_set}"
     if exact.is_file():
         points = np.load(exact)
-        info = CacheInfo(str(all_list), len(points), LANDMARK_SET, 112, "synthetic faces (exact landmarks)")
-        cache = LandmarkCache.create(cfg.output / "landmarks", info)
+        info = CacheInfo(str(all_list), len(points), cfg.landmark_set, 112, "synthetic faces (exact landmarks)")
+        cache = LandmarkCache.create(folder, info)
         cache.write(np.arange(len(points)), points, np.ones(len(points), dtype=bool))
         cache.flush()
     else:
-        report = extract_landmarks(all_list, cfg.output / "landmarks", LANDMARK_SET, workers=cfg.workers,
-                                   progress=False)  # fmt: skip
+        report = extract_landmarks(all_list, folder, cfg.landmark_set, workers=cfg.workers, progress=False)
         cache = report.cache
     logger.info(f"landmarks: {cache.info.found} of {cache.info.num_images} faces found ({cache.info.detector})")
     return paths, labels, names, cache
@@ -214,7 +229,7 @@ def prepare_seed(
         summary = {"seed": seed, "seen": list(split.seen), "unseen": list(split.unseen), "pairs": len(pairs)}
         write_atomic(folder / "split.json", json.dumps(summary, indent=2) + "\n")
     return SeedData(
-        seed, split, folder, seen_list, seen_landmarks, seen_labels, pairs_bin,
+        seed, split, folder, seen_list, seen_landmarks, seen_labels, pairs_bin, cfg.landmark_set,
         np.asarray(cache.landmarks[order], dtype=np.float32), np.asarray(cache.found[order]),
     )  # fmt: skip
 
@@ -225,10 +240,10 @@ def _epochs(steps: int, images: int, batch: int) -> int:
 
 
 def _token_keys(arm: str, data: SeedData) -> list[str]:
-    """Where the arm's tokens come from: the DINO arm's regular grid, or MediaPipe's 196 landmarks."""
+    """Where the arm's tokens come from: the DINO arm's regular grid, or MediaPipe's landmarks."""
     if arm == "dino":
         return [f"data.landmark_set={GRID_SET}", f"encoder.landmark_set={GRID_SET}", "data.landmarks=template"]
-    return [f"data.landmark_set={LANDMARK_SET}", f"encoder.landmark_set={LANDMARK_SET}",
+    return [f"data.landmark_set={data.landmark_set}", f"encoder.landmark_set={data.landmark_set}",
             f"data.landmarks={data.seen_landmarks}"]  # fmt: skip
 
 
@@ -295,8 +310,8 @@ def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, sh
 
 def evaluate(loaded: tuple[Any, Any], data: SeedData) -> dict[str, Any]:
     """Verification report of an (encoder, landmark predictor or None) on the seed's unseen pairs, with the
-    landmarks it was trained on: its learned predictor's, MediaPipe's for the other 196-landmark runs, the grid for
-    the DINO arm."""
+    landmarks it was trained on: its learned predictor's, MediaPipe's for the other landmark-token runs, the grid
+    for the DINO arm."""
     from lafs.data.pairs import load_bin
     from lafs.evaluation.verification import evaluate_pairs
     from lafs.models.image_encoder import ImageEncoder
@@ -305,9 +320,9 @@ def evaluate(loaded: tuple[Any, Any], data: SeedData) -> dict[str, Any]:
     images, issame = load_bin(data.pairs_bin, 112)
     if predictor is not None:  # the landmark-regulariser runs trained their predictor: it places the tokens
         report = evaluate_pairs(ImageEncoder(encoder, predictor), images, issame, 64)
-    elif encoder.landmark_set == LANDMARK_SET:  # MediaPipe's (found) or the template's points, as in training
+    elif encoder.landmark_set == data.landmark_set:  # MediaPipe's (found) or the template's points, as in training
         landmarks = np.where(data.pair_found[:, None, None], data.pair_landmarks, encoder.template.numpy())
-        permutation = get_landmark_set(LANDMARK_SET).flip_permutation
+        permutation = get_landmark_set(data.landmark_set).flip_permutation
         report = evaluate_pairs(encoder, images, issame, 64, landmarks=landmarks, flip_permutation=permutation)
     else:  # the grid: the encoder's template
         report = evaluate_pairs(encoder, images, issame, 64)
@@ -329,10 +344,10 @@ def _record(arm: str, shots: int, regulariser: str, seed: int, report: dict[str,
     return {"arm": arm, "shots": shots, "regulariser": regulariser, "seed": seed, **report}
 
 
-def untrained_encoder(name: str, seed: int) -> tuple[Any, None]:
+def untrained_encoder(name: str, landmark_set: str, seed: int) -> tuple[Any, None]:
     """The reference every arm starts from before training: the encoder at its seeded initialisation."""
     torch.manual_seed(seed)
-    return build_encoder(EncoderConfig(name=name, landmark_set=LANDMARK_SET)), None
+    return build_encoder(EncoderConfig(name=name, landmark_set=landmark_set)), None
 
 
 def run_protocol(cfg: FewShotConfig) -> list[dict[str, Any]]:
@@ -351,7 +366,7 @@ def run_protocol(cfg: FewShotConfig) -> list[dict[str, Any]]:
             init = None
             if arm == "none":
                 folder = data.folder / "untrained"
-                report = _evaluated(folder, data, partial(untrained_encoder, cfg.encoder, seed))
+                report = _evaluated(folder, data, partial(untrained_encoder, cfg.encoder, cfg.landmark_set, seed))
             else:
                 init = pretrain(cfg, data, arm)
                 report = _evaluated(init, data, partial(load_encoder_and_predictor, init))

@@ -58,28 +58,45 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, Any])
     return "\n".join(lines) + "\n"
 
 
+def _plain(row: Mapping[str, Any]) -> bool:
+    """A row of the margin head alone: fine-tuned without a regulariser, or not fine-tuned (shots 0)."""
+    return row["regulariser"] in ("none", "-")
+
+
 def plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Accuracy and AUC per (arm, shots, regulariser) as bars with the spread over seeds; chance at 50 %."""
+    """Accuracy and AUC against shots per arm (margin head alone; shots 0: before fine-tuning), and where
+    regularisers ran, their accuracy beside the plain run of the same arm and shots; error bars: the spread over
+    seeds; chance at 50 %."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
-    # 0-shot: the encoder before fine-tuning
-    labels = [
-        f"{r['arm']}\n{r['shots']}-shot\n{r['regulariser']}" if r["shots"] else f"{r['arm']}\n0-shot"
-        for r in rows
-    ]
-    x = np.arange(len(rows))
-    figure, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.9 * len(rows) + 2), 4), sharey=True)
-    for axis, metric in zip(axes, ("accuracy", "auc"), strict=True):
-        means = [100 * (r[f"{metric}_mean"] or 0.0) for r in rows]
-        spreads = [100 * r[f"{metric}_std"] for r in rows]
-        axis.bar(x, means, yerr=spreads, capsize=3, color=[ARM_COLOURS.get(r["arm"], "C3") for r in rows])
+    shots = sorted({int(r["shots"]) for r in rows})
+    regularised = {(r["arm"], r["shots"]) for r in rows if not _plain(r)}
+    bars = [r for r in rows if (r["arm"], r["shots"]) in regularised and r["shots"]]
+    figure, axes = plt.subplots(1, 3 if bars else 2, figsize=(15 if bars else 10, 4.2), squeeze=False)
+    for axis, metric in zip(axes[0], ("accuracy", "auc"), strict=False):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            line = [r for r in rows if r["arm"] == arm and _plain(r) and r[f"{metric}_mean"] is not None]
+            line.sort(key=lambda r: r["shots"])
+            axis.errorbar([shots.index(r["shots"]) for r in line], [100 * r[f"{metric}_mean"] for r in line],
+                          yerr=[100 * r[f"{metric}_std"] for r in line], marker="o", capsize=3, label=arm,
+                          color=ARM_COLOURS.get(arm, "C3"))  # fmt: skip
         axis.axhline(50, color="grey", linestyle="--", linewidth=1)
-        axis.set_xticks(x, labels, fontsize=7)
+        axis.set_xticks(range(len(shots)), [str(s) for s in shots])
+        axis.set_xlabel("labelled images per training identity (0: before fine-tuning)")
         axis.set_title(f"{'accuracy' if metric == 'accuracy' else 'AUC'} on unseen identities (%)")
-        axis.set_ylim(40, 100)
+        axis.legend(title="pretraining")
+    if bars:
+        axis = axes[0][2]
+        x = np.arange(len(bars))
+        means = [100 * (r["accuracy_mean"] or 0.0) for r in bars]
+        axis.bar(x, means, yerr=[100 * r["accuracy_std"] for r in bars], capsize=3,
+                 color=[ARM_COLOURS.get(r["arm"], "C3") for r in bars])  # fmt: skip
+        axis.set_xticks(x, [f"{r['arm']} {r['shots']}-shot\n{r['regulariser']}" for r in bars], fontsize=7)
+        axis.set_ylim(max(0.0, min(means) - 10), min(100.0, max(means) + 10))
+        axis.set_title("regularisers: accuracy (%)")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

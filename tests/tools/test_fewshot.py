@@ -76,3 +76,21 @@ def test_a_fixed_split_holds_the_same_people_and_pairs_aside_for_every_seed(tmp_
     assert (out / "seed0" / "unseen_pairs.bin").read_bytes() == (out / "seed1" / "unseen_pairs.bin").read_bytes()
     split.write_text("{}")
     assert main([*ARGS, "--output", str(tmp_path / "other"), "--split", str(split)]) == 2  # not a split.json
+
+
+def test_the_landmark_set_follows_the_pretraining_config(tmp_path: Path) -> None:
+    out = tmp_path / "fewshot"
+    # configs/cpu/pretrain.yaml's 49 points (here set by key): every stage and the landmark cache use that set.
+    args = [*ARGS, "--output", str(out), "--arms", "lafs", "--pretrain-set", *PRETRAIN_SET,
+            "data.landmark_set=mediapipe49", "encoder.landmark_set=mediapipe49"]  # fmt: skip
+    assert main(args) == 0
+    for stage in ("pretrain_lafs", "finetune_lafs_2shot_none"):
+        encoder = json.loads((out / "seed0" / stage / "encoder" / "config.json").read_text())
+        assert encoder["landmark_set"] == "mediapipe49"
+    assert (out / "synthetic" / "exact_landmarks-mediapipe49.npy").is_file()
+    assert "landmarks: mediapipe49" in (out / "results.md").read_text()
+
+
+def test_a_grid_is_no_landmark_set_for_the_lafs_arm(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([*ARGS, "--output", str(tmp_path / "out"), "--landmark-set", "grid196"]) == 2
+    assert "grid196 is a patch grid" in capsys.readouterr().err

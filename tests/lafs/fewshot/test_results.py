@@ -37,10 +37,11 @@ def test_markdown_table_in_percent() -> None:
 
 
 def test_write_results_writes_json_markdown_and_png(tmp_path) -> None:
-    paths = write_results([*RECORDS, _record("dino", 0, 0.55, None)], {"seeds": "0 1 2"}, tmp_path)
+    regularised = {**_record("lafs", 0, 0.66, 0.7), "regulariser": "unpg"}  # the plot's third panel
+    paths = write_results([*RECORDS, regularised, _record("dino", 0, 0.55, None)], {"seeds": "0 1 2"}, tmp_path)
     assert [p.name for p in paths] == ["results.json", "results.md", "results.png"]
     document = json.loads((tmp_path / "results.json").read_text())
-    assert len(document["records"]) == 5 and document["setup"] == {"seeds": "0 1 2"}
+    assert len(document["records"]) == 6 and document["setup"] == {"seeds": "0 1 2"}
     assert {"arm", "shots", "seed", "regulariser", "accuracy", "auc"} <= set(document["records"][0])
     assert document["summary"][-1]["auc_mean"] is None
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
