@@ -198,6 +198,18 @@ def _landmark_lines(report: Mapping[str, Any]) -> list[str]:
     return [f"Landmarks: {report['landmark_source']} (the encoder was trained with {trained}).", ""]
 
 
+def folding_note(sets: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which folds the sets' k-fold accuracies used: insightface's contiguous ones, or stratified where the file
+    order put one class in a contiguous fold (`lafs.evaluation.verification.fold_splits`)."""
+    stratified = [name for name, entry in sets.items() if entry.get("folding") == "stratified"]
+    if not stratified:
+        return "Folds: contiguous in file order (insightface's)."
+    return (
+        f"Folds: stratified for {', '.join(stratified)} (its pair order puts one class in a contiguous fold), "
+        "contiguous in file order (insightface's) for any other set."
+    )
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
     """report.md: a title, the protocol and one table row per set (percentages), with a footnote for starred TARs."""
     protocol = report["protocol"]
@@ -208,7 +220,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         + (f" ({report['encoder']['architecture']})" if report["encoder"].get("architecture") else ""),
         "",
         f"Protocol: {protocol['folds']}-fold accuracy, {protocol['similarity']}, "
-        f"flip {'on' if protocol['flip'] else 'off'}. Accuracy, TAR and EER in %.",
+        f"flip {'on' if protocol['flip'] else 'off'}. Accuracy, TAR and EER in %. {folding_note(report['sets'])}",
         "",
         *_landmark_lines(report),
         "| " + " | ".join(_HEADERS) + " |",
@@ -244,6 +256,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines = [line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)]
     if any_star:
         lines.append(UNRESOLVABLE_NOTE)
+    if any(entry.get("folding") == "stratified" for entry in report["sets"].values()):
+        lines.append(folding_note(report["sets"]))
     return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@
 Pairs are scored by the cosine similarity of their two embeddings and a pair is predicted "same" when its similarity
 is at or above a threshold. The headline number is insightface's protocol: 10 contiguous folds in file order, the
 threshold chosen on nine folds and the accuracy measured on the tenth, mean and (population) standard deviation over
-the ten. insightface thresholds the squared L2 distance of the normalised embeddings, ``d = 2 - 2 cos``, on the grid
+the ten. A file whose order leaves a contiguous fold with one class only (all same pairs first, as many pair lists
+and CSV exports are) would make that protocol meaningless (30 % with AUC 0.62 on such a file): its folds are then
+stratified instead (`fold_splits`), and every report says which folding it used. insightface thresholds the squared
+L2 distance of the normalised embeddings, ``d = 2 - 2 cos``, on the grid
 ``np.arange(0, 4, 0.01)`` and predicts "same" when ``d < t``; that is a decreasing map of the cosine, so every split
 of the pairs a distance threshold makes, a cosine threshold makes too, and accuracies are the same. Here the threshold
 is searched exactly (midpoints between sorted distinct similarities) instead of on a grid, so the accuracy reached on
@@ -15,6 +18,7 @@ The metrics need only numpy; torch is imported only by `embed_images` and `evalu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,9 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_FAR_TARGETS = (1e-4, 1e-3, 1e-2, 1e-1)
+CONTIGUOUS, STRATIFIED = "contiguous", "stratified"  # the two foldings `fold_splits` chooses between
+
+logger = logging.getLogger("lafs.evaluation")
 
 
 # --------------------------------------------------------------------------------------------------------- inputs --
@@ -121,20 +128,50 @@ def kfold_splits(num_pairs: int, folds: int = 10) -> list[np.ndarray]:
     return [np.arange(bounds[i], bounds[i + 1]) for i in range(folds)]
 
 
+def stratified_splits(issame: np.ndarray, folds: int) -> list[np.ndarray]:
+    """Test indices (sorted) of each fold, each class spread over the folds: the pairs of each class, in file order,
+    cut into ``folds`` near-equal contiguous runs (``np.array_split``), fold k the union of the classes' runs k.
+    Every fold holds both classes when each class has at least ``folds`` pairs."""
+    labels = np.asarray(issame, dtype=bool)
+    runs = [np.array_split(np.flatnonzero(labels == value), folds) for value in (True, False)]
+    return [np.sort(np.concatenate([same, different])) for same, different in zip(*runs, strict=True)]
+
+
+def fold_splits(issame: Any, folds: int = 10) -> tuple[list[np.ndarray], str]:
+    """The test folds of k-fold verification and their folding's name: insightface's contiguous folds
+    (`kfold_splits`) when each holds both classes, so published ``.bin`` figures stay comparable; else
+    `stratified_splits`. A set with fewer than ``folds`` pairs of a class cannot give every fold both classes: it
+    keeps the contiguous folds and a warning says its accuracy is unreliable."""
+    labels = np.asarray(issame, dtype=bool).reshape(-1)
+    contiguous = kfold_splits(labels.size, folds)
+    if folds == 1 or all(0 < labels[test].sum() < test.size for test in contiguous):
+        return contiguous, CONTIGUOUS
+    same = int(labels.sum())
+    if min(same, labels.size - same) >= folds:
+        return stratified_splits(labels, folds), STRATIFIED
+    logger.warning(
+        f"{same} same and {labels.size - same} different pairs cannot give each of {folds} folds both classes: "
+        "the k-fold accuracy of this set is unreliable (use more pairs of the rarer class)"
+    )
+    return contiguous, CONTIGUOUS
+
+
 def kfold_accuracy(similarities: Any, issame: Any, folds: int = 10) -> dict[str, Any]:
     """insightface's verification accuracy: k-fold, threshold chosen on the other folds, accuracy on the held-out one.
 
-    Folds are `kfold_splits` (contiguous, in file order, no shuffling). For each fold the threshold is
+    Folds are `fold_splits`: insightface's `kfold_splits` (contiguous, in file order, no shuffling) unless the file
+    order leaves a fold with one class, then stratified. For each fold the threshold is
     `best_threshold` of the other folds and the accuracy is `accuracy_at` that threshold on the fold. insightface
     thresholds the squared L2 distance of normalised embeddings, ``d = 2 - 2 cos`` (a cosine threshold ``t`` is the
     distance threshold ``2 - 2t``), a monotone map of the cosine, so the accuracies are the same; our thresholds are
     searched exactly rather than on insightface's 0.01 grid.
 
     Returns ``{"accuracy": mean, "accuracy_std": population std (numpy's default, as insightface reports),
-    "thresholds": cosine threshold per fold, "fold_accuracies": accuracy per fold}``.
+    "thresholds": cosine threshold per fold, "fold_accuracies": accuracy per fold, "folding": "contiguous" or
+    "stratified"}``.
     """
     scores, labels = _scores_and_labels(similarities, issame)
-    splits = kfold_splits(scores.size, folds)
+    splits, folding = fold_splits(labels, folds)
     thresholds: list[float] = []
     accuracies: list[float] = []
     for test in splits:
@@ -149,6 +186,7 @@ def kfold_accuracy(similarities: Any, issame: Any, folds: int = 10) -> dict[str,
         "accuracy_std": float(np.std(accuracies)),
         "thresholds": thresholds,
         "fold_accuracies": accuracies,
+        "folding": folding,
     }
 
 
@@ -247,7 +285,7 @@ def verification_report(
 ) -> dict[str, Any]:
     """Every metric in one JSON-serialisable dict (plain floats, ints, bools, lists, str keys).
 
-    Keys: ``accuracy`` and ``accuracy_std`` (`kfold_accuracy`), ``fold_thresholds``, ``best_accuracy`` and
+    Keys: ``accuracy``, ``accuracy_std`` and ``folding`` (`kfold_accuracy`), ``fold_thresholds``, ``best_accuracy`` and
     ``best_threshold`` (`best_threshold` on all pairs: an optimistic, in-sample figure), ``tar_at_far`` and
     ``tar_at_far_resolvable`` keyed like ``"1e-04"``, ``auc``, ``eer``, ``num_pairs``, ``num_same``,
     ``num_different``. Thresholds are cosine similarities. When one class is missing the ROC metrics are ``None``.
@@ -260,6 +298,7 @@ def verification_report(
         "accuracy": kfold["accuracy"],
         "accuracy_std": kfold["accuracy_std"],
         "fold_thresholds": kfold["thresholds"],
+        "folding": kfold["folding"],
         "best_accuracy": accuracy,
         "best_threshold": threshold,
         "tar_at_far": None,

@@ -18,6 +18,7 @@ from lafs.evaluation import (
     evaluate_pairs,
     far_key,
     far_target_resolvable,
+    fold_splits,
     kfold_accuracy,
     kfold_splits,
     pair_similarities,
@@ -173,6 +174,38 @@ def test_kfold_uneven_folds_use_kfold_sizes():
     result = kfold_accuracy(similarities, issame)
     assert result["fold_accuracies"] == [0.0] + [1.0] * 9
     assert result["accuracy"] == pytest.approx(0.9)
+
+
+def test_a_list_with_every_same_pair_first_is_folded_by_class():
+    # 100 same pairs (0.9) then 100 different ones (-0.9), perfectly separable. Contiguous folds would hold one class
+    # each (insightface's protocol then reads such a list at chance or worse); stratified folds hold 10 of each.
+    issame = np.arange(200) < 100
+    result = kfold_accuracy(np.where(issame, 0.9, -0.9), issame)
+    assert result["folding"] == "stratified" and result["accuracy"] == 1.0
+    splits, _ = fold_splits(issame)
+    assert [int(issame[s].sum()) for s in splits] == [10] * 10 and [len(s) for s in splits] == [20] * 10
+    assert np.array_equal(np.sort(np.concatenate(splits)), np.arange(200))
+
+
+def test_stratified_folds_hand_case():
+    # Same pairs 0-3, different 4-7, two folds: each class cut in two runs in file order.
+    splits, folding = fold_splits([True] * 4 + [False] * 4, folds=2)
+    assert folding == "stratified" and [s.tolist() for s in splits] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+def test_alternating_pairs_keep_insightfaces_contiguous_folds():
+    issame = np.arange(6000) % 2 == 0  # the published .bin order: every contiguous fold holds both classes
+    splits, folding = fold_splits(issame)
+    assert folding == "contiguous"
+    assert [s.tolist() for s in splits] == [s.tolist() for s in kfold_splits(6000, 10)]
+    assert verification_report(np.where(issame, 0.5, -0.5), issame)["folding"] == "contiguous"
+
+
+def test_a_set_too_small_to_fold_by_class_warns(caplog: pytest.LogCaptureFixture):
+    issame = [True] * 8 + [False] * 12  # 8 same pairs cannot reach 10 folds
+    with caplog.at_level("WARNING", logger="lafs.evaluation"):
+        _, folding = fold_splits(issame)
+    assert folding == "contiguous" and "8 same and 12 different pairs cannot give each of 10 folds" in caplog.text
 
 
 # -------------------------------------------------------------- insightface's squared-L2 grid protocol (reference) --
