@@ -16,8 +16,9 @@ Formats (--format):
   rec     OUT.rec + OUT.idx in insightface's layout (records 1..N images grouped by label, identity records,
           record 0 header), JPEG at --quality, labels as in the input; report OUT_report.txt.
           --bgr-rec stores the channels swapped as MS1MV3 does (read it back with --bgr / data.bgr=true).
-  bin     OUT.bin, an insightface pair set, from --pairs: lines `path_a path_b 1|0` as tools/make_bin reads them,
-          paths relative to the pairs file or else to PHOTOS (a folder). JPEG at --quality; report OUT_report.txt.
+  bin     OUT.bin, an insightface pair set, from --pairs: `path_a path_b 1|0` lines, a CSV `path_a,path_b,label`
+          (header optional) or LFW's own pairs.txt (as tools/make_bin reads them), paths relative to the pairs
+          file or else to PHOTOS (a folder). JPEG at --quality; report OUT_report.txt.
           A pair with a photo that did not align is left out and counted.
 
 Photos without a face, or that do not decode, are listed with the reason in the report and counted in the summary;

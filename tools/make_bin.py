@@ -4,8 +4,11 @@ split an identity folder into training identities and held-aside pair sets (a de
     python -m tools.make_bin --input pairs.txt --output my_set.bin [--image-size 112] [--quality 95] [--overwrite]
     python -m tools.make_bin --split ALIGNED_FOLDER --output DEV_FOLDER [--held-aside 100] [--seed 0] [--pairs 2000]
 
-The pairs file has one pair per line: ``path_a path_b 1|0`` (1 = same person, 0 = different), whitespace separated.
-``#`` starts a comment and blank lines are skipped; relative paths are resolved against the pairs file's folder.
+The pairs file has one pair per line: ``path_a path_b 1|0`` (1 = same person, 0 = different), whitespace separated,
+``#`` starts a comment, blank lines are skipped; or a CSV ``path_a,path_b,label`` with an optional header row (labels
+1/0, true/false, same/different); or LFW's own pairs.txt (``name n1 n2`` / ``name1 n1 name2 n2``, naming
+``name/name_000n.jpg``). Relative paths are resolved against the pairs file's folder. Pairs may come in any order:
+verification folds each hold both classes (lafs.evaluation.verification.fold_splits).
 Images are read with OpenCV (anything it decodes), resized to N x N unless --image-size is 0, stored as JPEG.
 The result loads with ``lafs.data.pairs.load_bin`` and with insightface's own ``load_bin``. An existing --output is
 refused unless --overwrite.

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from lafs.data.folder import IMAGE_SUFFIXES, read_list_file, scan_image_folder
 from lafs.data.images import encode_jpeg
 from lafs.data.open import LIST_SUFFIXES
-from lafs.data.pairs import read_pairs_file, write_bin
+from lafs.data.pair_lists import read_pairs_file
+from lafs.data.pairs import write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
 from lafs.files import output_folder, write_atomic

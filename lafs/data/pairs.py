@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from lafs.data.images import UndecodableImage, decode_image, encode_jpeg, read_image_file, resize_square
+from lafs.data.pair_lists import parse_pair_list
 from lafs.errors import DataError
 from lafs.files import write_atomic
 
@@ -235,37 +236,6 @@ def write_bin(
         raise DataError(f"{path}: cannot write: {error.strerror or error}") from None
 
 
-def _parse_pairs_file(path: Path) -> list[tuple[int, Path, Path, bool]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read: {_one_line(error)}") from None
-    pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if len(fields) != 3:
-            raise DataError(f"{path}:{number}: expected 'path_a path_b 1|0', got {len(fields)} fields")
-        if fields[2] not in ("0", "1"):
-            raise DataError(f"{path}:{number}: label must be 1 (same) or 0 (different), got {fields[2]!r}")
-        pairs.append((number, path.parent / fields[0], path.parent / fields[1], fields[2] == "1"))
-    if not pairs:
-        raise DataError(f"{path}: no pairs")
-    return pairs
-
-
-def read_pairs_file(path: str | os.PathLike[str]) -> list[tuple[Path, Path, bool]]:
-    """Pairs ``(path_a, path_b, same)`` of a text file with one ``path_a path_b 1|0`` per line.
-
-    Fields are whitespace separated, ``#`` starts a comment, blank lines are skipped, relative paths are resolved
-    against the pairs file's folder. Raises `DataError` naming ``file:line`` for a malformed line.
-    """
-    return [(a, b, same) for _, a, b, same in _parse_pairs_file(Path(path))]
-
-
 def load_pair_images(
     path: str | os.PathLike[str], image_size: int | None = None
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bool]]:
@@ -286,6 +256,6 @@ def load_pair_images(
                 raise DataError(f"{path}:{number}: {image_path} does not decode as an image") from None
         return cache[image_path]
 
-    parsed = _parse_pairs_file(path)
+    parsed = parse_pair_list(path)
     pairs = [(image(number, a), image(number, b)) for number, a, b, _ in parsed]
     return pairs, [same for *_, same in parsed]

@@ -50,7 +50,7 @@ def test_image_size_zero_keeps_sizes(pairs_dir):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("faces/0.png faces/1.png", "expected 'path_a path_b 1|0', got 2 fields"),
+        ("faces/0.png faces/1.png", "or LFW's 'name n1 n2' / 'name1 n1 name2 n2', got 2 fields"),
         ("faces/0.png faces/1.png 2", "label must be 1 (same) or 0 (different)"),
         ("faces/0.png faces/nope.png 1", "no such image"),
         ("faces/0.png faces/junk.png 0", "does not decode as an image"),
