@@ -171,7 +171,7 @@ def output_names(photos: Photos) -> list[Path]:
 
 def write_report(path: Path, tally: Tally) -> None:
     """One ``photo<TAB>reason`` line per photo that did not align, written under a temporary name first."""
-    lines = [f"# aligned {tally.aligned} of {tally.photos} photos aligned; the photos below were not\n"]
+    lines = [f"# aligned {tally.aligned} of {tally.photos} photos; the photos below were not\n"]
     lines += [f"{photo}\t{reason}\n" for photo, reason in tally.failures]
     write_atomic(path, "".join(lines))
 

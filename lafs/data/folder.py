@@ -122,7 +122,15 @@ class ImageFileDataset(Dataset):
 
 
 def open_image_folder(root: str | os.PathLike[str], **options: Any) -> ImageFileDataset:
-    paths, labels, _ = scan_image_folder(root)
+    """``root/<identity>/<image>``, or a flat folder of images as one unlabelled set (every label 0: landmarks
+    and pretraining need none, fine-tuning refuses a single identity), as `tools.align` accepts both."""
+    try:
+        paths, labels, _ = scan_image_folder(root)
+    except DataError:
+        paths = sorted(p for p in Path(root).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise
+        labels = np.zeros(len(paths), dtype=np.int64)
     return ImageFileDataset(paths, labels, source=str(root), **options)
 
 

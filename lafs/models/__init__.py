@@ -28,9 +28,9 @@ Encoder = LandmarkViT | ImageOnlyEncoder
 
 @dataclass
 class EncoderConfig:
-    # A registered size: lafs_vit_*_p8_112 (landmark tokens), iresnet18/34/50/100/200, or timm:<any timm model>.
-    name: str = "lafs_vit_nano_p8_112"  # nano keeps CPU runs to minutes
-    landmark_set: str = "mediapipe196"  # K = 196, the token count LAFS uses (landmark-token ViTs only)
+    # The default is the smallest landmark ViT (4 blocks of width 128): minutes on a CPU.
+    name: str = "lafs_vit_nano_p8_112"  # lafs_vit_{nano,small,base}_p8_112 (landmark tokens), iresnet18..200, timm:NAME
+    landmark_set: str = "mediapipe196"  # the K token landmarks (mediapipe196: LAFS's K; landmark-token ViTs only)
     drop_path_rate: float = 0.0  # stochastic depth; LAFS pretraining uses 0.1 at ViT-B scale
     # Where tokens sample, inside the model (pretraining, fine-tuning, evaluation and export agree): minmax = the
     # released LAFS rescaling of each image's landmarks over the crop, none = the points as given. minmax_axes

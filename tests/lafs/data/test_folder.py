@@ -65,6 +65,18 @@ def test_missing_listed_image(tmp_path):
         open_list_file(tmp_path / "list.csv")
 
 
+def test_a_flat_folder_is_one_unlabelled_set(face_folder, tmp_path):
+    # What tools.align writes from a flat folder of photos: landmarks and pretraining read it, labels all 0.
+    for path in sorted((face_folder[0] / "person_01").iterdir()):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    dataset = open_image_folder(tmp_path)
+    assert len(dataset) == 4 and dataset.num_classes == 1 and [dataset[i]["label"] for i in range(4)] == [0] * 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images in identity sub-folders"):
+        open_image_folder(empty)
+
+
 def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(DataError, match="no images in identity sub-folders"):
         scan_image_folder(tmp_path)
