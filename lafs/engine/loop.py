@@ -29,19 +29,28 @@ logger = logging.getLogger("lafs.engine")
 
 @dataclass
 class RunSummary:
-    """What a finished `fit` reports: steps done, wall time, the last logged terms and what was exported where."""
+    """What a finished `fit` reports: steps done, wall time, the last logged terms, the last validation, what was
+    exported where and the run directory (its best/ and tensorboard/ folders, when there)."""
 
     steps: int
     seconds: float
     last: dict[str, float] = field(default_factory=dict)
     exported: dict[str, Path] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    run_dir: Path | None = None
 
     def line(self, name: str) -> str:
-        terms = ", ".join(f"{k} {v:.4f}" for k, v in self.last.items() if k.endswith("loss"))
-        where = "; ".join(f"{k} -> {v}" for k, v in self.exported.items())
-        return f"{name}: {self.steps} steps in {self.seconds:.0f} s" + (f"; {terms}" if terms else "") + (
-            f"; {where}" if where else ""
-        )
+        """One line: ``name: N steps in S s; losses; validation accuracies (best); exports; TensorBoard``."""
+        parts = [f"{name}: {self.steps} steps in {self.seconds:.0f} s"]
+        parts.append(", ".join(f"{k} {v:.4f}" for k, v in self.last.items() if k.endswith("loss")))
+        parts.append(", ".join(f"{k} {100 * v:.2f} %" for k, v in self.validation.items() if k.endswith("accuracy")))
+        parts += [f"{k} -> {v}" for k, v in self.exported.items()]
+        if self.run_dir is not None:
+            best = self.run_dir / "best"
+            parts.append(f"best (by mean_accuracy) -> {best}" if (best / "best.json").is_file() else "")
+            board = self.run_dir / "tensorboard"
+            parts.append(f"TensorBoard: tensorboard --logdir {board}" if board.is_dir() else "")
+        return "; ".join(part for part in parts if part)
 
 
 def fit(cfg: RunConfig, task: Task) -> RunSummary:
@@ -63,6 +72,7 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
 def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
+    logging.getLogger("timm").setLevel(logging.WARNING)  # three lines per encoder loaded from a folder, likewise
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
 
     dataset = task.build_dataset(accelerator)
@@ -103,7 +113,7 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
         write_weights_hash(accelerator.unwrap_model(task.synced_weights()), cfg.output_dir, accelerator.process_index)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    summary = RunSummary(state.step, time.perf_counter() - clock, last, exported)
+    summary = RunSummary(state.step, time.perf_counter() - clock, last, exported, loop.validation, cfg.output_dir)
     if accelerator.is_main_process:
         print(summary.line(task.name), flush=True)  # always, on a terminal or not
     return summary
@@ -126,6 +136,7 @@ class _Loop:
         self.checkpointed, self.on_epoch = checkpointed, on_epoch  # on_epoch: the dataset's set_epoch, if any
         self.target = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
         self.saved_step = run.state.step  # the step of the newest checkpoint
+        self.validation: dict[str, float] = {}  # the last validation's record
 
     def train(self) -> dict[str, float]:
         """Steps from ``run.state.step`` to the target; returns the last logged record.
@@ -180,7 +191,8 @@ class _Loop:
                     # Random draws during validation (a loader's seed) must not shift training's: a run stopped at a
                     # validated step and resumed would otherwise differ from one that ran through.
                     with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
-                        log.write(state.step, task.validate(state.step))
+                        self.validation = task.validate(state.step)
+                        log.write(state.step, self.validation)
                     plot_learning_curve(cfg.output_dir, f"{task.name}: {cfg.output_dir.name}")
                 accelerator.wait_for_everyone()
                 clock += time.perf_counter() - started  # images/s counts training, not validation

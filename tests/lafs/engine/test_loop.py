@@ -16,7 +16,7 @@ from lafs.config import load_config
 from lafs.data.open import DatasetConfig
 from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts, fit
 from lafs.engine.checkpoints import checkpoints
-from lafs.engine.loop import train_micro_batch
+from lafs.engine.loop import RunSummary, train_micro_batch
 from lafs.engine.run_log import read_log
 from lafs.errors import ConfigError, DataError
 
@@ -271,3 +271,17 @@ def test_the_scaler_scales_what_clipping_unscales():
 def test_clip_mode_is_checked():
     with pytest.raises(ConfigError, match=r"optim\.clip_mode"):
         load_config(LineConfig, overrides=["optim.clip_mode=each"])
+
+
+def test_the_last_line_says_how_well_and_where(tmp_path: Path) -> None:
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("{}")
+    (tmp_path / "tensorboard").mkdir()
+    validation = {"lfw_accuracy": 0.8125, "mean_accuracy": 0.8125, "best_mean_accuracy": 0.85}
+    summary = RunSummary(7, 12.4, {"loss": 1.5, "lr": 0.1}, {"encoder": tmp_path / "encoder"}, validation, tmp_path)
+    assert summary.line("finetune") == (
+        f"finetune: 7 steps in 12 s; loss 1.5000; lfw_accuracy 81.25 %, mean_accuracy 81.25 %, "
+        f"best_mean_accuracy 85.00 %; encoder -> {tmp_path}/encoder; best (by mean_accuracy) -> {tmp_path}/best; "
+        f"TensorBoard: tensorboard --logdir {tmp_path}/tensorboard"
+    )
+    assert RunSummary(3, 1.0).line("pretrain") == "pretrain: 3 steps in 1 s"
