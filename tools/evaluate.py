@@ -73,12 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.threads)
 
     import torch
-    from tqdm import tqdm
 
     from lafs.data.pairs import load_bin
     from lafs.evaluation.landmarks import bin_landmarks
     from lafs.evaluation.report import build_report, encoder_info, evaluate_sets, format_table, write_report
     from lafs.export.inference import open_encoder
+    from lafs.progress import progress_bar
 
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flip = not args.no_flip
     total = sum(len(images) for images, _ in sets.values())
     permutation = choice.flip_permutation() if choice.takes_landmarks else None
-    with tqdm(total=total, disable=None, unit="img", dynamic_ncols=True, desc="embedding") as bar:
+    with progress_bar(total=total, desc="embedding", unit="img") as bar:
         results = evaluate_sets(
             model,
             sets,

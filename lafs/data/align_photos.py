@@ -19,7 +19,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from lafs.data.folder import IMAGE_SUFFIXES, read_list_file, scan_image_folder
 from lafs.data.images import encode_jpeg
@@ -31,6 +30,7 @@ from lafs.errors import ConfigError, DataError
 from lafs.files import output_folder, write_atomic
 from lafs.inference import NO_FACE, UNREADABLE, align_photo_file
 from lafs.landmarks.mediapipe import FaceMeshDetector
+from lafs.progress import progress_bar
 
 OUTPUT_FORMATS = ("folder", "rec", "bin")
 
@@ -147,7 +147,7 @@ class Tally:
 def aligned_crops(photos: Photos, tally: Tally, workers: int) -> Iterator[tuple[int, np.ndarray]]:
     """(photo index, crop) of every photo that aligns; the others go to ``tally.failures``."""
     results = align_files(photos.paths, workers)
-    for index, (crop, reason) in enumerate(tqdm(results, total=len(photos.paths), unit="photo", disable=None)):
+    for index, (crop, reason) in enumerate(progress_bar(results, total=len(photos.paths), desc="align", unit="photo")):
         if crop is None:
             tally.failures.append((photos.paths[index], reason))
         else:

@@ -14,13 +14,13 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lafs.data.folder import read_list_file, scan_image_folder
 from lafs.data.images import UndecodableImage, decode_image, encode_jpeg, resize_square
 from lafs.data.open import LIST_SUFFIXES
 from lafs.data.recordio import rebuild_index, write_face_rec
 from lafs.errors import DataError
+from lafs.progress import progress_bar
 
 JPEG_START = b"\xff\xd8\xff"  # SOI marker + the first byte of the next marker
 CHUNK = 256  # images handed to the threads at a time: bounds the encoded bytes waiting in memory
@@ -78,7 +78,7 @@ def make_rec(
         nonlocal copied
         converted = convert_images(paths, size, quality, workers)
         for (payload, was_copied), label in zip(
-            tqdm(converted, total=len(paths), unit="img", disable=None), labels, strict=True
+            progress_bar(converted, total=len(paths), desc="images", unit="img"), labels, strict=True
         ):
             copied += was_copied
             yield payload, label

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from lafs.errors import ConfigError
+from lafs.progress import progress_bar
 
 logger = logging.getLogger("lafs.data")
 
@@ -57,7 +57,7 @@ class InMemoryImages(Dataset):
         self.index_of = np.empty(count, dtype=np.int64)
         start = time.perf_counter()
         logger.info(f"decoding {count} images of {source or 'the dataset'} into memory ({need / 2**20:.0f} MiB)")
-        for i in tqdm(range(count), desc="decode", unit="img", disable=None, dynamic_ncols=True):
+        for i in progress_bar(range(count), desc="decode", unit="img"):
             item = base[i]  # a bad record comes back as the next good one, with its own label and index
             self.images[i], self.label_of[i], self.index_of[i] = item["image"], item["label"], item["index"]
         self.bad_records = int(getattr(base, "bad_records", 0))

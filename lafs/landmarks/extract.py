@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lafs.data.open import open_dataset
 from lafs.errors import DataError
 from lafs.landmarks.cache import CacheInfo, LandmarkCache, shard_range
 from lafs.landmarks.provenance import default_workers
 from lafs.landmarks.sources import MediaPipeLandmarks
+from lafs.progress import progress_bar
 
 FLUSH_SECONDS = 10.0  # at most this much work is redone after a kill
 
@@ -136,10 +136,7 @@ def extract_landmarks(
     # worker has started. (The one-process path starts its detector before the loop.)
     warm_results = min(workers, len(chunks)) if workers > 1 else 0
     processed = found = first_chunk = results_seen = 0
-    # disable=None: a bar on a terminal, silence in logs.
-    bar = tqdm(
-        total=len(todo), unit="img", disable=None if progress else True, desc=f"landmarks -> {Path(output).name}"
-    )
+    bar = progress_bar(total=len(todo), desc=f"landmarks -> {Path(output).name}", unit="img", enabled=progress)
     with landmark_workers(str(dataset_path), landmark_set, image_size, workers, bgr) as run:
         start = last_flush = first_time = time.perf_counter()
         try:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lafs.files import write_atomic
 from lafs.landmarks.extract import ImageSource, landmark_workers, mediapipe_detector
 from lafs.landmarks.sets import get_landmark_set
+from lafs.progress import progress_bar
 
 SET_CACHE_FORMAT = "lafs-set-landmarks"
 SET_CACHE_VERSION = 1
@@ -105,7 +105,7 @@ def _compute(images: ImageSource, num_images: int, landmark_set: str, workers: i
     # image_size=1: the extractor scales MediaPipe's points to fractions of each image's size.
     with (
         landmark_workers(images, landmark_set, 1, workers) as run,
-        tqdm(total=num_images, unit="img", disable=None, desc="MediaPipe landmarks") as bar,
+        progress_bar(total=num_images, desc="MediaPipe landmarks", unit="img") as bar,
     ):
         for indices, points, hits in run(chunks):
             landmarks[indices], found[indices] = points, hits
