@@ -9,6 +9,7 @@ micro-batch is augmented on the device (flips and the released LAFS transforms, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -39,7 +40,14 @@ from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError
 from lafs.evaluation.during_training import ValidationSets, check_eval_bins, keep_best
-from lafs.export import PREDICTOR_FOLDER, encoder_folder, load_encoder, predictor_folder, save_encoder
+from lafs.export import (
+    PREDICTOR_FOLDER,
+    encoder_folder,
+    load_encoder,
+    predictor_folder,
+    recorded_landmark_set,
+    save_encoder,
+)
 from lafs.export.released import load_released_head
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
@@ -279,6 +287,16 @@ class FinetuneTask(Task):
         super().__init__(cfg)
         self.cfg: FinetuneConfig = cfg
         self.eval_sets: ValidationSets | None = None
+
+    def landmark_set_sources(self) -> dict[str, str]:
+        """The data's landmark cache (`Task.landmark_set_sources`) and the ``init`` encoder, which fixes its set."""
+        sources = super().landmark_set_sources()
+        if self.cfg.init:
+            with contextlib.suppress(DataError):  # a bad init is reported when it is loaded
+                recorded = recorded_landmark_set(encoder_folder(self.cfg.init))
+                if recorded is not None:
+                    sources[f"init={self.cfg.init}"] = recorded
+        return sources
 
     def build_dataset(self, accelerator: Accelerator) -> _Positioned:
         """The labelled training set, each item with its ``position`` in it."""

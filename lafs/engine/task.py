@@ -30,6 +30,7 @@ from lafs.data.open import SYNTHETIC, open_dataset, write_few_shot_list
 from lafs.engine.checkpoints import TrainState
 from lafs.engine.config import RunConfig
 from lafs.errors import ConfigError
+from lafs.landmarks.cache import META_FILE, LandmarkCache
 from lafs.landmarks.extract import AUTO as AUTO_LANDMARKS
 from lafs.landmarks.extract import cache_locations, complete_landmark_cache, dataset_landmark_cache
 
@@ -86,13 +87,47 @@ class Task:
         """The training set the loader shards and shuffles (items are dicts)."""
         raise NotImplementedError
 
+    def landmark_set_sources(self) -> dict[str, str]:
+        """What fixes the run's landmark set, ``{what: set}``: a landmark cache given as ``data.landmarks`` (the set
+        it recorded); fine-tuning adds its ``init`` encoder's."""
+        folder = Path(self.cfg.data.landmarks)
+        if not (folder / META_FILE).is_file():
+            return {}
+        return {f"data.landmarks={folder}": LandmarkCache.open(folder).info.landmark_set}
+
+    def follow_landmark_set(self) -> None:
+        """``data.landmark_set`` (and ``encoder.landmark_set``) follow what fixes the set (`landmark_set_sources`),
+        with a line saying so; sources that disagree are one `ConfigError` naming them and the keys."""
+        sources = self.landmark_set_sources()
+        wanted = set(sources.values())
+        if len(wanted) > 1:
+            named = ", ".join(f"{what} has {name}" for what, name in sources.items())
+            raise ConfigError(
+                f"landmark sets disagree: {named}; give data.landmarks a cache of the same set "
+                "(python -m tools.landmarks --landmark-set SET) or data.landmarks=mediapipe"
+            )
+        data, encoder = self.cfg.data, getattr(self.cfg, "encoder", None)
+        if not wanted or wanted == {data.landmark_set}:
+            return
+        target = wanted.pop()
+        logger.info(
+            f"landmark set {target}, as {next(iter(sources))} fixes it (the config said {data.landmark_set}): "
+            f"data.landmark_set={target}" + (" encoder.landmark_set=" + target if encoder is not None else "")
+        )
+        data.landmark_set = self.cfg.synthetic.landmark_set = target
+        if encoder is not None:
+            encoder.landmark_set = target
+        self.cfg.validate()  # what depends on the set (patch views need a grid, ...) is checked again
+
     def open_faces(self, accelerator: Accelerator | None = None) -> Any:
         """The run's face data set as ``data`` and ``synthetic`` say (`lafs.data.open.open_dataset`).
 
-        ``data.landmarks=mediapipe`` is resolved first: the dataset's MediaPipe cache is found or computed (by the
-        main process of ``accelerator``; the others wait) and ``data.landmarks`` becomes its folder, so the saved
-        config, a resumed run and every consumer see the cache itself.
+        The landmark set follows what fixes it first (`follow_landmark_set`). ``data.landmarks=mediapipe`` is
+        resolved next: the dataset's MediaPipe cache is found or computed (by the main process of ``accelerator``;
+        the others wait) and ``data.landmarks`` becomes its folder, so the saved config, a resumed run and every
+        consumer see the cache itself.
         """
+        self.follow_landmark_set()
         data = self.cfg.data
         if data.landmarks == AUTO_LANDMARKS:
             if data.path == SYNTHETIC:

@@ -25,6 +25,7 @@ from lafs.export.weights import (
     load_encoder,
     load_encoder_and_predictor,
     predictor_folder,
+    recorded_landmark_set,
     recorded_landmark_source,
     save_encoder,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "onnx_files",
     "open_encoder",
     "predictor_folder",
+    "recorded_landmark_set",
     "recorded_landmark_source",
     "save_encoder",
     "save_encoder_onnx",

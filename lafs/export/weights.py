@@ -266,6 +266,17 @@ def recorded_landmark_source(folder: str | os.PathLike[str]) -> tuple[str, bool]
         raise DataError(str(error)) from None
 
 
+def recorded_landmark_set(folder: str | os.PathLike[str]) -> str | None:
+    """The landmark set a landmark-token encoder folder's config.json records; None for an image-only encoder or a
+    folder that does not read (`load_encoder` reports that one)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("landmark_set") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def predictor_folder(encoder: str | os.PathLike[str]) -> Path | None:
     """The landmark predictor that belongs to the encoder folder ``encoder``, or None.
 

@@ -27,6 +27,7 @@ from lafs.landmarks.sets import get_landmark_set
 CACHE_FORMAT = "lafs-landmark-cache"
 CACHE_VERSION = 1
 _ARRAYS = ("landmarks", "found", "done")
+META_FILE = "meta.json"  # the file that makes a folder a landmark cache
 
 
 @dataclass
@@ -66,7 +67,7 @@ class LandmarkCache:
     def open(cls, path: str | os.PathLike[str], writable: bool = False) -> LandmarkCache:
         """Open an existing cache; a missing or inconsistent one is a one-line `DataError`."""
         path = Path(path)
-        meta_path = path / "meta.json"
+        meta_path = path / META_FILE
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
@@ -89,7 +90,7 @@ class LandmarkCache:
     def create(cls, path: str | os.PathLike[str], info: CacheInfo) -> LandmarkCache:
         """Create an empty cache, or reopen one made with the same settings (to resume it)."""
         path = Path(path)
-        if (path / "meta.json").exists():
+        if (path / META_FILE).exists():
             cache = cls.open(path, writable=True)
             theirs, ours = asdict(cache.info), asdict(info)
             for key in ("num_images", "landmark_set", "image_size", "shard_index", "shard_count", "landmark_source"):
@@ -141,7 +142,7 @@ class LandmarkCache:
 
     def _write_meta(self) -> None:
         meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "info": asdict(self.info)}
-        write_atomic(self.path / "meta.json", json.dumps(meta, indent=2) + "\n")
+        write_atomic(self.path / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def merge_caches(shards: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -> LandmarkCache:

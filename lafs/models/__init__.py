@@ -59,8 +59,9 @@ class EncoderConfig:
         """Raise `ConfigError` unless the encoder embeds the landmark set the data carries (image-only: no need)."""
         if self.takes_landmarks and self.landmark_set != data_landmark_set:
             raise ConfigError(
-                f"encoder.landmark_set '{self.landmark_set}' must equal data.landmark_set '{data_landmark_set}': "
-                "the encoder embeds the landmarks the data carries"
+                f"encoder.landmark_set '{self.landmark_set}' must equal data.landmark_set '{data_landmark_set}' (the "
+                f"encoder embeds the landmarks the data carries): set both, e.g. data.landmark_set={self.landmark_set} "
+                f"encoder.landmark_set={self.landmark_set}"
             )
 
     def builder_args(self) -> dict[str, Any]:

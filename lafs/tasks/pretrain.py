@@ -215,9 +215,9 @@ class PretrainTask(Task):
 
     def build_dataset(self, accelerator: Accelerator) -> Any:
         cfg = self.cfg
+        base = self.open_faces(accelerator)  # first: the landmark set may follow the data's cache
         if views_on_accelerator(cfg.views, accelerator.device):
             self.device_views = DeviceViews(cfg.views, cfg.data.landmark_set)
-        base = self.open_faces(accelerator)
         if self.device_views is not None:
             return base
         return PretrainViews(base, LandmarkViews(cfg.views, cfg.data.landmark_set), seed=cfg.seed)
