@@ -1,11 +1,12 @@
 """What the inference commands (``tools/embed.py``, ``tools/verify.py``) share: finding and reading face images,
 aligning photos with MediaPipe, writing embeddings, cosine similarity and thresholds taken from an evaluation report.
 
-Without alignment, images must already be aligned square crops (resized to 112 x 112 when of another size). With
+Without alignment, images must already be aligned square crops (resized to 112 x 112 when of another size; larger
+than `MAX_CROP_SIDE` they are photos, refused with the advice to align). With
 alignment, a photo of any size is read upright (EXIF orientation applied), MediaPipe's face mesh looks at the whole
 photo and then at overlapping windows of 1/2 and 1/4 of its short side (its detector misses small faces), and the
-eyes, nose tip and mouth corners map the face onto the ArcFace 112 x 112 template. Failures come back with a reason,
-never dropped.
+eyes, nose tip and mouth corners map the face onto the ArcFace 112 x 112 template; of several faces the largest is
+aligned, and a warning names where it is. Failures come back with a reason, never dropped.
 
 The encoder then gets the landmarks it was trained with (`lafs.export.inference.open_encoder`): for ``mediapipe``,
 MediaPipe runs again on each aligned crop, as the training set's landmark cache was made (`crop_landmarks`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import secrets
@@ -35,6 +37,10 @@ from lafs.landmarks.provenance import TEMPLATE, LandmarkChoice
 from lafs.landmarks.sources import MediaPipeLandmarks
 
 NO_FACE, UNREADABLE, NOT_ALIGNED = "no face", "unreadable", "not an aligned crop"
+MAX_CROP_SIDE = 2 * ALIGNED_SIZE  # px: a larger square image is a photo (LFW's 250 x 250 are), not an aligned crop
+PHOTO_MAX_FACES = 4  # faces MediaPipe looks for in a photo: enough to tell the user there were several
+
+logger = logging.getLogger("lafs.inference")
 MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful crop
 WINDOW_LEVELS = 2  # window sizes tried after the whole photo: 1/2, then 1/4 of its short side
 
@@ -73,9 +79,17 @@ def _window_starts(length: int, side: int) -> list[int]:
     return sorted({*range(0, length - side, side // 2), length - side})
 
 
-def find_mesh(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
-    """Mesh (478, 3) in ``image`` pixels from the whole photo or, failing that, the first window with a face."""
-    mesh = detector(image)
+def find_mesh(detector: FaceMeshDetector, image: np.ndarray, name: str = "photo") -> np.ndarray | None:
+    """Mesh (478, 3) in ``image`` pixels of the largest face in the whole photo (a warning names it when there are
+    several) or, failing that, of the first window with a face."""
+    faces = detector.faces(image)
+    if len(faces) > 1:
+        (left, top), (right, bottom) = faces[0][:, :2].min(0), faces[0][:, :2].max(0)
+        logger.warning(
+            f"{name}: {len(faces)} faces; using the largest, at x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f} "
+            "(crop the photo to choose another)"
+        )
+    mesh = faces[0] if faces else None
     height, width = image.shape[:2]
     side = min(height, width) // 2
     for _ in range(WINDOW_LEVELS):
@@ -91,9 +105,10 @@ def find_mesh(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | Non
     return mesh
 
 
-def align_photo(detector: FaceMeshDetector, image: np.ndarray) -> np.ndarray | None:
-    """The 112 x 112 ArcFace crop of the (first) face in an RGB photo, or None if MediaPipe finds none."""
-    mesh = find_mesh(detector, image)
+def align_photo(detector: FaceMeshDetector, image: np.ndarray, name: str = "photo") -> np.ndarray | None:
+    """The 112 x 112 ArcFace crop of the largest face in an RGB photo (`find_mesh`), or None if MediaPipe finds
+    none."""
+    mesh = find_mesh(detector, image, name)
     if mesh is None:
         return None
     points = five_points_from_mesh(mesh)
@@ -111,6 +126,8 @@ def _aligned_crop(path: Path) -> np.ndarray:
     height, width = image.shape[:2]
     if height != width:
         raise DataError(f"{NOT_ALIGNED}: {width}x{height} is not square (photos need --align)")
+    if height > MAX_CROP_SIDE:
+        raise DataError(f"{NOT_ALIGNED}: {width}x{height} is a photo, not a face crop (photos need --align)")
     return resize_square(image, ALIGNED_SIZE)
 
 
@@ -121,7 +138,7 @@ def align_photo_file(detector: FaceMeshDetector, path: Path) -> tuple[np.ndarray
     except UndecodableImage as exc:
         return None, f"{UNREADABLE}: {str(exc).removeprefix(f'{path}: ')}"
     try:
-        crop = align_photo(detector, photo)
+        crop = align_photo(detector, photo, str(path))
     except ValueError as exc:  # five points too degenerate for a similarity transform: no usable face either
         return None, f"{NO_FACE}: {exc}"
     return (crop, "") if crop is not None else (None, NO_FACE)
@@ -150,7 +167,7 @@ def load_faces(
     crops: list[np.ndarray] = []
     kept: list[Path] = []
     failures: list[tuple[Path, str]] = []
-    own = FaceMeshDetector(refine_landmarks=True) if align and detector is None else None
+    own = FaceMeshDetector(refine_landmarks=True, max_num_faces=PHOTO_MAX_FACES) if align and detector is None else None
     finder = (own if own is not None else detector) if align else None
     try:
         for path in map(Path, paths):

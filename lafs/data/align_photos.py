@@ -28,7 +28,7 @@ from lafs.data.pairs import write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
 from lafs.files import output_folder, write_atomic
-from lafs.inference import NO_FACE, UNREADABLE, align_photo_file
+from lafs.inference import NO_FACE, PHOTO_MAX_FACES, UNREADABLE, align_photo_file
 from lafs.landmarks.mediapipe import FaceMeshDetector
 from lafs.progress import progress_bar
 
@@ -38,7 +38,7 @@ _worker: dict[str, Any] = {}  # this process's detector: MediaPipe cannot batch 
 
 
 def _start_worker() -> None:
-    _worker["detector"] = FaceMeshDetector(refine_landmarks=True)
+    _worker["detector"] = FaceMeshDetector(refine_landmarks=True, max_num_faces=PHOTO_MAX_FACES)
 
 
 def _align_file(path: Path) -> tuple[np.ndarray | None, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lafs.data.bad_records import BadRecordGuard
@@ -17,6 +19,8 @@ from lafs.data.images import read_image_file
 from lafs.errors import DataError
 from lafs.files import write_atomic
 
+logger = logging.getLogger("lafs.data")
+SIZE_SAMPLE = 100  # images whose size is checked when a folder or list is opened for training
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -80,6 +84,30 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+def warn_if_not_square(paths: Sequence[Path], source: str, image_size: int, sample: int = SIZE_SAMPLE) -> int:
+    """Warn when images of a training set are not square, as aligned crops are (they would be squashed to
+    ``image_size``); returns how many of an evenly spread sample of ``sample`` are not. Only the files' headers are
+    read (Pillow), so a million images cost a sample's worth."""
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).astype(int)) if paths else []
+    odd = []
+    for i in picks:
+        try:
+            with Image.open(paths[i]) as image:
+                width, height = image.size
+        except (OSError, ValueError):  # unreadable: the bad-record guard counts it when it is read
+            continue
+        if width != height:
+            odd.append((paths[i], width, height))
+    if odd:
+        path, width, height = odd[0]
+        logger.warning(
+            f"{source}: {len(odd)} of {len(picks)} sampled images are not square (e.g. {path.name}: {width} x "
+            f"{height}), so not aligned face crops: each is squashed to {image_size} x {image_size}; align photos "
+            "first (python -m tools.align --input PHOTOS --output ALIGNED)"
+        )
+    return len(odd)
+
+
 class ImageFileDataset(Dataset):
     """Images read from files. Item ``i``: ``{"image": H x W x 3 uint8 RGB, "label": int, "index": i}``.
 
@@ -102,6 +130,8 @@ class ImageFileDataset(Dataset):
         self.bgr, self.image_size = bgr, image_size
         self.num_classes = int(self.labels.max()) + 1
         self.guard = BadRecordGuard(source, len(self.paths), max_bad_fraction)
+        if image_size is not None:
+            warn_if_not_square(self.paths, source, image_size)
 
     @property
     def bad_records(self) -> int:

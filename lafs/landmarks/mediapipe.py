@@ -82,14 +82,19 @@ def silenced_stderr(enabled: bool = True) -> Iterator[None]:
 
 
 class FaceMeshDetector:
-    """Single-face MediaPipe mesh on still RGB images; returns (468 or 478, 3) pixel (x, y, z) or None if no face.
+    """MediaPipe's mesh on still RGB images: a call returns (468 or 478, 3) pixel (x, y, z) of the largest face
+    found, or None; `faces` returns every face found (up to ``max_num_faces``).
 
     MediaPipe cannot batch and runs on the CPU: run one detector per process and cache the results. With ``quiet``
     (the default) MediaPipe's start-up logging is silenced (see the module docstring).
     """
 
     def __init__(
-        self, refine_landmarks: bool = False, min_detection_confidence: float = 0.5, quiet: bool = True
+        self,
+        refine_landmarks: bool = False,
+        min_detection_confidence: float = 0.5,
+        quiet: bool = True,
+        max_num_faces: int = 1,
     ) -> None:
         if quiet:
             warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
@@ -98,7 +103,7 @@ class FaceMeshDetector:
 
             self._mesh = FaceMesh(
                 static_image_mode=True,
-                max_num_faces=1,
+                max_num_faces=max_num_faces,
                 refine_landmarks=refine_landmarks,
                 min_detection_confidence=min_detection_confidence,
             )
@@ -106,14 +111,22 @@ class FaceMeshDetector:
             # them here, while stderr is still silenced, instead of letting them print during the first real image.
             self._mesh.process(np.zeros((_WARM_UP_SIZE, _WARM_UP_SIZE, 3), dtype=np.uint8))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+    def faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every face's mesh (468 or 478, 3) in pixels, largest first (by the area of its points' bounding box)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
         result = self._mesh.process(np.ascontiguousarray(image))
-        if not result.multi_face_landmarks:
-            return None
-        points = np.array([(p.x, p.y, p.z) for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
-        return normalized_to_pixels(points, image.shape[1], image.shape[0])
+        meshes = [
+            normalized_to_pixels(
+                np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64), image.shape[1], image.shape[0]
+            )
+            for face in result.multi_face_landmarks or []
+        ]
+        return sorted(meshes, key=lambda mesh: -float(np.prod(np.ptp(mesh[:, :2], axis=0))))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+        found = self.faces(image)
+        return found[0] if found else None
 
     def close(self) -> None:
         self._mesh.close()

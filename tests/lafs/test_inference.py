@@ -125,9 +125,34 @@ def test_embed_nothing_succeeds(
 def test_embed_without_align_rejects_photos(tmp_path: Path, encoder: Path) -> None:
     wide = write_rgb(tmp_path / "wide.png", np.zeros((100, 150, 3), np.uint8))
     square = write_rgb(tmp_path / "big.png", np.zeros((224, 224, 3), np.uint8))
-    crops, kept, failures = load_faces([wide, square], align=False)
+    photo = write_rgb(tmp_path / "photo.png", np.zeros((2048, 2048, 3), np.uint8))  # square, but a photo
+    crops, kept, failures = load_faces([wide, square, photo], align=False)
     assert kept == [square] and crops[0].shape == (112, 112, 3)
     assert failures[0][0] == wide and "not square" in failures[0][1]
+    assert failures[1] == (photo, "not an aligned crop: 2048x2048 is a photo, not a face crop (photos need --align)")
+
+
+def test_embed_without_align_exits_2_when_every_image_is_a_photo(
+    tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = write_rgb(tmp_path / "photo.png", np.zeros((2048, 2048, 3), np.uint8))
+    assert embed_main(["--model", str(encoder), "--input", str(photo), "--output", str(tmp_path / "e.npy")]) == 2
+    assert "is a photo, not a face crop (photos need --align)" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_of_several_faces_the_largest_is_aligned_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    face = cv2.resize(astronaut()[0:300, 100:400], (300, 300))
+    canvas = np.full((300, 660, 3), 128, np.uint8)
+    canvas[:, :300] = face
+    canvas[50:250, 340:540] = cv2.resize(face[:, ::-1], (200, 200))  # a smaller, mirrored second face
+    two = write_rgb(tmp_path / "two.png", canvas)
+    with caplog.at_level("WARNING", logger="lafs.inference"):
+        _, kept, failures = load_faces([two], align=True)
+    assert kept == [two] and not failures
+    assert f"{two}: 2 faces; using the largest, at x " in caplog.text
+    left = int(caplog.text.split(", at x ")[1].split("-")[0])
+    assert left < 300  # the larger face is on the left
 
 
 # --------------------------------------------------------------------------------------------------------- verify --

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -115,3 +116,18 @@ def test_few_shot_is_seeded_and_per_identity():
     assert np.all(np.diff(chosen) > 0)
     with pytest.raises(ValueError):
         few_shot_indices(labels, shots=0, seed=0)
+
+
+def test_training_on_photos_that_are_not_square_crops_warns(face_folder, tmp_path, caplog):
+    root = tmp_path / "photos"
+    (root / "someone").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / "someone" / f"{i}.jpg"), np.zeros((120, 200 if i else 120, 3), np.uint8))
+    with caplog.at_level("WARNING", logger="lafs.data"):
+        open_image_folder(root, image_size=112)
+    assert "2 of 3 sampled images are not square (e.g. 1.jpg: 200 x 120)" in caplog.text
+    assert "squashed to 112 x 112" in caplog.text and "tools.align" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lafs.data"):
+        open_image_folder(face_folder[0], image_size=112)  # aligned crops: nothing to say
+    assert caplog.text == ""
