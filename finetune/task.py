@@ -38,6 +38,7 @@ from finetune.regularisers import RegularisersConfig
 from lafs.engine import OptimConfig as RunOptimConfig
 from lafs.engine import RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
+from lafs.engine.memory import value_bytes, vit_activation_elements
 from lafs.errors import ConfigError, DataError
 from lafs.evaluation.during_training import ValidationSets, check_eval_bins, keep_best
 from lafs.export import (
@@ -51,7 +52,15 @@ from lafs.export import (
 from lafs.export.released import load_released_head
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.provenance import PREDICTOR, LandmarkChoice, data_landmark_source
-from lafs.models import Encoder, EncoderConfig, PartFViT, build_any_encoder, encoder_name, takes_landmarks
+from lafs.models import (
+    Encoder,
+    EncoderConfig,
+    LandmarkViT,
+    PartFViT,
+    build_any_encoder,
+    encoder_name,
+    takes_landmarks,
+)
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import (
     LandmarkPredictor,
@@ -350,6 +359,17 @@ class FinetuneTask(Task):
         if "predictor_backbone" in self.used:
             landmarks = dataclasses.replace(landmarks, predictor_backbone=self.used["predictor_backbone"])
         return dataclasses.replace(self.cfg, encoder=encoder, landmarks=landmarks)
+
+    memory_advice = "On a CPU use configs/cpu/finetune.yaml (ResNet-18 at 64 px, batch 64), or lower optim.batch_size."
+
+    def activation_bytes(self, parts: TrainingParts, batch_size: int) -> int | None:
+        """A landmark ViT's blocks over its tokens (`lafs.engine.memory`) and the margin head's class scores (cosines,
+        margin logits, softmax) per image, times the batch; None for image-only encoders (not estimated)."""
+        encoder = getattr(parts.model, "encoder", None)
+        if not isinstance(encoder, LandmarkViT):
+            return None
+        values = vit_activation_elements(encoder, [1 + encoder.num_landmarks]) + 3 * self.faces.num_classes
+        return batch_size * values * value_bytes(self.cfg.mixed_precision)
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)

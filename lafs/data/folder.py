@@ -88,7 +88,9 @@ def warn_if_not_square(paths: Sequence[Path], source: str, image_size: int, samp
     """Warn when images of a training set are not square, as aligned crops are (they would be squashed to
     ``image_size``); returns how many of an evenly spread sample of ``sample`` are not. Only the files' headers are
     read (Pillow), so a million images cost a sample's worth."""
-    picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).astype(int)) if paths else []
+    picks: list[int] = []
+    if paths:
+        picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).astype(int)).tolist()
     odd = []
     for i in picks:
         try:

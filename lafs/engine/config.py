@@ -24,7 +24,7 @@ ClipMode = Literal["global", "per_parameter"]
 # Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
 RUN_CONTROL = frozenset(
     {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
-     "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory"}
+     "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory", "memory_check"}
 )  # fmt: skip
 
 
@@ -98,6 +98,9 @@ class RunConfig:
     # Bit-exact reruns and resumes: deterministic kernels and one CPU thread (slower). Without it a rerun on a CPU
     # with several threads can differ by rounding (1e-6), since some kernels add in a thread-dependent order.
     deterministic: bool = False
+    # Stop at start-up when the estimated memory per process (parameters, gradients, optimiser state, activations;
+    # lafs.engine.memory) exceeds what the device has free; false starts anyway.
+    memory_check: bool = True
 
     def validate(self) -> None:
         for key in ("checkpoint_every", "keep_checkpoints", "log_every"):

@@ -20,6 +20,7 @@ from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch
 from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
 from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
 from lafs.engine.curves import plot_learning_curve
+from lafs.engine.memory import check_memory, device_free_memory, estimate_memory
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task
 from lafs.errors import LafsError
@@ -79,6 +80,13 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
     o = cfg.optim
     loader = make_loader(dataset, o.batch_size, task.collate_fn(), cfg.num_workers, cfg.seed, accelerator.device)
     parts = task.build(accelerator, dataset)
+    if cfg.memory_check:  # before anything is placed on the device: a config that cannot fit stops here
+        activations = task.activation_bytes(parts, o.batch_size)
+        estimate = estimate_memory(parts.model, parts.optimizer, parts.on_device, activations)
+        sharing = 1 if accelerator.device.type == "cuda" else processes_on_this_node(accelerator)  # one GPU each
+        free = device_free_memory(accelerator.device)
+        check_memory(estimate, sharing, free, task.memory_advice)
+        logger.info(f"memory per process: about {estimate.describe()}; {free / 2**30:.1f} GiB available")
     model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
     for module in parts.on_device:
         module.to(accelerator.device)

@@ -161,6 +161,13 @@ class Task:
         """Models, optimiser and extra checkpointed state (before they are placed and wrapped)."""
         raise NotImplementedError
 
+    def activation_bytes(self, parts: TrainingParts, batch_size: int) -> int | None:
+        """Bytes of the activations one micro-batch of ``batch_size`` keeps for backward (`lafs.engine.memory`), for
+        the start-up memory check; None: not estimated."""
+        return None
+
+    memory_advice = ""  # what to do when the memory check fails (a smaller config to use instead)
+
     def setup(self, run: RunContext) -> None:
         """Called once after placement and resume: schedules that need the steps per epoch, eval sets, ...
 

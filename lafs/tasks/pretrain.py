@@ -26,6 +26,7 @@ from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_upda
 from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.config import ClipMode
+from lafs.engine.memory import value_bytes, vit_activation_elements
 from lafs.errors import ConfigError
 from lafs.evaluation.during_training import ValidationSets, check_eval_bins, keep_best
 from lafs.export import save_encoder
@@ -34,8 +35,10 @@ from lafs.models import EncoderConfig, build_encoder
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
+from lafs.models.vit import LandmarkViT
 from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
 from lafs.views import (
+    NUM_GLOBAL,
     DeviceViews,
     LandmarkViews,
     PretrainViews,
@@ -248,6 +251,27 @@ class PretrainTask(Task):
                 )
             on_device.append(self.landmark_predictor)
         return TrainingParts(student, optimizer, on_device, [self.teacher, self.dino_loss])
+
+    memory_advice = (
+        "On a CPU use configs/cpu/pretrain.yaml (nano ViT, 49 landmarks, batch 32), or lower optim.batch_size, "
+        "views.num_local or dino.out_dim."
+    )
+
+    def activation_bytes(self, parts: TrainingParts, batch_size: int) -> int | None:
+        """The student's blocks over every view of a sample (`lafs.engine.memory`), plus its DINO head's MLP and
+        prototype scores per view, times the batch."""
+        cfg, backbone = self.cfg, getattr(parts.model, "backbone", None)
+        if not isinstance(backbone, LandmarkViT):
+            return None
+        if cfg.views.kind == "patches":
+            local_tokens = (cfg.views.local_side // int(backbone.patch_embed.patch_size[0])) ** 2
+        else:
+            local_tokens = cfg.views.local_landmarks
+        tokens = [1 + backbone.num_landmarks] * NUM_GLOBAL + [1 + local_tokens] * cfg.views.num_local
+        d = cfg.dino
+        head = len(tokens) * (4 * d.hidden_dim + 3 * d.bottleneck_dim + 3 * d.out_dim)
+        values = vit_activation_elements(backbone, tokens) + head
+        return batch_size * values * value_bytes(cfg.mixed_precision)
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
