@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint venv clean-venv gpu-check
+.PHONY: demo test lint docs venv clean-venv gpu-check
 
 venv: $(STAMP)
 
@@ -32,3 +32,7 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The documentation site (docs/ + mkdocs.yml) into site/, offline; --strict: a broken link or page is an error.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
