@@ -256,20 +256,34 @@ def write_embeddings(
         failed_path.unlink(missing_ok=True)
 
 
+NO_DIRECTION = "no embedding: the encoder gave a non-finite (NaN or infinite) or all-zero vector"
+
+
+def unusable_rows(embeddings: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows with no direction to compare, a NaN or infinite entry or all zeros (`NO_DIRECTION`)."""
+    embeddings = np.asarray(embeddings)
+    return ~np.isfinite(embeddings).all(axis=1) | ~(embeddings != 0).any(axis=1)
+
+
 def l2_normalise_rows(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as float32."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return np.divide(embeddings, norms, out=np.zeros_like(embeddings), where=norms > 0).astype(np.float32)
+    """Rows (N, D) scaled to unit length, as float32; exact for any finite row, also one whose sum of squares would
+    overflow (each row is divided by its largest magnitude before squaring). `unusable_rows` come back as NaN:
+    callers report them, never write them as vectors."""
+    rows = np.asarray(embeddings, dtype=np.float64)
+    bad = unusable_rows(rows)
+    peak = np.where(bad, 1.0, np.abs(np.where(np.isfinite(rows), rows, 0.0)).max(axis=1))[:, None]
+    scaled = np.where(bad[:, None], 0.0, rows) / peak
+    unit = scaled / np.where(bad, 1.0, np.linalg.norm(scaled, axis=1))[:, None]
+    unit[bad] = np.nan
+    return unit.astype(np.float32)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two vectors, in [-1, 1]; 0 when either is zero."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norm == 0:
-        return 0.0
-    return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0))
+    """Cosine similarity of two vectors, in [-1, 1]; `DataError` (`NO_DIRECTION`) when either has no direction."""
+    pair = l2_normalise_rows(np.stack([np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)]))
+    if np.isnan(pair).any():
+        raise DataError(NO_DIRECTION)
+    return float(np.clip(np.dot(pair[0].astype(np.float64), pair[1].astype(np.float64)), -1.0, 1.0))
 
 
 def threshold_from_report(

@@ -70,10 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lafs.evaluation.verification import embed_images
     from lafs.export.inference import open_encoder
     from lafs.inference import (
+        NO_DIRECTION,
         collect_images,
         crop_landmarks,
         l2_normalise_rows,
         load_faces,
+        unusable_rows,
         write_embeddings,
     )
 
@@ -98,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     permutation = choice.flip_permutation() if landmarks is not None else None
     embeddings = embed_images(model, crops, args.batch_size, not args.no_flip, device, landmarks, permutation)
     embeddings = l2_normalise_rows(embeddings)
+    usable = ~unusable_rows(embeddings)
+    if not usable.all():  # a broken encoder or input: listed as failures, never written as vectors
+        failures += [(path, NO_DIRECTION) for path, ok in zip(kept, usable, strict=True) if not ok]
+        print(f"failed: {len(usable) - int(usable.sum())} images: {NO_DIRECTION}", file=sys.stderr)
+        if not usable.any():
+            raise DataError(f"none of the {len(paths)} images gave an embedding ({NO_DIRECTION}); nothing written")
+        embeddings, kept = embeddings[usable], [path for path, ok in zip(kept, usable, strict=True) if ok]
     seconds = time.perf_counter() - start
     write_embeddings(args.output, embeddings, kept, failures)
     index_path, failed_path = embedding_side_paths(args.output)

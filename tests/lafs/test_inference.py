@@ -18,7 +18,7 @@ import lafs  # noqa: F401  (registers the models with timm)
 from lafs.errors import DataError
 from lafs.evaluation.verification import embed_images
 from lafs.export import load_encoder, save_encoder
-from lafs.inference import cosine, load_faces, threshold_from_report
+from lafs.inference import cosine, l2_normalise_rows, load_faces, threshold_from_report, unusable_rows
 from lafs.landmarks.sets import get_landmark_set
 from lafs.landmarks.sources import MediaPipeLandmarks, scaled_template
 from tests.conftest import grey_image, write_face_folder
@@ -262,7 +262,44 @@ def test_a_mediapipe_encoder_gets_mediapipe_landmarks_on_each_crop(
 def test_cosine() -> None:
     assert cosine(np.array([1.0, 0.0]), np.array([2.0, 0.0])) == pytest.approx(1.0)
     assert cosine(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(0.0)
-    assert cosine(np.zeros(3), np.ones(3)) == 0.0
+    for broken in (np.zeros(3), np.array([1.0, np.nan, 0.0])):  # no direction: an error, never a number
+        with pytest.raises(DataError, match=r"non-finite .* or all-zero"):
+            cosine(broken, np.ones(3))
+
+
+def test_normalisation_is_exact_for_any_finite_row_and_marks_the_others() -> None:
+    # 3e25 and 4e25 in float32: their squares overflow float32 (and 3e200 would overflow float64); the unit vector is
+    # (0.6, 0.8) all the same.
+    rows = np.array([[3e25, 4e25], [3.0, 4.0], [np.nan, 1.0], [0.0, 0.0], [np.inf, 1.0]], dtype=np.float32)
+    unit = l2_normalise_rows(rows)
+    np.testing.assert_allclose(unit[:2], [[0.6, 0.8], [0.6, 0.8]], rtol=1e-7)
+    assert np.isnan(unit[2:]).all() and unusable_rows(rows).tolist() == [False, False, True, True, True]
+    np.testing.assert_allclose(l2_normalise_rows(np.array([[3e200, -4e200]])), [[0.6, -0.8]], rtol=1e-7)
+
+
+def test_embed_lists_nan_embeddings_as_failures(
+    tmp_path: Path, encoder: Path, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import lafs.evaluation.verification
+
+    real = lafs.evaluation.verification.embed_images
+
+    def half_broken(*args: object, **kwargs: object) -> np.ndarray:  # the second image's vector is NaN
+        embeddings = real(*args, **kwargs)  # type: ignore[arg-type]
+        embeddings[1] = np.nan
+        return embeddings
+
+    monkeypatch.setattr(lafs.evaluation.verification, "embed_images", half_broken)
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(photos["synthetic"].read_bytes())
+    out = tmp_path / "e.npy"
+    assert embed_main(["--model", str(encoder), "--input", str(folder), "--output", str(out)]) == 0
+    assert np.load(out).shape[0] == 1 and np.isfinite(np.load(out)).all()
+    assert "1 failed" in capsys.readouterr().out
+    assert "b.png" in (tmp_path / "e.failed.csv").read_text()
 
 
 @pytest.mark.parametrize("main", [embed_main, verify_main])
@@ -274,10 +311,10 @@ def test_help(main, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_write_embeddings_and_unit_rows(tmp_path):
-    from lafs.inference import embedding_side_paths, l2_normalise_rows, write_embeddings
+    from lafs.inference import embedding_side_paths, write_embeddings
 
-    rows = l2_normalise_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    assert rows.dtype == np.float32 and rows.tolist() == [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    rows = l2_normalise_rows(np.array([[3.0, 4.0], [0.0, -2.0]]))
+    assert rows.dtype == np.float32 and rows.tolist() == [[0.6000000238418579, 0.800000011920929], [0.0, -1.0]]
     out = tmp_path / "e.npy"
     index, failed = embedding_side_paths(out)
     write_embeddings(out, rows, [Path("a.png"), Path("b.png")], [(Path("c.png"), "no face")])
