@@ -24,7 +24,8 @@ ClipMode = Literal["global", "per_parameter"]
 # Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
 RUN_CONTROL = frozenset(
     {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
-     "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory", "memory_check"}
+     "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory", "memory_check",
+     "max_nonfinite_steps"}
 )  # fmt: skip
 
 
@@ -98,6 +99,9 @@ class RunConfig:
     # Bit-exact reruns and resumes: deterministic kernels and one CPU thread (slower). Without it a rerun on a CPU
     # with several threads can differ by rounding (1e-6), since some kernels add in a thread-dependent order.
     deterministic: bool = False
+    # Optimiser steps in a row whose loss or gradients are NaN or infinite that are skipped (weights unchanged, as
+    # AMP's scaler does) before the run stops with one line; 0 stops at the first.
+    max_nonfinite_steps: int = 10
     # Stop at start-up when the estimated memory per process (parameters, gradients, optimiser state, activations;
     # lafs.engine.memory) exceeds what the device has free; false starts anyway.
     memory_check: bool = True
@@ -106,7 +110,7 @@ class RunConfig:
         for key in ("checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("seed", "num_workers", "threads", "eval_every"):
+        for key in ("seed", "num_workers", "threads", "eval_every", "max_nonfinite_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,15 @@ from lafs.engine.task import RunContext, Task
 from lafs.errors import LafsError
 
 logger = logging.getLogger("lafs.engine")
+NONFINITE = "nonfinite_skipped"  # the loss term a step that skipped its update carries (1.0), and logs
+
+
+class TrainingDiverged(LafsError):
+    """The loss or the gradients stayed NaN or infinite for more steps in a row than allowed."""
+
+
+class NonFiniteWeights(TrainingDiverged):
+    """The weights themselves went NaN or infinite: no checkpoint or export of them is written."""
 
 
 @dataclass
@@ -145,6 +154,7 @@ class _Loop:
         self.target = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
         self.saved_step = run.state.step  # the step of the newest checkpoint
         self.validation: dict[str, float] = {}  # the last validation's record
+        self.skipped = self.skipped_total = 0  # optimiser steps skipped for non-finite gradients: in a row, in all
 
     def train(self) -> dict[str, float]:
         """Steps from ``run.state.step`` to the target; returns the last logged record.
@@ -157,8 +167,9 @@ class _Loop:
         progress = Progress(is_main, self.target, state.step, self.task.name)
         try:
             return self._steps(log, progress)
-        except LafsError:
-            if accelerator.num_processes == 1 and state.step > self.saved_step:
+        except LafsError as error:
+            broken = isinstance(error, NonFiniteWeights)  # nothing of them may be written
+            if accelerator.num_processes == 1 and state.step > self.saved_step and not broken:
                 self._save()
                 logger.warning(f"stopped at step {state.step}; saved a checkpoint of the steps done")
             raise
@@ -184,6 +195,10 @@ class _Loop:
             images_seen += _batch_size(batch) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
+            self.skipped = self.skipped + 1 if NONFINITE in terms else 0
+            if self.skipped:
+                self.skipped_total += 1
+                self._check_nonfinite(step, terms)
             state.step += 1
             record = None
             if state.step % cfg.log_every == 0 or state.step == self.target:
@@ -210,8 +225,26 @@ class _Loop:
                 return last
         raise AssertionError("training_batches is endless")  # pragma: no cover
 
+    def _check_nonfinite(self, step: int, terms: Mapping[str, torch.Tensor]) -> None:
+        """A skipped step is logged; ``max_nonfinite_steps`` of them in a row stop the run with one line."""
+        what = ", ".join(nonfinite_terms(terms)) or "the gradients"
+        lr = self.task.learning_rate(step)
+        if self.skipped <= self.cfg.max_nonfinite_steps:
+            logger.warning(f"step {step}: {what} not finite; the step is skipped (weights unchanged)")
+            return
+        raise TrainingDiverged(
+            f"step {step}: {what} not finite for {self.skipped} steps in a row ({self.skipped_total} skipped in all; "
+            f"the weights are those of step {step - self.skipped + 1}): lower optim.lr ({lr:.3g} now) or set "
+            "optim.clip_grad, or check the data"
+        )
+
     def _save(self) -> None:
         cfg, state = self.cfg, self.run.state
+        if not weights_finite([m for m in (self.task.model, *self.checkpointed) if m is not None]):
+            raise NonFiniteWeights(
+                f"step {state.step}: the weights are no longer finite, so no checkpoint or encoder is written (the "
+                f"last checkpoint is from step {self.saved_step}): lower optim.lr or set optim.clip_grad"
+            )
         folder = cfg.output_dir / "checkpoints"
         save_checkpoint(self.run.accelerator, folder, state, self.checkpointed, cfg.keep_checkpoints)
         self.saved_step = state.step
@@ -244,12 +277,33 @@ def train_micro_batch(
                     if parameter.grad is not None:
                         torch.nn.utils.clip_grad_norm_(parameter, clip_grad)
             task.after_backward(step)
-        optimizer.step()
+            if accelerator.scaler is None and not gradients_finite(model):  # fp16's scaler skips these itself
+                optimizer.zero_grad(set_to_none=True)  # the step is skipped: the weights stay as they were
+                terms = {**terms, NONFINITE: torch.ones((), device=terms["loss"].device)}
+        if NONFINITE not in terms:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     task.after_micro_batch(step)
     if accelerator.sync_gradients:
-        task.after_step(step, skipped=accelerator.optimizer_step_was_skipped)
+        task.after_step(step, skipped=accelerator.optimizer_step_was_skipped or NONFINITE in terms)
     return terms
+
+
+def gradients_finite(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite: one norm over all of them (DDP has already made them equal on
+    every process, so every process decides alike). A norm that overflows counts as non-finite too."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+def weights_finite(modules: Sequence[nn.Module]) -> bool:
+    """Whether every floating-point parameter and buffer of ``modules`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point())
+
+
+def nonfinite_terms(terms: Mapping[str, torch.Tensor]) -> list[str]:
+    """The loss terms of a step that are NaN or infinite (none: the gradients alone went non-finite)."""
+    return [name for name, value in terms.items() if name != NONFINITE and not bool(torch.isfinite(value).all())]
 
 
 def _set_schedules(optimizer: torch.optim.Optimizer, task: Task, step: int) -> None:

@@ -18,7 +18,7 @@ from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts, fit
 from lafs.engine.checkpoints import checkpoints
 from lafs.engine.loop import RunSummary, train_micro_batch
 from lafs.engine.run_log import read_log
-from lafs.errors import ConfigError, DataError
+from lafs.errors import ConfigError, DataError, LafsError
 
 WEIGHTS = torch.tensor([1.5, -2.0, 0.5])
 
@@ -285,3 +285,65 @@ def test_the_last_line_says_how_well_and_where(tmp_path: Path) -> None:
         f"TensorBoard: tensorboard --logdir {tmp_path}/tensorboard"
     )
     assert RunSummary(3, 1.0).line("pretrain") == "pretrain: 3 steps in 1 s"
+
+
+class SpikyLineTask(LineTask):
+    """`LineTask` whose loss is NaN at the optimiser steps in ``nan_steps``."""
+
+    def __init__(self, cfg: LineConfig, nan_steps: set[int]) -> None:
+        super().__init__(cfg)
+        self.nan_steps = nan_steps
+        self.skipped: list[int] = []
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        terms = super().training_step(batch, step)
+        if step in self.nan_steps:
+            terms = {name: value * float("nan") for name, value in terms.items()}
+        return terms
+
+    def after_step(self, step: int, skipped: bool) -> None:
+        if skipped:
+            self.skipped.append(step)
+
+
+def test_a_non_finite_step_is_skipped_and_logged(tmp_path: Path) -> None:
+    cfg = LineConfig(output_dir=tmp_path / "run")
+    task = SpikyLineTask(cfg, nan_steps={3})
+    weights: dict[int, torch.Tensor] = {}
+    original = task.after_micro_batch
+
+    def remember(step: int) -> None:  # the weights after each step's update (or its skip)
+        original(step)
+        weights[step] = task.run.accelerator.unwrap_model(task.model).weight.detach().clone()
+
+    task.after_micro_batch = remember  # type: ignore[method-assign]
+    fit(cfg, task)
+    assert task.skipped == [3] and torch.equal(weights[3], weights[2])  # step 3 left the weights as they were
+    records = {r["step"]: r for r in read_log(tmp_path / "run")}
+    assert records[4]["nonfinite_skipped"] == 1.0 and "nonfinite_skipped" not in records[5]
+    assert np.isfinite(np.load(tmp_path / "run" / "weights.npy")).all()
+
+
+def test_a_diverged_run_stops_with_one_line_and_writes_no_nan(tmp_path: Path) -> None:
+    cfg = LineConfig(output_dir=tmp_path / "run", max_nonfinite_steps=2)
+    with pytest.raises(LafsError) as error:
+        fit(cfg, SpikyLineTask(cfg, nan_steps=set(range(5, 100))))
+    assert str(error.value).startswith("step 7: mse_loss, loss not finite for 3 steps in a row (3 skipped in all; ")
+    assert "the weights are those of step 5)" in str(error.value) and "lower optim.lr (0.1 now)" in str(error.value)
+    assert not (tmp_path / "run" / "weights.npy").exists()  # no export
+    assert checkpoints(tmp_path / "run" / "checkpoints")  # the steps done are kept, with finite weights
+
+
+def test_weights_gone_non_finite_are_never_checkpointed(tmp_path: Path) -> None:
+    # Weights sent to infinity after step 2 (as an update with a huge learning rate can): from then on every loss is
+    # non-finite and skipped, and the checkpoint due at step 4 must not be written.
+    class HugeStep(LineTask):
+        def after_micro_batch(self, step: int) -> None:
+            if step == 2:
+                self.run.accelerator.unwrap_model(self.model).weight.data.fill_(float("inf"))
+
+    cfg = LineConfig(output_dir=tmp_path / "run")
+    with pytest.raises(LafsError, match=r"step 4: the weights are no longer finite, so no checkpoint or encoder is "):
+        fit(cfg, HugeStep(cfg))
+    saved = checkpoints(tmp_path / "run" / "checkpoints")
+    assert [path.name for path in saved] == ["step_00000002"] and not (tmp_path / "run" / "weights.npy").exists()
