@@ -171,6 +171,13 @@ def test_wrong_type_in_yaml_names_file(tmp_path: Path) -> None:
     assert str(exc.value) == f"tags[1]: expected str, got 3 ({path})"
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_silently(tmp_path: Path) -> None:
+    path = write(tmp_path, "tags: [a]\nmodel:\n  name: a\n  name: b\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(Top, path)
+    assert str(exc.value) == f"invalid YAML in {path}:4: key 'name' given twice in one mapping"
+
+
 def test_literal_error_lists_choices() -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(Top, overrides=["model.name=c"])
