@@ -368,7 +368,9 @@ class FinetuneTask(Task):
         encoder = getattr(parts.model, "encoder", None)
         if not isinstance(encoder, LandmarkViT):
             return None
-        values = vit_activation_elements(encoder, [1 + encoder.num_landmarks]) + 3 * self.faces.num_classes
+        partial = self.cfg.head.partial_fc
+        classes = self.faces.num_classes * (partial.sample_rate if partial.enabled else 1.0)  # Partial FC's share
+        values = vit_activation_elements(encoder, [1 + encoder.num_landmarks]) + int(3 * classes)
         return batch_size * values * value_bytes(self.cfg.mixed_precision)
 
     def setup(self, run: RunContext) -> None:

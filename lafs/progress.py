@@ -44,4 +44,6 @@ def progress_bar(
     if stream.isatty():
         return tqdm(iterable, file=stream, dynamic_ncols=True, **options)
     line = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-    return tqdm(iterable, file=_Lines(stream), mininterval=LOG_SECONDS, bar_format=line, **options)
+    return tqdm(
+        iterable, file=_Lines(stream), mininterval=LOG_SECONDS, maxinterval=LOG_SECONDS, bar_format=line, **options
+    )

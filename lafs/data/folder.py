@@ -159,6 +159,8 @@ def open_image_folder(root: str | os.PathLike[str], **options: Any) -> ImageFile
     try:
         paths, labels, _ = scan_image_folder(root)
     except DataError:
+        if not Path(root).is_dir():
+            raise
         paths = sorted(p for p in Path(root).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise

@@ -26,18 +26,20 @@ def _lfw_image(name: str, number: str) -> str:
     return f"{name}/{name}_{int(number):04d}.jpg"
 
 
-def _rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every pair line: comments and blank lines dropped, CSV split by the csv module."""
-    lines = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), start=1)]
-    lines = [(n, line) for n, line in lines if line]
-    is_csv = path.suffix.lower() == ".csv" or bool(lines and "," in lines[0][1])
-    if is_csv:
-        return [(n, [field.strip() for field in next(csv.reader([line]))]) for n, line in lines]
-    return [(n, line.split()) for n, line in lines]
+def _rows(path: Path, text: str) -> tuple[list[tuple[int, list[str]]], bool]:
+    """(line number, fields) of every pair line, and whether the list is CSV: blank lines dropped; in the whitespace
+    formats ``#`` starts a comment, in CSV (split by the csv module) it may be part of a file name."""
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    first = next((line for _, line in lines if line and not line.startswith("#")), "")
+    if path.suffix.lower() == ".csv" or "," in first:
+        rows = [(n, [field.strip() for field in next(csv.reader([line]))]) for n, line in lines if line]
+        return [(n, fields) for n, fields in rows if not fields[0].startswith("#")], True
+    return [(n, line.split("#", 1)[0].split()) for n, line in lines if line.split("#", 1)[0].strip()], False
 
 
 def _is_header(fields: list[str]) -> bool:
-    """A header row (``image_a,image_b,same``): three fields, no file suffix on the two names, no 0/1 label."""
+    """A CSV header row (``image_a,image_b,same``): three fields, no file suffix on the two names (image files have
+    one), and no 0/1 label."""
     return len(fields) == 3 and fields[2] not in ("0", "1") and not any(Path(f).suffix for f in fields[:2])
 
 
@@ -51,7 +53,7 @@ def _pair(path: Path, number: int, fields: list[str]) -> tuple[str, str, bool]:
         raise DataError(f"{path}:{number}: expected {FORMATS}, got {len(fields)} fields")
     label = LABELS.get(fields[2].lower())
     if label is None:
-        raise DataError(f"{path}:{number}: label must be 1 (same) or 0 (different), got {fields[2]!r}")
+        raise DataError(f"{path}:{number}: label must be 1/true/same or 0/false/different, got {fields[2]!r}")
     return fields[0], fields[1], label
 
 
@@ -65,11 +67,11 @@ def parse_pair_list(path: Path) -> list[tuple[int, Path, Path, bool]]:
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read: {str(error).splitlines()[0]}") from None
-    rows = _rows(path, text)
+        raise DataError(f"{path}: cannot read: {' '.join(str(error).split())}") from None
+    rows, is_csv = _rows(path, text)
     if rows and all(field.isdigit() for field in rows[0][1]) and len(rows[0][1]) <= 2:
         rows = rows[1:]  # LFW's counts line: folds and pairs per class
-    elif rows and _is_header(rows[0][1]):
+    elif rows and is_csv and _is_header(rows[0][1]):
         rows = rows[1:]
     pairs = []
     for number, fields in rows:

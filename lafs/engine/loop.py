@@ -94,6 +94,8 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
         estimate = estimate_memory(parts.model, parts.optimizer, parts.on_device, activations)
         sharing = 1 if accelerator.device.type == "cuda" else processes_on_this_node(accelerator)  # one GPU each
         free = device_free_memory(accelerator.device)
+        if accelerator.num_processes > 1:  # every process decides on the least free memory: all stop, or none
+            free = int(accelerator.gather(torch.tensor([free], device=accelerator.device, dtype=torch.float64)).min())
         check_memory(estimate, sharing, free, task.memory_advice)
         logger.info(f"memory per process: about {estimate.describe()}; {free / 2**30:.1f} GiB available")
     model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)

@@ -14,6 +14,7 @@ schedules per optimiser step, logging, validation cadence, checkpoints, export).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from torch import nn
 
@@ -89,11 +91,17 @@ class Task:
 
     def landmark_set_sources(self) -> dict[str, str]:
         """What fixes the run's landmark set, ``{what: set}``: a landmark cache given as ``data.landmarks`` (the set
-        it recorded); fine-tuning adds its ``init`` encoder's."""
+        it recorded) and, when resuming, the run's saved config; fine-tuning adds its ``init`` encoder's."""
+        sources = {}
         folder = Path(self.cfg.data.landmarks)
-        if not (folder / META_FILE).is_file():
-            return {}
-        return {f"data.landmarks={folder}": LandmarkCache.open(folder).info.landmark_set}
+        if (folder / META_FILE).is_file():
+            sources[f"data.landmarks={folder}"] = LandmarkCache.open(folder).info.landmark_set
+        saved = self.cfg.output_dir / "config.yaml"
+        if self.cfg.resume and (self.cfg.output_dir / "checkpoints").is_dir() and saved.is_file():
+            # A resumed run keeps the set it started with, whatever fixed it then (an init= given only then).
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+                sources[f"the resumed run ({saved})"] = str(yaml.safe_load(saved.read_text())["data"]["landmark_set"])
+        return sources
 
     def follow_landmark_set(self) -> None:
         """``data.landmark_set`` (and ``encoder.landmark_set``) follow what fixes the set (`landmark_set_sources`),
@@ -104,7 +112,8 @@ class Task:
             named = ", ".join(f"{what} has {name}" for what, name in sources.items())
             raise ConfigError(
                 f"landmark sets disagree: {named}; give data.landmarks a cache of the same set "
-                "(python -m tools.landmarks --landmark-set SET) or data.landmarks=mediapipe"
+                "(python -m tools.landmarks --landmark-set SET), data.landmarks=mediapipe, or for a grid set "
+                "(grid196) data.landmarks=template"
             )
         data, encoder = self.cfg.data, getattr(self.cfg, "encoder", None)
         if not wanted or wanted == {data.landmark_set}:
@@ -114,7 +123,7 @@ class Task:
             f"landmark set {target}, as {next(iter(sources))} fixes it (the config said {data.landmark_set}): "
             f"data.landmark_set={target}" + (" encoder.landmark_set=" + target if encoder is not None else "")
         )
-        data.landmark_set = self.cfg.synthetic.landmark_set = target
+        data.landmark_set = target  # synthetic faces take data.landmark_set themselves (open_dataset)
         if encoder is not None:
             encoder.landmark_set = target
         self.cfg.validate()  # what depends on the set (patch views need a grid, ...) is checked again

@@ -140,19 +140,22 @@ def stratified_splits(issame: np.ndarray, folds: int) -> list[np.ndarray]:
 def fold_splits(issame: Any, folds: int = 10) -> tuple[list[np.ndarray], str]:
     """The test folds of k-fold verification and their folding's name: insightface's contiguous folds
     (`kfold_splits`) when each holds both classes, so published ``.bin`` figures stay comparable; else
-    `stratified_splits`. A set with fewer than ``folds`` pairs of a class cannot give every fold both classes: it
-    keeps the contiguous folds and a warning says its accuracy is unreliable."""
+    `stratified_splits`. A set with fewer than ``folds`` pairs of a class cannot give every fold both classes: a
+    warning says its accuracy is unreliable (stratified folds are still used while none is empty). One pair per
+    fold (the smallest sets) is left-one-out: contiguous, nothing to say."""
     labels = np.asarray(issame, dtype=bool).reshape(-1)
     contiguous = kfold_splits(labels.size, folds)
-    if folds == 1 or all(0 < labels[test].sum() < test.size for test in contiguous):
+    if folds in (1, labels.size) or all(0 < labels[test].sum() < test.size for test in contiguous):
         return contiguous, CONTIGUOUS
     same = int(labels.sum())
-    if min(same, labels.size - same) >= folds:
-        return stratified_splits(labels, folds), STRATIFIED
-    logger.warning(
-        f"{same} same and {labels.size - same} different pairs cannot give each of {folds} folds both classes: "
-        "the k-fold accuracy of this set is unreliable (use more pairs of the rarer class)"
-    )
+    stratified = stratified_splits(labels, folds)
+    if min(same, labels.size - same) < folds:
+        logger.warning(
+            f"{same} same and {labels.size - same} different pairs cannot give each of {folds} folds both classes: "
+            "the k-fold accuracy of this set is unreliable (use more pairs of the rarer class)"
+        )
+    if all(test.size for test in stratified):
+        return stratified, STRATIFIED
     return contiguous, CONTIGUOUS
 
 

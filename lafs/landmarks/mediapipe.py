@@ -82,8 +82,8 @@ def silenced_stderr(enabled: bool = True) -> Iterator[None]:
 
 
 class FaceMeshDetector:
-    """MediaPipe's mesh on still RGB images: a call returns (468 or 478, 3) pixel (x, y, z) of the largest face
-    found, or None; `faces` returns every face found (up to ``max_num_faces``).
+    """MediaPipe's mesh on still RGB images: a call returns (468 or 478, 3) pixel (x, y, z) of the largest of the
+    faces found (up to ``max_num_faces``; with the default 1, MediaPipe's first), or None; `faces` returns them all.
 
     MediaPipe cannot batch and runs on the CPU: run one detector per process and cache the results. With ``quiet``
     (the default) MediaPipe's start-up logging is silenced (see the module docstring).

@@ -51,7 +51,7 @@ def test_image_size_zero_keeps_sizes(pairs_dir):
     ("line", "message"),
     [
         ("faces/0.png faces/1.png", "or LFW's 'name n1 n2' / 'name1 n1 name2 n2', got 2 fields"),
-        ("faces/0.png faces/1.png 2", "label must be 1 (same) or 0 (different)"),
+        ("faces/0.png faces/1.png 2", "label must be 1/true/same or 0/false/different"),
         ("faces/0.png faces/nope.png 1", "no such image"),
         ("faces/0.png faces/junk.png 0", "does not decode as an image"),
     ],

@@ -266,3 +266,12 @@ def test_a_bad_first_line_is_no_header(tmp_path):
     (tmp_path / "pairs.txt").write_text("a.jpg b.jpg yes\n")
     with pytest.raises(DataError, match=r"pairs.txt:1: label must be 1"):
         read_pairs_file(tmp_path / "pairs.txt")
+
+
+def test_lfw_pairs_without_the_counts_line_and_hashes_in_csv_names(tmp_path):
+    (tmp_path / "pairs.txt").write_text("Abel_Pacheco 1 4\n")  # no counts line: the first pair is no header
+    assert read_pairs_file(tmp_path / "pairs.txt") == [
+        (tmp_path / "Abel_Pacheco/Abel_Pacheco_0001.jpg", tmp_path / "Abel_Pacheco/Abel_Pacheco_0004.jpg", True)
+    ]
+    (tmp_path / "pairs.csv").write_text("img#1.jpg,x.jpg,1\n")  # in CSV a # is part of a name
+    assert read_pairs_file(tmp_path / "pairs.csv") == [(tmp_path / "img#1.jpg", tmp_path / "x.jpg", True)]

@@ -202,10 +202,15 @@ def test_alternating_pairs_keep_insightfaces_contiguous_folds():
 
 
 def test_a_set_too_small_to_fold_by_class_warns(caplog: pytest.LogCaptureFixture):
-    issame = [True] * 8 + [False] * 12  # 8 same pairs cannot reach 10 folds
+    issame = [True] * 8 + [False] * 12  # 8 same pairs cannot reach 10 folds: stratified all the same (8 folds of both)
     with caplog.at_level("WARNING", logger="lafs.evaluation"):
-        _, folding = fold_splits(issame)
-    assert folding == "contiguous" and "8 same and 12 different pairs cannot give each of 10 folds" in caplog.text
+        splits, folding = fold_splits(issame)
+    assert folding == "stratified" and "8 same and 12 different pairs cannot give each of 10 folds" in caplog.text
+    assert sum(0 < np.asarray(issame)[s].sum() < s.size for s in splits) == 8
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lafs.evaluation"):  # one pair per fold: left-one-out, nothing to say
+        assert fold_splits([True, False, True, True, False, False], folds=6)[1] == "contiguous"
+    assert caplog.text == ""
 
 
 # -------------------------------------------------------------- insightface's squared-L2 grid protocol (reference) --
