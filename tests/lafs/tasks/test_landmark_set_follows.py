@@ -36,6 +36,10 @@ def test_the_set_follows_the_cache_then_the_init_encoder(
     assert _saved_sets(tmp_path / "pre") == ("mediapipe196", "mediapipe196")
     assert "landmark set mediapipe196, as data.landmarks=" in caplog.text
     assert "(the config said mediapipe49)" in caplog.text
+    # Resuming with the keys the log line names (or without them) continues the same run.
+    sets = ["data.landmark_set=mediapipe196", "encoder.landmark_set=mediapipe196"]
+    assert pretrain([*PRETRAIN_DEMO, data, f"data.landmarks={caches['mediapipe196']}", "max_steps=2", *sets,
+                     f"output_dir={tmp_path / 'pre'}"]) == 0  # fmt: skip
     # Fine-tuning's demo config also says mediapipe49; the pretrained encoder fixes 196.
     assert finetune([*FINETUNE_DEMO, data, f"init={tmp_path / 'pre'}", f"output_dir={tmp_path / 'fine'}"]) == 0
     assert _saved_sets(tmp_path / "fine") == ("mediapipe196", "mediapipe196")
