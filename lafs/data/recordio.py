@@ -451,15 +451,18 @@ class FaceRecordDataset(Dataset):
             header, image = unpack_record(reader.read(0))
         except (KeyError, ValueError, DataError):
             return None
+        if image or header.flag < 2:  # an im2rec image (with or without a label pair): the flat layout
+            return None
         pair = _integral_pair(header)
-        if pair is None:
-            return None
+        if pair is None:  # no image but labels: a header whose numbers are broken (NaN, fractions)
+            raise DataError(f"{self.rec_path}: record 0 is an insightface header, but its labels {header.label} are "
+                            "no pair of record keys")  # fmt: skip
         first, end = int(pair[0]), int(pair[1])
-        if image:  # an im2rec image with a label pair
-            return None
         claim = f"record 0 (an insightface header) says images 1 .. {first - 1}, identities {first} .. {end - 1}"
         if not 1 <= first < end:
             raise DataError(f"{self.rec_path}: record 0 is an insightface header, but ({first}, {end}) is no key range")
+        if end - 1 > len(reader._keys):  # checked before anything of that size is allocated
+            raise DataError(f"{self.rec_path}: {claim}, but the index holds only {len(reader._keys)} records")
         if np.count_nonzero((reader._keys >= 1) & (reader._keys < end)) != end - 1:  # keys are unique
             missing = np.setdiff1d(np.arange(1, end), reader._keys)
             raise DataError(f"{self.rec_path}: {claim}, but the index has no key {missing[0]} ({missing.size} missing)")

@@ -49,7 +49,7 @@ def colour(i: int) -> tuple[int, int, int]:
 
 
 def write_classic(
-    path: Path, images_per_identity: list[int], header_last: bool = False, header: tuple[int, int] | None = None
+    path: Path, images_per_identity: list[int], header_last: bool = False, header: tuple[float, float] | None = None
 ) -> list[int]:
     """insightface layout: images 1.., identity records, record 0; returns the class of every image key.
 
@@ -265,6 +265,8 @@ def test_flat_pair_labels_are_not_mistaken_for_a_classic_header(tmp_path):
         ((7, 11), "no key 10"),  # one identity more than there are records
         ((8, 10), "record 7"),  # the first identity record would count as an image
         ((6, 10), "record 6"),  # the last image would count as an identity record
+        ((7, float("nan")), "are no pair of record keys"),  # a NaN is no reason to read the flat layout
+        ((7, 1e9), "the index holds only 10 records"),  # refused before allocating a billion keys
     ],
 )
 def test_inconsistent_classic_header_is_an_error_not_the_flat_layout(tmp_path, header, problem):
