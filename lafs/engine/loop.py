@@ -21,6 +21,7 @@ from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_
 from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
 from lafs.engine.curves import plot_learning_curve
 from lafs.engine.memory import check_memory, device_free_memory, estimate_memory
+from lafs.engine.run_dir import RunLock, check_run_directory
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task
 from lafs.errors import LafsError
@@ -75,15 +76,16 @@ def fit(cfg: RunConfig, task: Task) -> RunSummary:
     threads = thread_count(cfg.threads, processes_on_this_node(accelerator), cfg.num_workers)
     if cfg.deterministic:
         threads = 1  # several CPU threads add partial sums in varying order
-    with torch_settings(threads, cfg.deterministic, accelerator.device):
-        return _fit(cfg, task, accelerator)
+    with torch_settings(threads, cfg.deterministic, accelerator.device), RunLock() as lock:
+        return _fit(cfg, task, accelerator, lock)
 
 
-def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
+def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) -> RunSummary:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.ERROR, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     logging.getLogger("timm").setLevel(logging.WARNING)  # three lines per encoder loaded from a folder, likewise
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
+    check_run_directory(cfg.output_dir)  # a foreign folder is refused before anything is computed or written
 
     dataset = task.build_dataset(accelerator)
     o = cfg.optim
@@ -111,6 +113,7 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator) -> RunSummary:
     state = TrainState()
     resumed_from = resume(accelerator, candidates, cfg.resume == "auto", state, parts.checkpointed)
     if accelerator.is_main_process:  # every check has passed: from here on the run directory is written
+        lock.claim(cfg.output_dir)  # one run at a time: a second one is refused here
         save_config(resolved, cfg.output_dir)
         task.write_run_files(cfg.output_dir)
         if resumed_from is not None:
