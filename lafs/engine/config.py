@@ -23,7 +23,7 @@ logger = logging.getLogger("lafs.engine")
 ClipMode = Literal["global", "per_parameter"]
 # Keys that change how a run is run or watched, not what it learns: a resumed run may change them freely.
 RUN_CONTROL = frozenset(
-    {"output_dir", "max_steps", "resume", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
+    {"output_dir", "max_steps", "resume", "replace", "num_workers", "threads", "checkpoint_every", "keep_checkpoints",
      "log_every", "eval_every", "dump_rank_weights", "deterministic", "data.in_memory", "memory_check",
      "max_nonfinite_steps"}
 )  # fmt: skip
@@ -82,6 +82,9 @@ class RunConfig:
     output_dir: Path = Path("runs/train")  # the run directory: config, checkpoints, logs, exported weights
     max_steps: int | None = None  # stop after this many optimiser steps; the schedules still span all epochs
     resume: str = "auto"  # "auto" (newest checkpoint in output_dir, if any), a checkpoint path, or "" (fresh)
+    # A fresh start (resume "" or another run's checkpoint) into a run directory that holds an earlier run is
+    # refused unless replace=true: the earlier run's files then move into output_dir/replaced-<time>/.
+    replace: bool = False
     seed: int = 0  # weights, sampling order and augmentation all derive from it
     data: DatasetConfig = field(default_factory=lambda: DatasetConfig(path=SYNTHETIC))  # path "synthetic": built-in
     synthetic: SyntheticFacesConfig = field(default_factory=SyntheticFacesConfig)  # used when data.path=synthetic

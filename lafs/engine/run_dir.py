@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -20,9 +21,11 @@ from typing import IO
 from lafs.engine.checkpoints import checkpoints
 from lafs.errors import ConfigError
 from lafs.files import MANIFEST, output_kind, write_atomic
+from lafs.landmarks.cache import META_FILE as CACHE_META
 
 RUN_KIND = "lafs-run"
 LOCK_FILE = ".lafs-run.lock"
+REPLACED_PREFIX = "replaced-"  # where replace=true moves an earlier run's files, inside the run directory
 
 
 def is_run_directory(folder: Path) -> bool:
@@ -42,6 +45,39 @@ def check_run_directory(folder: Path) -> None:
             f"output_dir {folder}: a folder that is not empty ({others[0]}, ...) and not a training run directory; "
             "choose a new or empty output_dir"
         )
+
+
+def earlier_run(folder: Path) -> str | None:
+    """What of an earlier run ``folder`` holds (its newest checkpoint, or its log), or None."""
+    saved = checkpoints(folder / "checkpoints")
+    if saved:
+        return f"a run with checkpoints up to {saved[-1].name}"
+    return "a run's log.jsonl" if (folder / "log.jsonl").is_file() else None
+
+
+def check_fresh_start(folder: Path, resume: str, replace: bool) -> None:
+    """A run that does not continue ``folder``'s own history (``resume`` is ``""`` or another run's checkpoint)
+    into a folder that holds an earlier run: `ConfigError` unless ``replace`` (then `set_aside` moves it)."""
+    own = resume == "auto" or (resume and Path(resume).resolve().parent == (folder / "checkpoints").resolve())
+    earlier = None if own else earlier_run(folder)
+    if earlier is not None and not replace:
+        raise ConfigError(
+            f"output_dir {folder} holds {earlier}; a fresh start there would mix two runs' logs and checkpoints: "
+            f"pass replace=true (the earlier run moves into {folder}/{REPLACED_PREFIX}<time>/), resume=auto to "
+            "continue it, or choose another output_dir"
+        )
+
+
+def set_aside(folder: Path) -> Path:
+    """Move an earlier run's files out of the way, into ``folder/replaced-<time>/`` (one rename each, nothing
+    deleted); our lock, the manifest, earlier replaced-* folders and landmark caches (data, not a run's) stay."""
+    kept = folder / f"{REPLACED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    kept.mkdir()
+    for path in sorted(folder.iterdir()):
+        cache = (path / CACHE_META).is_file()
+        if path.name not in (LOCK_FILE, MANIFEST) and not path.name.startswith(REPLACED_PREFIX) and not cache:
+            path.rename(kept / path.name)
+    return kept
 
 
 def claim_run_directory(folder: Path) -> IO[str]:
@@ -76,8 +112,10 @@ class RunLock:
     def __init__(self) -> None:
         self.file: IO[str] | None = None
 
-    def claim(self, folder: Path) -> None:
+    def claim(self, folder: Path, replace: bool = False) -> Path | None:
+        """Take the lock; with ``replace``, then move an earlier run aside (returns where), under the lock."""
         self.file = claim_run_directory(folder)
+        return set_aside(folder) if replace and earlier_run(folder) is not None else None
 
     def __enter__(self) -> RunLock:
         return self

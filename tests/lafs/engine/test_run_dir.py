@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lafs.engine.run_dir import LOCK_FILE, check_run_directory, claim_run_directory
+from lafs.engine.run_log import read_log
 from lafs.errors import ConfigError
 from lafs.pretrain import main as pretrain
 from tests.lafs.test_pretrain import TINY
@@ -51,3 +52,18 @@ def test_a_crashed_run_leaves_no_stale_lock(tmp_path: Path) -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 9
     assert (tmp_path / "run" / LOCK_FILE).is_file()
     claim_run_directory(tmp_path / "run").close()
+
+
+def test_a_fresh_start_over_an_earlier_run_needs_replace(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert pretrain([*TINY, f"output_dir={out}", "max_steps=4"]) == 0
+    capsys.readouterr()
+    assert pretrain([*TINY, f"output_dir={out}", "max_steps=2", "resume=''"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: output_dir {out} holds a run with checkpoints up to step_00000004; ")
+    assert "pass replace=true" in error and error.count("\n") == 1
+    assert pretrain([*TINY, f"output_dir={out}", "max_steps=2", "resume=''", "replace=true"]) == 0
+    kept = [p for p in out.iterdir() if p.name.startswith("replaced-")]
+    assert len(kept) == 1 and [p.name for p in sorted((kept[0] / "checkpoints").iterdir())][-1] == "step_00000004"
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_00000002"]  # the new run's own
+    assert [r["step"] for r in read_log(out)] == [1, 2]  # one run's log, not two mixed
