@@ -58,7 +58,8 @@ def training_runs(size: dict[str, Any], device: str, output: Path) -> dict[str, 
 
     precision = "bf16" if device != "cpu" else "no"
     common = [f"max_steps={size['steps']}", f"optim.batch_size={size['run_batch']}", f"mixed_precision={precision!r}",
-              f"encoder.name={size['run_encoder']}", "resume=''", "num_workers=2", "log_every=1"]  # fmt: skip
+              f"encoder.name={size['run_encoder']}", "resume=''", "replace=true", "num_workers=2",
+              "log_every=1"]  # fmt: skip
     stages: dict[str, Any] = {
         "pretrain": (PretrainTask, PretrainConfig, "configs/pretrain/demo.yaml",
                      ["views.make_on=accelerator", f"dino.out_dim={size['out_dim']}"]),
