@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: user errors become one line on stderr and exit status 2."""
+"""What every command-line entry point shares: user errors, and the environment's (a full disk, Ctrl-C, no memory),
+become one line on stderr and exit status 2 (130 for Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ def entry_point(main: Main) -> Main:
             # A bad config fails the same way on every process of a launch: one process says so.
             if not (isinstance(error, ConfigError) and os.environ.get("RANK", "0") != "0"):
                 print(f"error: {error_message(error)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C: what was written whole stays (checkpoints, outputs are atomic)
+            print("interrupted: finished checkpoints and outputs are kept; the same command resumes", file=sys.stderr)
+            return 130
+        except OSError as error:  # the environment, not the code: a full disk, a read-only folder, a lost mount
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+            return 2
+        except MemoryError:
+            print("error: out of memory (try a smaller batch or data.in_memory=false)", file=sys.stderr)
             return 2
 
     return wrapper

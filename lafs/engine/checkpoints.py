@@ -133,29 +133,31 @@ def save_checkpoint(
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    for i, module in enumerate(modules):
-        if isinstance(module, ProcessLocal):
-            mine = {name: value.detach().cpu().contiguous() for name, value in module.process_state().items()}
-            save_file(mine, str(temporary / process_file(i, accelerator.process_index)))
-    if accelerator.is_main_process:
-        tensors = {
-            f"{i}.{name}": value.detach().cpu().contiguous()
-            for i, module in enumerate(modules)
-            if not isinstance(module, ProcessLocal)
-            for name, value in module.state_dict().items()
-        }
-        save_file(tensors, str(temporary / TASK_STATE))
-        write_atomic(temporary / TRAIN_STATE, json.dumps(state.state_dict()) + "\n")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        # Re-saving a step after a resume keeps a whole copy throughout; a step_N folder that is not a checkpoint
-        # (no weights in it: not written by save_state) is never removed.
-        try:
+    try:  # a full disk, Ctrl-C, ...: the half-written temporary goes, the previous checkpoints stay as they were
+        accelerator.save_state(str(temporary))
+        for i, module in enumerate(modules):
+            if isinstance(module, ProcessLocal):
+                mine = {name: value.detach().cpu().contiguous() for name, value in module.process_state().items()}
+                save_file(mine, str(temporary / process_file(i, accelerator.process_index)))
+        if accelerator.is_main_process:
+            tensors = {
+                f"{i}.{name}": value.detach().cpu().contiguous()
+                for i, module in enumerate(modules)
+                if not isinstance(module, ProcessLocal)
+                for name, value in module.state_dict().items()
+            }
+            save_file(tensors, str(temporary / TASK_STATE))
+            write_atomic(temporary / TRAIN_STATE, json.dumps(state.state_dict()) + "\n")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # Re-saving a step after a resume keeps a whole copy throughout; a step_N folder that is not a
+            # checkpoint (no weights in it: not written by save_state) is never removed.
             replace_folder(temporary, final, is_checkpoint)
-        except DataError:
+    except BaseException:
+        if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
-            raise
+        raise
+    if accelerator.is_main_process:
         for old in checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
