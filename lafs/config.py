@@ -251,6 +251,8 @@ def _read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only, never objects
     except yaml.YAMLError as exc:

@@ -20,6 +20,7 @@ from lafs.errors import DataError
 from lafs.files import write_atomic
 
 logger = logging.getLogger("lafs.data")
+MAX_LABEL = 2**31  # list-file labels are class numbers: int32 is more classes than any face data set has
 SIZE_SAMPLE = 100  # images whose size is checked when a folder or list is opened for training
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -54,13 +55,30 @@ def read_list_file(path: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray
     for number, row in enumerate(rows, start=1):
         if not row or row[0].startswith("#") or (number == 1 and [c.strip() for c in row] == ["path", "label"]):
             continue
-        if len(row) != 2 or not row[1].strip().isdigit():
-            raise DataError(f"{path}:{number}: expected 'path,label' with a non-negative integer label, got {row}")
+        label = row[1].strip() if len(row) == 2 else ""
+        # isascii: "²" and other Unicode digits pass isdigit but are no number int() reads
+        if not (label.isascii() and label.isdigit()) or int(label) >= MAX_LABEL:
+            raise DataError(
+                f"{path}:{number}: expected 'path,label' with an integer label in [0, {MAX_LABEL}), got {row}"
+            )
         paths.append(path.parent / row[0].strip())
-        labels.append(int(row[1]))
+        labels.append(int(label))
     if not paths:
         raise DataError(f"{path}: no 'path,label' rows")
-    return paths, np.asarray(labels, dtype=np.int64)
+    return paths, dense_labels(np.asarray(labels, dtype=np.int64), str(path))
+
+
+def dense_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """``labels`` as they are when they number the classes 0 .. C-1 with few gaps; sparse ones (a label far above
+    the class count, which would size the classifier by it) become 0 .. C-1 in the labels' order, with a warning."""
+    classes = np.unique(labels)
+    if labels.max() < 2 * classes.size:
+        return labels
+    logger.warning(
+        f"{source}: {classes.size} classes labelled up to {int(labels.max())}: renumbered 0 .. {classes.size - 1} in "
+        "the labels' order (a head of one row per label number would be mostly empty)"
+    )
+    return np.searchsorted(classes, labels).astype(np.int64)
 
 
 def write_list_file(path: str | os.PathLike[str], paths: Sequence[Path], labels: Sequence[int]) -> Path:

@@ -7,6 +7,7 @@ takes the stage's default (``output_dir``, ``num_workers``, ...).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,12 @@ class RunConfig:
         for key in ("seed", "num_workers", "threads", "eval_every", "max_nonfinite_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.seed >= 2**32:  # numpy's and torch's seeding take 32 bits
+            raise ConfigError(f"seed must be < 2**32, got {self.seed}")
+        cores = os.cpu_count() or 1
+        for key in ("num_workers", "threads"):  # hundreds of processes or threads only thrash (or crash) a machine
+            if getattr(self, key) > 4 * cores:
+                raise ConfigError(f"{key} must be at most 4 x this machine's {cores} cores, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0 or null, got {self.max_steps}")
 

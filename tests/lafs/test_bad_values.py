@@ -1,0 +1,48 @@
+"""Values that used to crash, hang or allocate without bound are one-line errors (or a renumbering, said aloud)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lafs.config import load_config
+from lafs.data.folder import read_list_file
+from lafs.errors import ConfigError, DataError
+from lafs.pretrain import main as pretrain
+from lafs.tasks.pretrain import PretrainConfig
+from tests.conftest import assert_bad_value_is_one_line
+from tests.lafs.test_pretrain import TINY
+
+
+@pytest.mark.parametrize(
+    ("value", "key"), [("seed=4294967296", "seed"), ("num_workers=100000", "num_workers"), ("threads=100000", "threads")]
+)
+def test_run_values_beyond_any_machine(tmp_path: Path, capsys: pytest.CaptureFixture, value: str, key: str) -> None:
+    assert_bad_value_is_one_line(pretrain, [*TINY, value], tmp_path / "run", key, capsys)
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("optim:\n  lr: 0.1  # \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte \d+: invalid continuation byte\)"):
+        load_config(PretrainConfig, path)
+
+
+@pytest.mark.parametrize("label", ["²", "99999999999999999999999", "-1", "2147483648"])
+def test_list_labels_that_are_no_class_number(tmp_path: Path, label: str) -> None:
+    (tmp_path / "list.csv").write_text(f"a.png,0\nb.png,{label}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"list.csv:2: expected 'path,label' with an integer label in \[0, 2147483648\)"):
+        read_list_file(tmp_path / "list.csv")
+
+
+def test_sparse_labels_are_renumbered_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Label 50,000,000 would size a classifier of 50 million rows (25.6 GB at 128 features) for 3 people.
+    (tmp_path / "list.csv").write_text("a.png,7\nb.png,50000000\nc.png,7\nd.png,3\n")
+    with caplog.at_level("WARNING", logger="lafs.data"):
+        _, labels = read_list_file(tmp_path / "list.csv")
+    assert labels.tolist() == [1, 2, 1, 0] and labels.dtype == np.int64
+    assert "3 classes labelled up to 50000000: renumbered 0 .. 2" in caplog.text
+    (tmp_path / "dense.csv").write_text("a.png,0\nb.png,2\n")  # a gap or two is fine: kept as given
+    assert read_list_file(tmp_path / "dense.csv")[1].tolist() == [0, 2]
