@@ -14,6 +14,7 @@ import inspect
 import io
 import math
 import os
+import reprlib
 import textwrap
 import tokenize
 import types
@@ -29,6 +30,9 @@ from lafs.files import write_atomic
 T = TypeVar("T")
 
 CLI = "command line"
+# Values in error messages, shortened: a YAML "billion laughs" of nested aliases must not be formatted in full.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
 _UNIONS = (Union, types.UnionType)
 _NONE = type(None)
 
@@ -359,7 +363,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             }
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r} ({source})")
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {_SHORT.repr(value)} ({source})")
 
 
 def _describe(tp: Any) -> str:

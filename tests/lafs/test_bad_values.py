@@ -47,3 +47,15 @@ def test_sparse_labels_are_renumbered_with_a_warning(tmp_path: Path, caplog: pyt
     assert "3 classes labelled up to 50000000: renumbered 0 .. 2" in caplog.text
     (tmp_path / "dense.csv").write_text("a.png,0\nb.png,2\n")  # a gap or two is fine: kept as given
     assert read_list_file(tmp_path / "dense.csv")[1].tolist() == [0, 2]
+
+
+def test_a_billion_laughs_under_a_key_is_one_short_line(tmp_path: Path) -> None:
+    # 12 levels of 9 aliases: 9**12 strings if ever expanded; the error shows a few of them.
+    levels = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("optim:\n  lr: [" + ", ".join(levels) + "]\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(PretrainConfig, path)
+    assert str(error.value).startswith("optim.lr: expected float, got [['lol', 'lol', 'lol', 'lol', ...], [[...]")
+    assert len(str(error.value)) < 400
