@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from lafs.data.folder import IMAGE_SUFFIXES
-from lafs.data.images import UndecodableImage, read_image_file, resize_square
+from lafs.data.images import UndecodableImage, check_pixel_count, read_image_file, resize_square
 from lafs.errors import DataError
 from lafs.evaluation.verification import far_key
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
@@ -68,6 +68,8 @@ def read_photo(path: Path) -> np.ndarray:
     except OSError as exc:
         raise UndecodableImage(exc.strerror or str(exc)) from None
     # Unlike the dataset readers, no IMREAD_IGNORE_ORIENTATION: a sideways face is harder for MediaPipe to find.
+    if data.size:
+        check_pixel_count(data)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
     if image is None:
         raise UndecodableImage("does not decode as an image")

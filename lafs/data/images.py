@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import threading
+import warnings
 from typing import IO
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from lafs.errors import DataError
 
@@ -67,6 +70,29 @@ class _StderrCatcher:
 _CATCHER = _StderrCatcher()
 
 
+MAX_PIXELS = 120_000_000  # a larger image is refused before decoding: 360 MB of RGB, more than any camera's photo
+
+
+def check_pixel_count(data: np.ndarray) -> None:
+    """`UndecodableImage` when the header of encoded ``data`` claims more than `MAX_PIXELS` pixels: a 388-byte PNG
+    can claim 20000 x 20000 (a decompression bomb of 1.2 GB). Only the header is read (Pillow); formats Pillow does
+    not know pass unchecked."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it in one line
+            with Image.open(io.BytesIO(data[: 1 << 20].tobytes())) as image:  # headers sit in the first MB
+                width, height = image.size
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: it says the size
+        raise UndecodableImage(f"not decoded: {error}") from None
+    except Exception:  # a header Pillow cannot read: OpenCV decides
+        return
+    if width * height > MAX_PIXELS:
+        raise UndecodableImage(
+            f"{width} x {height} pixels is more than {MAX_PIXELS // 1_000_000} million: not decoded (a decompression "
+            "bomb, or a photo to downscale first)"
+        )
+
+
 def decode_image(
     buffer: bytes | np.ndarray, bgr: bool = False, size: int | None = None, strict: bool = False
 ) -> np.ndarray:
@@ -81,6 +107,8 @@ def decode_image(
     data = data.reshape(-1)
     # OpenCV's BGR result is the true RGB when the stored pixels were BGR.
     flags = (cv2.IMREAD_COLOR_BGR if bgr else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+    if data.size:
+        check_pixel_count(data)
     if not data.size:
         image = None
     elif strict and data.size > 2 and data[0] == 0xFF and data[1] == 0xD8:  # a JPEG

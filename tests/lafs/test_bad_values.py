@@ -59,3 +59,31 @@ def test_a_billion_laughs_under_a_key_is_one_short_line(tmp_path: Path) -> None:
         load_config(PretrainConfig, path)
     assert str(error.value).startswith("optim.lr: expected float, got [['lol', 'lol', 'lol', 'lol', ...], [[...]")
     assert len(str(error.value)) < 400
+
+
+def _png(width: int, height: int) -> bytes:
+    """A grey PNG of ``width`` x ``height`` written by hand: all zeros compress to almost nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\0" * ((width + 1) * height), 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("side", "message"), [(12000, "12000 x 12000 pixels is more than 120 million"), (20000, "exceeds limit")]
+)
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: int, message: str) -> None:
+    from lafs.data.images import UndecodableImage, read_image_file
+    from lafs.inference import read_photo
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(side, side))  # a few hundred kB that would decode to gigabytes
+    assert path.stat().st_size < 1_000_000
+    for read in (read_image_file, read_photo):
+        with pytest.raises(UndecodableImage, match=message):
+            read(path)
