@@ -20,6 +20,7 @@ from lafs.errors import DataError
 from lafs.files import write_atomic
 
 logger = logging.getLogger("lafs.data")
+DENSE_LABELS = 100_000  # labels below this are kept as given (a head of that many rows is small), gaps or not
 MAX_LABEL = 2**31  # list-file labels are class numbers: int32 is more classes than any face data set has
 SIZE_SAMPLE = 100  # images whose size is checked when a folder or list is opened for training
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -69,10 +70,10 @@ def read_list_file(path: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray
 
 
 def dense_labels(labels: np.ndarray, source: str) -> np.ndarray:
-    """``labels`` as they are when they number the classes 0 .. C-1 with few gaps; sparse ones (a label far above
-    the class count, which would size the classifier by it) become 0 .. C-1 in the labels' order, with a warning."""
+    """``labels`` as given, unless they are sparse: a label of `DENSE_LABELS` or more and over twice the class count
+    would size the classifier by it, so they become 0 .. C-1 in the labels' order, with a warning."""
     classes = np.unique(labels)
-    if labels.max() < 2 * classes.size:
+    if labels.max() < max(2 * classes.size, DENSE_LABELS):
         return labels
     logger.warning(
         f"{source}: {classes.size} classes labelled up to {int(labels.max())}: renumbered 0 .. {classes.size - 1} in "

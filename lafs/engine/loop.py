@@ -305,8 +305,8 @@ def gradients_finite(model: nn.Module) -> bool:
 
 
 def weights_finite(modules: Sequence[nn.Module]) -> bool:
-    """Whether every floating-point parameter and buffer of ``modules`` is finite."""
-    return all(bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point())
+    """Whether every parameter of ``modules`` is finite (buffers may hold infinities by design: running minima)."""
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
 def nonfinite_terms(terms: Mapping[str, torch.Tensor]) -> list[str]:

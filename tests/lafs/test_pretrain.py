@@ -121,10 +121,9 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         return original(self, output_dir, **kwargs)
 
     monkeypatch.setattr(checkpoints.Accelerator, "save_state", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        main([*TINY, f"output_dir={out}", "max_steps=6"])
+    assert main([*TINY, f"output_dir={out}", "max_steps=6"]) == 130  # Ctrl-C: one line, not a traceback
     assert [p.name for p in checkpoints.checkpoints(out / "checkpoints")] == ["step_00000002"]
-    assert (out / "checkpoints" / ".tmp-step_00000004").exists()
+    assert not (out / "checkpoints" / ".tmp-step_00000004").exists()  # the half-written one is gone
     monkeypatch.undo()
     assert main([*TINY, f"output_dir={out}", "max_steps=6"]) == 0
     assert [r["step"] for r in read_log(out)] == list(range(1, 7))
