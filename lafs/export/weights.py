@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from timm.models import PretrainedCfg, filter_pretrained_cfg
 
 from lafs.errors import ConfigError, DataError
@@ -177,6 +179,7 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> Encoder:
     """
     config, weights = read_weights_folder(folder, EXPORT_FORMAT, "an exported encoder")
     _check_architecture(folder, config)
+    _check_size(folder, config, weights)
     try:
         if config.get("version", 1) >= 2:  # timm's own reader, as users call it
             model = timm.create_model(f"local-dir:{Path(folder)}", pretrained=True, **overrides)
@@ -201,6 +204,42 @@ def load_encoder(folder: str | os.PathLike[str], **overrides: Any) -> Encoder:
         if config.get(key, actual) != actual:
             raise DataError(f"{folder}: config.json: {key} {config[key]!r} disagrees with the model's {actual}")
     return model
+
+
+MAX_SHAPE_VALUE = 65_536  # no shape argument of a face encoder (width, heads, image size) comes near this
+MAX_DEPTH = 1_000  # blocks: timm builds each as Python objects, even on the meta device
+
+
+def _check_size(folder: str | os.PathLike[str], config: dict[str, Any], weights: Path) -> None:
+    """`DataError` unless config.json's model_args describe as many weights as the weights file holds, checked on
+    timm's meta device (nothing allocated) after bounding every number: a crafted ``depth=100000`` or
+    ``embed_dim=1e7`` would otherwise allocate gigabytes before failing, ``num_heads=0`` divide by zero."""
+    args = config.get("model_args") or {}
+    for key, value in args.items():
+        limit = MAX_DEPTH if key in ("depth", "layers") else MAX_SHAPE_VALUE
+        numbers = value if isinstance(value, list) else [value]  # IResNet's layers are a list of block counts
+        for number in numbers:
+            if isinstance(number, (int, float)) and not isinstance(number, bool) and not 0 <= number <= limit:
+                raise DataError(f"{folder}: config.json: model_args {key}={value} is out of range [0, {limit}]")
+    try:
+        with safe_open(str(weights), "pt") as file:
+            stored = sum(math.prod(file.get_slice(name).get_shape()) for name in file.keys())  # noqa: SIM118
+        with torch.device("meta"):
+            model = timm.create_model(config["architecture"], pretrained=False, **args)
+    except (SafetensorError, OSError):
+        return  # unreadable weights: the loader says so in its own words
+    except (NotImplementedError, RuntimeError) as exc:
+        if "meta" in str(exc):
+            return  # a constructor that computes with tensors cannot build on the meta device: bounds suffice
+        raise DataError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    except (ArithmeticError, AssertionError, TypeError, ValueError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{folder}: weights do not fit config.json ({problem})") from None
+    described = sum(p.numel() for p in model.state_dict().values())
+    if described != stored:
+        raise DataError(
+            f"{folder}: config.json describes {described:,} weights, {Path(weights).name} holds {stored:,}"
+        )
 
 
 def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:

@@ -87,3 +87,28 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: i
     for read in (read_image_file, read_photo):
         with pytest.raises(UndecodableImage, match=message):
             read(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"depth": 100000}, "model_args depth=100000 is out of range"),
+        ({"embed_dim": 10_000_000}, "model_args embed_dim=10000000 is out of range"),
+        ({"num_heads": 0}, "weights do not fit config.json"),
+        ({"depth": 5}, "config.json describes"),  # a model of other size than the weights: refused before building
+    ],
+)
+def test_a_crafted_config_json_is_refused_before_allocating(tmp_path: Path, change: dict, message: str) -> None:
+    import json
+
+    import timm
+
+    from lafs.export import load_encoder, save_encoder
+
+    model = timm.create_model("lafs_vit_nano_p8_112", landmark_set="mediapipe49", embed_dim=32, depth=2, num_heads=2)
+    folder = save_encoder(model, tmp_path / "encoder")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"].update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=message):
+        load_encoder(folder)
