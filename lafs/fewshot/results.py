@@ -34,8 +34,11 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(mean: float | None, std: float) -> str:
-    return "n/a" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+def _cell(mean: float | None, std: float, seeds: int) -> str:
+    """``mean ± std`` in %; one seed has no spread to show."""
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" if seeds < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, Any]) -> str:
@@ -53,7 +56,8 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, Any])
     for row in rows:
         lines.append(
             f"| {row['arm']} | {row['shots']} | {row['regulariser']} | {row['seeds']} | "
-            f"{_cell(row['accuracy_mean'], row['accuracy_std'])} | {_cell(row['auc_mean'], row['auc_std'])} |"
+            f"{_cell(row['accuracy_mean'], row['accuracy_std'], row['seeds'])} | "
+            f"{_cell(row['auc_mean'], row['auc_std'], row['seeds'])} |"
         )
     return "\n".join(lines) + "\n"
 
