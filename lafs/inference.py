@@ -88,7 +88,7 @@ def find_mesh(detector: FaceMeshDetector, image: np.ndarray, name: str = "photo"
     if len(faces) > 1:
         (left, top), (right, bottom) = faces[0][:, :2].min(0), faces[0][:, :2].max(0)
         logger.warning(
-            f"{name}: {len(faces)} faces; using the largest, at x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f} "
+            f"{name}: {len(faces)} faces; using the largest, at x {left:.0f}..{right:.0f}, y {top:.0f}..{bottom:.0f} "
             "(crop the photo to choose another)"
         )
     mesh = faces[0] if faces else None

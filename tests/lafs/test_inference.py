@@ -151,7 +151,7 @@ def test_of_several_faces_the_largest_is_aligned_and_named(tmp_path: Path, caplo
         _, kept, failures = load_faces([two], align=True)
     assert kept == [two] and not failures
     assert f"{two}: 2 faces; using the largest, at x " in caplog.text
-    left = int(caplog.text.split(", at x ")[1].split("-")[0])
+    left = int(caplog.text.split(", at x ")[1].split("..")[0])
     assert left < 300  # the larger face is on the left
 
 
