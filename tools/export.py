@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # An image-only encoder ignores the landmarks: any set renders the same faces.
     landmark_set = model.landmark_set if takes_landmarks(model) else "mediapipe49"
-    images, landmarks = synthetic_batch(landmark_set, args.faces)
+    size = int(model.pretrained_cfg["input_size"][-1])  # the encoder's own input: 64 px for the CPU recipe
+    images, landmarks = synthetic_batch(landmark_set, args.faces, image_size=size)
     graph = images_only_landmarks(landmark_source, args.landmarks, predictor is not None)
     reports = save_encoder_onnx(
         model,

@@ -727,11 +727,15 @@ def synthetic_pairs(faces: SyntheticFaces, num_pairs: int, seed: int = 0) -> tup
     return images, issame
 
 
-def synthetic_batch(landmark_set: str, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` synthetic faces of ``count`` identities as model inputs: normalised images (count, 3, 112, 112) float32
-    and their landmarks (count, K, 2) float32 pixels (ONNX parity checks, benchmarks, smoke tests)."""
+def synthetic_batch(
+    landmark_set: str, count: int, seed: int = 0, image_size: int = 112
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` synthetic faces of ``count`` identities as model inputs: normalised images (count, 3, S, S) float32
+    at ``image_size`` S and their landmarks (count, K, 2) float32 pixels (ONNX parity checks, benchmarks, tests)."""
     faces = SyntheticFaces(
-        SyntheticFacesConfig(num_identities=count, images_per_identity=1, landmark_set=landmark_set, seed=seed)
+        SyntheticFacesConfig(
+            num_identities=count, images_per_identity=1, landmark_set=landmark_set, seed=seed, image_size=image_size
+        )
     )
     batch = collate_faces([faces[i] for i in range(count)])
     return normalize_images(batch["image"]), batch["landmarks"].float()

@@ -488,3 +488,16 @@ def test_iresnet_exports_one_images_only_onnx_file(tmp_path, faces, capsys):
     with torch.no_grad():
         for batch in (1, 5):
             torch.testing.assert_close(onnx_encoder(images[:batch]), model(images[:batch]), rtol=1e-4, atol=1e-4)
+
+
+def test_an_encoder_trained_at_64_px_exports_onnx_checked_at_64_px(tmp_path, capsys):
+    # The CPU recipe's ResNet-18 takes 64 x 64 faces: the parity check must feed it those (it fed 112 x 112 once).
+    from lafs.models import EncoderConfig, build_any_encoder
+
+    torch.manual_seed(0)
+    model = build_any_encoder(EncoderConfig(name="timm:resnet10t", embed_dim=16, model_args={"img_size": 64})).eval()
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    assert "min cosine 0.99999" in capsys.readouterr().out
+    assert load_any_encoder(out / "model.onnx")(torch.zeros(2, 3, 64, 64)).shape == (2, 16)
