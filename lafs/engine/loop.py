@@ -23,7 +23,7 @@ from lafs.engine.curves import plot_learning_curve
 from lafs.engine.memory import check_memory, device_free_memory, estimate_memory
 from lafs.engine.run_dir import RunLock, check_fresh_start, check_run_directory
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
-from lafs.engine.task import RunContext, Task
+from lafs.engine.task import RunContext, Task, TrainingParts
 from lafs.errors import LafsError
 
 logger = logging.getLogger("lafs.engine")
@@ -93,14 +93,7 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
     loader = make_loader(dataset, o.batch_size, task.collate_fn(), cfg.num_workers, cfg.seed, accelerator.device)
     parts = task.build(accelerator, dataset)
     if cfg.memory_check:  # before anything is placed on the device: a config that cannot fit stops here
-        activations = task.activation_bytes(parts, o.batch_size)
-        estimate = estimate_memory(parts.model, parts.optimizer, parts.on_device, activations)
-        sharing = 1 if accelerator.device.type == "cuda" else processes_on_this_node(accelerator)  # one GPU each
-        free = device_free_memory(accelerator.device)
-        if accelerator.num_processes > 1:  # every process decides on the least free memory: all stop, or none
-            free = int(accelerator.gather(torch.tensor([free], device=accelerator.device, dtype=torch.float64)).min())
-        check_memory(estimate, sharing, free, task.memory_advice)
-        logger.info(f"memory per process: about {estimate.describe()}; {free / 2**30:.1f} GiB available")
+        _check_memory(task, parts, o.batch_size, accelerator)
     model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
     for module in parts.on_device:
         module.to(accelerator.device)
@@ -142,6 +135,18 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
     if accelerator.is_main_process:
         print(summary.line(task.name), flush=True)  # always, on a terminal or not
     return summary
+
+
+def _check_memory(task: Task, parts: TrainingParts, batch_size: int, accelerator: Accelerator) -> None:
+    """The start-up memory estimate against the device's free memory (`lafs.engine.memory`), logged when it fits."""
+    activations = task.activation_bytes(parts, batch_size)
+    estimate = estimate_memory(parts.model, parts.optimizer, parts.on_device, activations)
+    sharing = 1 if accelerator.device.type == "cuda" else processes_on_this_node(accelerator)  # one GPU each
+    free = device_free_memory(accelerator.device)
+    if accelerator.num_processes > 1:  # every process decides on the least free memory: all stop, or none
+        free = int(accelerator.gather(torch.tensor([free], device=accelerator.device, dtype=torch.float64)).min())
+    check_memory(estimate, sharing, free, task.memory_advice)
+    logger.info(f"memory per process: about {estimate.describe()}; {free / 2**30:.1f} GiB available")
 
 
 class _Loop:
