@@ -25,6 +25,11 @@ class Main(Protocol):
 _WORKER_TRACEBACK = re.compile(r"Caught \w+ in [^\n]*\nOriginal Traceback \(most recent call last\):\n")
 
 
+OUT_OF_MEMORY = "out of memory (try a smaller batch or model, or data.in_memory=false)"
+# torch's messages when an allocation fails: the CPU allocator's and CUDA's (torch.OutOfMemoryError).
+_ALLOCATION_FAILED = re.compile(r"you tried to allocate \d+ bytes|Tried to allocate [\d.]+ [KMGTP]?i?B")
+
+
 def error_message(error: LafsError) -> str:
     """The message of ``error``; for one re-raised from a DataLoader worker, that of the original (no traceback)."""
     text = str(error)
@@ -57,7 +62,13 @@ def entry_point(main: Main) -> Main:
             print(f"error: {where}{error.strerror or error}", file=sys.stderr)
             return 2
         except MemoryError:
-            print("error: out of memory (try a smaller batch or data.in_memory=false)", file=sys.stderr)
+            print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
+            return 2
+        except RuntimeError as error:  # torch's allocators raise RuntimeError (torch.OutOfMemoryError on a GPU)
+            failed = _ALLOCATION_FAILED.search(str(error))
+            if failed is None:
+                raise
+            print(f"error: {OUT_OF_MEMORY}: {failed.group(0)}", file=sys.stderr)
             return 2
 
     return wrapper

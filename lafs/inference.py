@@ -236,18 +236,21 @@ def write_embeddings(
     output.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(4)
     staged: list[tuple[Path, Path]] = []
+    contents: list[tuple[Path, np.ndarray | str]] = [
+        (output, embeddings),
+        (index_path, _csv_text(("row", "path"), list(enumerate(map(str, paths))))),
+    ]
+    if failures:
+        contents.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
     try:
-        temporary = output.with_name(f".{output.name}.{token}.tmp")
-        with open(temporary, "wb") as f:
-            np.save(f, embeddings)
-        staged.append((temporary, output))
-        texts = [(index_path, _csv_text(("row", "path"), list(enumerate(map(str, paths)))))]
-        if failures:
-            texts.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
-        for target, text in texts:
+        for target, content in contents:
             temporary = target.with_name(f".{target.name}.{token}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            staged.append((temporary, target))
+            staged.append((temporary, target))  # before writing: a write that fails half-way leaves it too
+            with open(temporary, "wb") as file:
+                if isinstance(content, str):
+                    file.write(content.encode("utf-8"))
+                else:
+                    np.save(file, content)
     except BaseException:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,6 +32,19 @@ def launch_two_processes(script: str, *arguments: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def run_with_memory_limit(code: str, gib: float = 6.0, seconds: int = 120) -> subprocess.CompletedProcess[str]:
+    """Python ``code`` in a child process whose address space is capped at ``gib`` (importing torch alone reserves
+    about 4 GiB of it) and whose run is cut after ``seconds``: an input that exhausts memory then fails its test
+    instead of swapping the machine."""
+
+    def cap() -> None:
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    command = [sys.executable, "-c", code]
+    return subprocess.run(command, capture_output=True, text=True, timeout=seconds, preexec_fn=cap, cwd=ROOT)
 
 
 def assert_bad_value_is_one_line(

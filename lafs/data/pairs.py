@@ -113,6 +113,15 @@ def _is_decoded(entry: np.ndarray) -> bool:
 
 
 def _issame_array(path: Path, issame: Any) -> np.ndarray:
+    # Only a flat list reaches np.asarray, which walks nested lists in full: a few hundred bytes of pickle memo can
+    # name a list nested 40 deep with 2**40 leaves.
+    flat = isinstance(issame, np.ndarray) or (
+        isinstance(issame, list | tuple) and all(isinstance(label, bool | int | np.generic) for label in issame)
+    )
+    if not flat:
+        inner = {type(label).__name__ for label in issame} if isinstance(issame, list | tuple) else set()
+        of = f" of {'/'.join(sorted(inner))}" if inner else ""
+        raise DataError(f"{path}: issame must be a list of bools, got {type(issame).__name__}{of}")
     try:
         labels = np.asarray(issame)
     except ValueError:

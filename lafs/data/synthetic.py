@@ -58,6 +58,11 @@ _IRIS_COLOURS = _rgb("372316 643e23 7d6437 557346 4b73a5 737d87")
 _IRIS_WEIGHTS = np.array([3, 3, 2, 1, 1.5, 0.7]), np.array([9, 6, 2, 0.2, 0.15, 0.14])
 
 
+# The synthetic faces are for demos and tests; a million identities (64 MB of identity parameters) is far beyond
+# either, and a billion asked for 64 GB at start-up.
+MAX_SYNTHETIC_COUNT = 1_000_000
+
+
 @dataclass
 class SyntheticFacesConfig:
     """What to generate and how much each image of an identity varies; set a knob to 0 to switch its variation off."""
@@ -85,8 +90,8 @@ class SyntheticFacesConfig:
         stages; `lafs.config.load_config` passes it), so messages name the key the user typed.
         """
         for name in ("num_identities", "images_per_identity"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{prefix}{name} must be at least 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_SYNTHETIC_COUNT:
+                raise ConfigError(f"{prefix}{name} must lie in [1, {MAX_SYNTHETIC_COUNT}], got {getattr(self, name)}")
         if self.image_size < 32:
             raise ConfigError(f"{prefix}image_size must be at least 32 pixels, got {self.image_size}")
         if self.seed < 0:

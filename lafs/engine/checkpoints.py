@@ -18,6 +18,7 @@ another number of processes can re-split it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -82,13 +83,63 @@ class TrainState:
     def __init__(self) -> None:
         self.step = 0
         self.best_score = float("-inf")
+        # How the run's steps were made (`BatchLayout`); checkpoints before 2026-12 lack it.
+        self.layout: BatchLayout | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "best_score": self.best_score}
+        layout = None if self.layout is None else dataclasses.asdict(self.layout)
+        return {"step": self.step, "best_score": self.best_score, "layout": layout}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.best_score = float(state.get("best_score", float("-inf")))
+        layout = state.get("layout")
+        self.layout = BatchLayout(**layout) if isinstance(layout, dict) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How one run makes its optimiser steps: the schedules are counted in these steps, so a resumed run keeps them
+    only with the same images per step and steps per epoch, whatever its number of processes."""
+
+    processes: int
+    batch_size: int  # per process and micro-batch
+    grad_accum: int
+    steps_per_epoch: int
+
+    @property
+    def images_per_step(self) -> int:
+        return self.processes * self.batch_size * self.grad_accum
+
+    def describe(self) -> str:
+        s = "es" if self.processes > 1 else ""
+        return (
+            f"{self.images_per_step} images per step ({self.processes} process{s} x batch {self.batch_size} x "
+            f"grad_accum {self.grad_accum}), {self.steps_per_epoch} steps per epoch"
+        )
+
+
+def check_same_layout(saved: BatchLayout | None, now: BatchLayout, path: Path) -> None:
+    """`ConfigError` when a run resumed from the checkpoint ``path`` would make its steps otherwise than the run that
+    wrote it (the epoch counter would jump and the schedules stretch); the same steps on another process count are
+    fine, said in a log line (the sample order then differs from an unbroken run's)."""
+    if saved is None or saved == now:
+        return
+    if (saved.images_per_step, saved.steps_per_epoch) == (now.images_per_step, now.steps_per_epoch):
+        logger.info(
+            f"resuming on {now.processes} process(es) a run made on {saved.processes}: the same "
+            f"{now.images_per_step} images per step and {now.steps_per_epoch} steps per epoch, so the same schedules "
+            "(the order of the samples differs from an unbroken run's)"
+        )
+        return
+    hint = f"launch {saved.processes} processes"
+    accum, rest = divmod(saved.images_per_step, now.processes * now.batch_size)
+    if accum >= 1 and rest == 0:
+        hint += f", or keep its steps with optim.grad_accum={accum}"
+    raise ConfigError(
+        f"resume from {path}: that run took {saved.describe()}; this launch takes {now.describe()}, which would "
+        f"change the schedules: {hint}"
+    )
 
 
 def checkpoints(folder: Path) -> list[Path]:

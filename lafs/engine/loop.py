@@ -17,7 +17,14 @@ from torch import nn
 from lafs.config import save_config
 from lafs.engine.accelerator import build_accelerator, processes_on_this_node, thread_count, torch_settings
 from lafs.engine.batches import left_out_per_epoch, make_loader, steps_per_epoch, training_batches
-from lafs.engine.checkpoints import TrainState, resume, resume_candidates, save_checkpoint
+from lafs.engine.checkpoints import (
+    BatchLayout,
+    TrainState,
+    check_same_layout,
+    resume,
+    resume_candidates,
+    save_checkpoint,
+)
 from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
 from lafs.engine.curves import plot_learning_curve
 from lafs.engine.memory import check_memory, device_free_memory, estimate_memory
@@ -106,6 +113,10 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
         check_resumed_config(resolved, cfg.output_dir, task.fixed_on_resume)
     state = TrainState()
     resumed_from = resume(accelerator, candidates, cfg.resume == "auto", state, parts.checkpointed)
+    layout = BatchLayout(processes, o.batch_size, o.grad_accum, steps)
+    if resumed_from is not None:
+        check_same_layout(state.layout, layout, resumed_from)
+    state.layout = layout
     if accelerator.is_main_process:  # every check has passed: from here on the run directory is written
         kept = lock.claim(cfg.output_dir, cfg.replace)  # one run at a time: a second one is refused here
         if kept is not None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lafs.data.pairs import load_bin
-from lafs.errors import ConfigError
+from lafs.data.pairs import load_bin, read_bin
+from lafs.errors import ConfigError, DataError
 from lafs.evaluation.landmarks import EvalLandmarks, bin_landmarks
 from lafs.evaluation.verification import evaluate_pairs
 from lafs.files import write_atomic
@@ -33,7 +33,8 @@ MEAN = "mean_accuracy"  # the score a run keeps its best checkpoint by
 
 
 def check_eval_bins(paths: Sequence[str | os.PathLike[str]]) -> None:
-    """`ConfigError` (one line) for an ``eval_bins`` file that does not exist, or two that share a name (stem)."""
+    """`ConfigError` (one line) for an ``eval_bins`` file that does not exist or is not a pair set, or two that share
+    a name (stem). Read before anything is written (the images are decoded later, when the run opens them)."""
     missing = [path for path in paths if not Path(path).is_file()]
     if missing:
         raise ConfigError(f"eval_bins: no such file {missing[0]}")
@@ -41,6 +42,11 @@ def check_eval_bins(paths: Sequence[str | os.PathLike[str]]) -> None:
     twice = sorted({stem for stem in stems if stems.count(stem) > 1})
     if twice:
         raise ConfigError(f"eval_bins: two sets share the name {twice[0]!r} (names are file stems)")
+    for path in paths:
+        try:
+            read_bin(path)
+        except DataError as error:
+            raise ConfigError(f"eval_bins: {error}") from None
 
 
 class ValidationSets:

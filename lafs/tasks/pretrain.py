@@ -52,6 +52,10 @@ from lafs.views.predicted import views_with_predicted_landmarks
 logger = logging.getLogger("lafs.pretrain")
 
 
+# Ten times LAFS's 100,000 prototypes: wider heads are typos (dino.out_dim=1e11 asked for 25 TB).
+MAX_HEAD_WIDTH = 2**20
+
+
 @dataclass
 class DinoConfig:
     out_dim: int = 65536  # prototypes; LAFS uses 100000 at ViT-B scale, DINO's default is 65536
@@ -71,9 +75,9 @@ class DinoConfig:
     freeze_last_layer_epochs: float = 1.0  # prototypes stay fixed at first: LAFS/DINO default (stretched as above)
 
     def validate(self) -> None:
-        for key in ("out_dim", "hidden_dim", "bottleneck_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"dino.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("out_dim", "hidden_dim", "bottleneck_dim"):  # bounded before the head allocates them
+            if not 1 <= getattr(self, key) <= MAX_HEAD_WIDTH:
+                raise ConfigError(f"dino.{key} must lie in [1, {MAX_HEAD_WIDTH}], got {getattr(self, key)}")
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):

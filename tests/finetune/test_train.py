@@ -313,6 +313,13 @@ def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, override, key):
     assert_bad_value_is_one_line(main, [*DEMO, override], tmp_path / "run", key, capsys)
 
 
+def test_an_eval_bin_of_no_pairs_is_refused_before_writing(tmp_path, capsys):
+    # It used to fail at the first validation, after config.yaml was written into the run directory.
+    (tmp_path / "junk.bin").write_text("not a pair set\n")
+    arguments = [*DEMO, f"eval_bins=[{tmp_path / 'junk.bin'}]"]
+    assert_bad_value_is_one_line(main, arguments, tmp_path / "run", "eval_bins:", capsys)
+
+
 def test_predictor_run_exports_an_images_only_model(tmp_path):
     from lafs.export import OnnxEncoder, load_any_encoder
     from lafs.models.image_encoder import ImageEncoder

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import lafs.tasks.pretrain
+from lafs.cli import OUT_OF_MEMORY
 from lafs.config import load_config
 from lafs.data.folder import read_list_file
 from lafs.errors import ConfigError, DataError
@@ -112,3 +115,31 @@ def test_a_crafted_config_json_is_refused_before_allocating(tmp_path: Path, chan
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match=message):
         load_encoder(folder)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ("dino.out_dim=100000000000", "dino.out_dim"),
+        ("synthetic.num_identities=1000000000", "synthetic.num_identities"),
+    ],
+)
+def test_sizes_beyond_any_machine_are_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str, key: str
+) -> None:
+    # Both allocated terabytes (a 1e11-prototype head) or 64 GB (a billion synthetic identities) after the run
+    # directory was written, and ended in a RuntimeError traceback.
+    assert_bad_value_is_one_line(pretrain, [*TINY, value], tmp_path / "run", key, capsys)
+
+
+def test_a_failed_allocation_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Within every bound, still more than the machine has: torch's allocator raises a RuntimeError, not MemoryError.
+    def exhausted(*args: object, **kwargs: object) -> None:
+        torch.empty(2**62, dtype=torch.uint8)
+
+    monkeypatch.setattr(lafs.tasks.pretrain.PretrainTask, "setup", exhausted)
+    assert pretrain([*TINY, f"output_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"error: {OUT_OF_MEMORY}: you tried to allocate {2**62} bytes"

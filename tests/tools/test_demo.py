@@ -42,7 +42,7 @@ def test_demo_reports_bad_options_in_one_line(tmp_path, capsys):
     assert "must equal data.landmark_set" in errors[0] and "did you mean 'data.num_identities'" in errors[1]
     # The demo nests the synthetic faces as data (the training stages as synthetic): the message says data.
     assert main([f"output_dir={tmp_path}", "data.num_identities=0"]) == 2
-    assert capsys.readouterr().err == "error: data.num_identities must be at least 1, got 0\n"
+    assert capsys.readouterr().err == "error: data.num_identities must lie in [1, 1000000], got 0\n"
 
 
 # The demo's stages at full size, stopped at their first logged step. Changing these values means the demo trains

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,3 +56,20 @@ def test_output_that_is_a_folder(tmp_path: Path, encoder: Path, capsys: pytest.C
     assert main(args) == 2
     assert "is a folder" in error_line(capsys)
     assert list((tmp_path / "out.npy").iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary(
+    tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fills_the_disk(file: Any, array: np.ndarray) -> None:  # half the array fits, then the disk is full
+        file.write(array.tobytes()[: array.nbytes // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", fills_the_disk)
+    faces, _ = write_face_folder(tmp_path / "faces", identities=1, per_identity=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--input", str(faces), "--model", str(encoder), "--output", str(out / "e.npy"), "--device", "cpu"]
+    assert main(args) == 2
+    assert error_line(capsys) == "error: No space left on device\n"
+    assert list(out.iterdir()) == []  # the half-written .e.npy.<token>.tmp went too

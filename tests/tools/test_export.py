@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 import timm
 import torch
 
-import lafs  # noqa: F401  (registers the encoders with timm)
+import lafs  # registers the encoders with timm
+import lafs.files
 from lafs.export import load_encoder, save_encoder
 from tools.export import main
 
@@ -118,3 +120,20 @@ def test_files_follow_the_umask(run_dir, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir() if p.is_file()}
     assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_a_full_disk_keeps_the_previous_export_whole(run_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 0
+    before = snapshot(out)
+
+    def fills_the_disk(tensors: dict, path: str, metadata: dict | None = None) -> None:
+        Path(path).write_bytes(b"half a safetensors file")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(lafs.files, "save_file", fills_the_disk)
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 2
+    assert error_line(capsys).endswith("model.safetensors: No space left on device\n")
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging left
+    assert main(["--input", str(run_dir), "--output", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a folder the failed export created goes with it

@@ -9,6 +9,7 @@ import pytest
 from lafs.data.pair_lists import read_pairs_file
 from lafs.data.pairs import decode_entry, load_bin, read_bin, write_bin
 from lafs.errors import DataError
+from tests.conftest import run_with_memory_limit
 
 
 def gradient(seed: int, size: int = 32) -> np.ndarray:
@@ -275,3 +276,17 @@ def test_lfw_pairs_without_the_counts_line_and_hashes_in_csv_names(tmp_path):
     ]
     (tmp_path / "pairs.csv").write_text("img#1.jpg,x.jpg,1\n")  # in CSV a # is part of a name
     assert read_pairs_file(tmp_path / "pairs.csv") == [(tmp_path / "img#1.jpg", tmp_path / "x.jpg", True)]
+
+
+def test_nested_issame_is_refused_before_it_is_walked(tmp_path):
+    # 40 levels of a list holding itself twice: 357 bytes of pickle memo naming 2**40 leaves, which np.asarray would
+    # walk in full (3 GB and growing before the check). The child's memory is capped so a regression cannot swap.
+    nested: list = []
+    for _ in range(40):
+        nested = [nested, nested]
+    path = tmp_path / "nested.bin"
+    path.write_bytes(pickle.dumps(([b"x", b"y"], nested), protocol=2))
+    code = f"from lafs.data.pairs import read_bin; read_bin({str(path)!r})"
+    result = run_with_memory_limit(code, seconds=60)
+    assert result.returncode != 0
+    assert "nested.bin: issame must be a list of bools, got list of list" in result.stderr.splitlines()[-1]

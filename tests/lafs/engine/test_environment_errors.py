@@ -52,3 +52,23 @@ def test_ctrl_c_is_one_line_and_keeps_the_last_checkpoint(
     assert [p.name for p in checkpoints(out / "checkpoints")] == ["step_00000002"]
     monkeypatch.undo()
     assert pretrain([*TINY, f"output_dir={out}", "max_steps=6"]) == 0  # and the same command resumes
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert pretrain([*TINY, f"output_dir={tmp_path / 'notes.txt'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("notes.txt: exists and is not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_read_only_file_system_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Tests run as root here, where permissions cannot make a folder read-only: the file system's answer is patched in.
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "run"
+    assert pretrain([*TINY, f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {out}: Read-only file system"
