@@ -64,6 +64,27 @@ def test_two_steps_in_process(tmp_path, make_on):
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
 
 
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        # The released table np.linspace(0.07, 0.04, 2)[epoch]: 2 steps of 0.07, then 2 of 0.04.
+        ("per_epoch", [0.07, 0.07, 0.04, 0.04]),
+        # Ours: a linear ramp over the 4 warm-up steps, step by step.
+        ("per_step", [0.07 - 0.03 * step / 4 for step in range(4)]),
+    ],
+)
+def test_teacher_temperature_schedules_in_a_run(tmp_path, schedule, expected):
+    # 16 images in batches of 8 are 2 steps per epoch; a warm-up of 2 epochs is 4 steps.
+    out = run(
+        tmp_path,
+        schedule,
+        "synthetic.images_per_identity=2",
+        "dino.warmup_teacher_temp_epochs=2",
+        f"dino.teacher_temp_schedule={schedule}",
+    )
+    assert [r["teacher_temp"] for r in read_log(out)] == pytest.approx(expected, abs=1e-12)
+
+
 # The LAFS paper's DINO baseline: the same engine, views on the regular patch grid, a plain ViT over 8 x 8 patches.
 PATCHES = ("views.kind=patches", "encoder.landmark_set=grid196", "data.landmark_set=grid196")
 
