@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,6 +33,33 @@ def launch_two_processes(script: str, *arguments: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def launch_two_nodes(script: str, *arguments: str, output_dirs: tuple[Path, Path]) -> list[subprocess.CompletedProcess]:
+    """Run ``script`` as a two-machine launch on this host: two ``accelerate launch --num_machines 2`` launchers of
+    one gloo process each, rendezvousing on a free local port; node r writes into ``output_dirs[r]`` (the same
+    folder twice: a shared file system). Returns both launchers' results, node 0 first."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launcher(rank: int) -> subprocess.Popen:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+            "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            str(ROOT / script), *arguments, f"output_dir={output_dirs[rank]}",
+        ]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+    launchers = [launcher(rank) for rank in range(2)]
+    results = []
+    for process in launchers:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
 
 
 def run_with_memory_limit(code: str, gib: float = 6.0, seconds: int = 120) -> subprocess.CompletedProcess[str]:

@@ -40,6 +40,7 @@ logger = logging.getLogger("lafs.engine")
 _NAME = re.compile(r"^step_(\d+)$")
 TASK_STATE = "task_state.safetensors"
 TRAIN_STATE = "train_state.json"
+TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-step_N
 _PROCESS_FILE = re.compile(r"^task_state_(\d+)_rank(\d+)\.safetensors$")
 
 
@@ -100,7 +101,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class BatchLayout:
     """How one run makes its optimiser steps: the schedules are counted in these steps, so a resumed run keeps them
-    only with the same images per step and steps per epoch, whatever its number of processes."""
+    with the same images per step, whatever its number of processes (`check_same_layout`)."""
 
     processes: int
     batch_size: int  # per process and micro-batch
@@ -115,31 +116,37 @@ class BatchLayout:
         s = "es" if self.processes > 1 else ""
         return (
             f"{self.images_per_step} images per step ({self.processes} process{s} x batch {self.batch_size} x "
-            f"grad_accum {self.grad_accum}), {self.steps_per_epoch} steps per epoch"
+            f"grad_accum {self.grad_accum})"
         )
 
 
 def check_same_layout(saved: BatchLayout | None, now: BatchLayout, path: Path) -> None:
-    """`ConfigError` when a run resumed from the checkpoint ``path`` would make its steps otherwise than the run that
-    wrote it (the epoch counter would jump and the schedules stretch); the same steps on another process count are
-    fine, said in a log line (the sample order then differs from an unbroken run's)."""
+    """`ConfigError` when a run resumed from the checkpoint ``path`` would take another number of images per step
+    than the run that wrote it (another process count, say): its steps per epoch, so its epoch counter and every
+    schedule, would change. The same images per step on another process count continue the same schedules (the
+    order of the samples then differs from an unbroken run's), said in a log line."""
     if saved is None or saved == now:
         return
-    if (saved.images_per_step, saved.steps_per_epoch) == (now.images_per_step, now.steps_per_epoch):
+    if saved.images_per_step != now.images_per_step:
+        hint = f"launch {saved.processes} process{'es' if saved.processes > 1 else ''}"
+        accum, rest = divmod(saved.images_per_step, now.processes * now.batch_size)
+        if accum >= 1 and rest == 0:
+            hint += f", or keep its steps with optim.grad_accum={accum}"
+        raise ConfigError(
+            f"resume from {path}: that run took {saved.describe()}; this launch takes {now.describe()}, which would "
+            f"change its schedules: {hint}"
+        )
+    if saved.processes != now.processes:
         logger.info(
             f"resuming on {now.processes} process(es) a run made on {saved.processes}: the same "
-            f"{now.images_per_step} images per step and {now.steps_per_epoch} steps per epoch, so the same schedules "
-            "(the order of the samples differs from an unbroken run's)"
+            f"{now.images_per_step} images per step, so the same schedules (the order of the samples differs from "
+            "an unbroken run's)"
         )
-        return
-    hint = f"launch {saved.processes} processes"
-    accum, rest = divmod(saved.images_per_step, now.processes * now.batch_size)
-    if accum >= 1 and rest == 0:
-        hint += f", or keep its steps with optim.grad_accum={accum}"
-    raise ConfigError(
-        f"resume from {path}: that run took {saved.describe()}; this launch takes {now.describe()}, which would "
-        f"change the schedules: {hint}"
-    )
+    if saved.steps_per_epoch != now.steps_per_epoch:  # the data, not the launch: its folder gained or lost images
+        logger.warning(
+            f"warning: {now.steps_per_epoch} steps per epoch where the checkpoint's run had {saved.steps_per_epoch} "
+            "(the data changed size): the schedules follow the new count"
+        )
 
 
 def checkpoints(folder: Path) -> list[Path]:
@@ -152,6 +159,16 @@ def checkpoints(folder: Path) -> list[Path]:
         if p.is_dir() and (m := _NAME.match(p.name)) and is_checkpoint(p)
     ]
     return [p for _, p in sorted(found)]
+
+
+def remove_unfinished(folder: Path) -> list[str]:
+    """Remove the ``.tmp-step_N`` folders of saves that never finished (a killed run, or a machine that failed in
+    the middle of one) from the checkpoint folder ``folder``; returns their names. Only the main process calls it,
+    at start-up, while it holds the run lock."""
+    unfinished = sorted(p for p in folder.glob(f"{TEMPORARY_PREFIX}step_*") if p.is_dir()) if folder.is_dir() else []
+    for path in unfinished:
+        shutil.rmtree(path, ignore_errors=True)
+    return [path.name for path in unfinished]
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -179,7 +196,7 @@ def save_checkpoint(
 ) -> Path:
     """Save the full training state as ``folder/step_N`` on every process, then keep the newest ``keep``."""
     final = folder / f"step_{state.step:08d}"
-    temporary = folder / f".tmp-{final.name}"
+    temporary = folder / f"{TEMPORARY_PREFIX}{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)

@@ -21,6 +21,7 @@ from lafs.engine.checkpoints import (
     BatchLayout,
     TrainState,
     check_same_layout,
+    remove_unfinished,
     resume,
     resume_candidates,
     save_checkpoint,
@@ -28,7 +29,7 @@ from lafs.engine.checkpoints import (
 from lafs.engine.config import ClipMode, RunConfig, check_resumed_config
 from lafs.engine.curves import plot_learning_curve
 from lafs.engine.memory import check_memory, device_free_memory, estimate_memory
-from lafs.engine.run_dir import RunLock, check_fresh_start, check_run_directory
+from lafs.engine.run_dir import RunLock, check_fresh_start, check_run_directory, check_shared_run_directory
 from lafs.engine.run_log import Progress, RunLog, write_weights_hash
 from lafs.engine.task import RunContext, Task, TrainingParts
 from lafs.errors import LafsError
@@ -93,6 +94,7 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
     logging.getLogger("timm").setLevel(logging.WARNING)  # three lines per encoder loaded from a folder, likewise
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
     check_run_directory(cfg.output_dir)  # a foreign folder is refused before anything is computed or written
+    check_shared_run_directory(accelerator, cfg.output_dir)  # and one that not every machine sees
     check_fresh_start(cfg.output_dir, cfg.resume, cfg.replace)  # and a fresh start over an earlier run
 
     dataset = task.build_dataset(accelerator)
@@ -121,6 +123,9 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
         kept = lock.claim(cfg.output_dir, cfg.replace)  # one run at a time: a second one is refused here
         if kept is not None:
             logger.info(f"replace=true: the earlier run's files moved into {kept}")
+        unfinished = remove_unfinished(cfg.output_dir / "checkpoints")
+        if unfinished:
+            logger.info(f"removed {', '.join(unfinished)}: checkpoints whose saving never finished")
         save_config(resolved, cfg.output_dir)
         task.write_run_files(cfg.output_dir)
         if resumed_from is not None:

@@ -10,13 +10,19 @@ ends, however it ends, so a crashed run leaves no stale lock), and a second run 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import secrets
+import socket
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 
 from lafs.engine.checkpoints import checkpoints
 from lafs.errors import ConfigError
@@ -26,6 +32,8 @@ from lafs.landmarks.cache import META_FILE as CACHE_META
 RUN_KIND = "lafs-run"
 LOCK_FILE = ".lafs-run.lock"
 REPLACED_PREFIX = "replaced-"  # where replace=true moves an earlier run's files, inside the run directory
+PROBE_PREFIX = ".lafs-shared-probe-"  # written by process 0 at start-up, read by every process, then removed
+PROBE_PATIENCE_S = 5.0  # a network file system may show a new file to other machines a moment later
 
 
 def is_run_directory(folder: Path) -> bool:
@@ -39,11 +47,49 @@ def check_run_directory(folder: Path) -> None:
         raise ConfigError(f"output_dir {folder}: exists and is not a folder")
     if not folder.is_dir() or is_run_directory(folder):
         return
-    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE and not p.name.startswith(PROBE_PREFIX))
     if others:
         raise ConfigError(
             f"output_dir {folder}: a folder that is not empty ({others[0]}, ...) and not a training run directory; "
             "choose a new or empty output_dir"
+        )
+
+
+def check_shared_run_directory(accelerator: Accelerator, folder: Path) -> None:
+    """`ConfigError` on every process unless all of them see the same run directory ``folder``.
+
+    One main process writes checkpoints, logs and exports for all and renames the folders every process wrote into:
+    on machines that each have their own disk, the other machines' parts would be stranded (their random states
+    in a never-finished ``.tmp-step_N``) and a resume would silently lose them. Process 0 writes a probe file with a
+    fresh name (creating ``folder`` if needed), every process looks for it, and process 0 removes it again (and the
+    folder, if it created it), before anything else is written.
+    """
+    if accelerator.num_processes == 1:
+        return
+    name = [f"{PROBE_PREFIX}{secrets.token_hex(8)}" if accelerator.is_main_process else None]
+    broadcast_object_list(name)
+    probe, created = folder / str(name[0]), False
+    if accelerator.is_main_process:
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text(f"written by process 0 on {socket.gethostname()}\n")
+    accelerator.wait_for_everyone()
+    deadline = time.monotonic() + PROBE_PATIENCE_S
+    while not probe.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    here = f"process {accelerator.process_index} on {socket.gethostname()}"
+    blind = [where for where in gather_object([None if probe.is_file() else here]) if where]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    if blind:
+        more = f" (and {len(blind) - 1} more)" if len(blind) > 1 else ""
+        raise ConfigError(
+            f"output_dir {folder}: {blind[0]}{more} does not see the file process 0 wrote there; every process "
+            "must see the same run directory: put output_dir on a file system all machines share (NFS, Lustre, ...)"
         )
 
 

@@ -72,3 +72,13 @@ def test_a_read_only_file_system_is_one_line(
     out = tmp_path / "run"
     assert pretrain([*TINY, f"output_dir={out}"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {out}: Read-only file system"
+
+
+def test_a_save_that_never_finished_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert pretrain([*TINY, f"output_dir={out}", "max_steps=2"]) == 0
+    stale = out / "checkpoints" / ".tmp-step_00000003"  # a kill -9, or another machine, in the middle of a save
+    stale.mkdir()
+    (stale / "random_states_1.pkl").write_bytes(b"half")
+    assert pretrain([*TINY, f"output_dir={out}", "max_steps=4"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
