@@ -7,8 +7,11 @@ import argparse
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Protocol
 
 from lafs.errors import ConfigError, LafsError
@@ -42,13 +45,27 @@ def error_message(error: LafsError) -> str:
     return text if last is None else "\n".join([lines[last][len(prefix) :], *lines[last + 1 :]]).strip()
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt), so that every ``finally`` and
+    ``except BaseException`` clean-up runs: a half-written checkpoint or output folder is removed, not stranded."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def entry_point(main: Main) -> Main:
     """Wrap ``main(argv) -> exit status`` so a `LafsError` prints ``error: <message>`` and returns 2."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        in_main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+        previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
         try:
             return main(argv)
+        except Terminated:  # a scheduler's or launcher's stop: temporaries went on the way out, as for Ctrl-C
+            print("terminated: finished checkpoints and outputs are kept; the same command resumes", file=sys.stderr)
+            return 128 + signal.SIGTERM
         except LafsError as error:
             # A bad config fails the same way on every process of a launch: one process says so.
             if not (isinstance(error, ConfigError) and os.environ.get("RANK", "0") != "0"):
@@ -70,6 +87,9 @@ def entry_point(main: Main) -> Main:
                 raise
             print(f"error: {OUT_OF_MEMORY}: {failed.group(0)}", file=sys.stderr)
             return 2
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

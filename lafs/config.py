@@ -15,6 +15,7 @@ import io
 import math
 import os
 import reprlib
+import stat
 import textwrap
 import tokenize
 import types
@@ -41,6 +42,14 @@ def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overri
     """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``key=value`` overrides in order."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    try:
+        return _load(cls, path, overrides)
+    except RecursionError:  # YAML nested thousands deep, in a file or a value: parsing or merging it recurses
+        where = f"{path} or the command line" if path is not None else "the command line"
+        raise ConfigError(f"the config in {where} is nested too deep to be one") from None
+
+
+def _load(cls: type[T], path: str | os.PathLike[str] | None, overrides: Sequence[str]) -> T:
     cfg: Any = cls()
     if path is not None:
         cfg = _merge(cfg, _read_yaml(path), "", str(path))
@@ -235,6 +244,9 @@ def config_help(cls: type) -> str:
     return "\n".join(lines)
 
 
+MAX_CONFIG_BYTES = 2**20  # the largest shipped config is a few kB; /dev/zero would be read until memory ran out
+
+
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
 
@@ -242,6 +254,12 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a complex key (`? [a, b]`): no config key is one
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name, got {type(key).__name__}", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
@@ -252,6 +270,10 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
+            kind = f"{info.st_size:,} bytes" if stat.S_ISREG(info.st_mode) else "not a regular file"
+            raise ConfigError(f"config {path}: {kind}; a config is a YAML file of at most {MAX_CONFIG_BYTES:,} bytes")
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None

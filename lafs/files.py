@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,26 @@ from lafs.errors import DataError
 MANIFEST = ".lafs-output.json"  # in an output folder: its kind and the files the writer wrote
 _STAGING_PREFIX = ".lafs-staging-"  # inside an output folder while it is being written
 WEIGHTS_FILES = ("model.safetensors", "config.json")  # what `save_weights_folder` writes
+
+
+MAX_JSON_BYTES = 64 * 2**20  # far above any record we write (configs, reports, caches' meta)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value in the file ``path``. Whatever does not parse as a small JSON file is a `ValueError` (as
+    malformed JSON already is), so callers have one exception for it: a file that is not a regular one (a device,
+    ``/dev/zero``) or larger than `MAX_JSON_BYTES`, and nesting too deep for Python's parser (a `RecursionError`).
+    A file that cannot be read at all is an `OSError`."""
+    path = Path(path)
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{info.st_size:,} bytes, more than any record this program writes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deep") from None
 
 
 def temporary_name(path: Path) -> Path:
@@ -72,7 +93,7 @@ def output_kind(folder: Path) -> str | None:
     """The kind of output ``folder`` holds: its manifest's, else its config.json's ``"format"``, else None."""
     for name, key in ((MANIFEST, "kind"), ("config.json", "format")):
         try:
-            record = json.loads((folder / name).read_text())
+            record = read_json(folder / name)
         except (OSError, ValueError):
             continue
         if isinstance(record, dict) and isinstance(record.get(key), str):
@@ -83,7 +104,7 @@ def output_kind(folder: Path) -> str | None:
 def _recorded_files(folder: Path, known: Sequence[str]) -> list[str]:
     """The files a previous output of the kind wrote: its manifest's list, else (an older output) ``known``."""
     try:
-        record = json.loads((folder / MANIFEST).read_text())
+        record = read_json(folder / MANIFEST)
         files = record["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return [name for name in known if (folder / name).is_file()]
@@ -260,7 +281,7 @@ def read_weights_folder(folder: str | os.PathLike[str], format_name: str, what: 
     folder = Path(folder)
     weights, config_path = folder / "model.safetensors", folder / "config.json"
     try:
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder}: not {what} ({config_path.name}: {exc})") from None
     if not isinstance(config, dict) or config.get("format") != format_name or not weights.is_file():

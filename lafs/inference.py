@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ from lafs.data.folder import IMAGE_SUFFIXES
 from lafs.data.images import UndecodableImage, check_pixel_count, read_image_file, resize_square
 from lafs.errors import DataError
 from lafs.evaluation.verification import far_key
+from lafs.files import read_json
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
 from lafs.landmarks.provenance import TEMPLATE, LandmarkChoice
@@ -38,6 +38,7 @@ from lafs.landmarks.sources import MediaPipeLandmarks
 
 NO_FACE, UNREADABLE, NOT_ALIGNED = "no face", "unreadable", "not an aligned crop"
 MAX_CROP_SIDE = 2 * ALIGNED_SIZE  # px: a larger square image is a photo (LFW's 250 x 250 are), not an aligned crop
+MIN_CROP_SIDE = 16  # the smallest data.image_size training accepts
 PHOTO_MAX_FACES = 4  # faces MediaPipe looks for in a photo: enough to tell the user there were several
 
 logger = logging.getLogger("lafs.inference")
@@ -130,6 +131,8 @@ def _aligned_crop(path: Path) -> np.ndarray:
         raise DataError(f"{NOT_ALIGNED}: {width}x{height} is not square (photos need --align)")
     if height > MAX_CROP_SIDE:
         raise DataError(f"{NOT_ALIGNED}: {width}x{height} is a photo, not a face crop (photos need --align)")
+    if height < MIN_CROP_SIDE:  # upscaled, a 1 x 1 image was embedded like a face (cosine 0.89 to a real one)
+        raise DataError(f"{NOT_ALIGNED}: {width}x{height} is too small to hold a face (at least {MIN_CROP_SIDE} px)")
     return resize_square(image, ALIGNED_SIZE)
 
 
@@ -248,7 +251,7 @@ def write_embeddings(
             staged.append((temporary, target))  # before writing: a write that fails half-way leaves it too
             with open(temporary, "wb") as file:
                 if isinstance(content, str):
-                    file.write(content.encode("utf-8"))
+                    file.write(content.encode("utf-8", "surrogateescape"))  # a non-UTF-8 file name, byte for byte
                 else:
                     np.save(file, content)
     except BaseException:
@@ -302,7 +305,7 @@ def threshold_from_report(
     if path.is_dir():
         path = path / "report.json"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_json(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read the evaluation report ({exc.strerror or exc})") from None
     except ValueError as exc:

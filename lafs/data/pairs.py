@@ -152,6 +152,10 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[Entry], np.ndarray]:
     labels = _issame_array(path, issame)
     if len(images) != 2 * len(labels):
         raise DataError(f"{path}: {len(images)} images for {len(labels)} pairs (expected {2 * len(labels)})")
+    arrays = [entry for entry in images if isinstance(entry, np.ndarray)]
+    held, size = sum(entry.nbytes for entry in arrays), path.stat().st_size
+    if held > size:  # a pickle can call ndarray(shape) for memory it never stores: 99 bytes for 20 x 4.8 GB
+        raise DataError(f"{path}: its image arrays claim {held:,} bytes, more than the file's {size:,}")
     for index, entry in enumerate(images):
         if isinstance(entry, bytes):
             continue

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -34,12 +35,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lafs.errors import ConfigError, DataError
-from lafs.files import replace_folder, write_atomic
+from lafs.files import read_json, replace_folder, write_atomic
 
 logger = logging.getLogger("lafs.engine")
 _NAME = re.compile(r"^step_(\d+)$")
 TASK_STATE = "task_state.safetensors"
 TRAIN_STATE = "train_state.json"
+MAX_STEP = 2**53  # steps and counts in train_state.json: exact in a float, far beyond any run
 TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-step_N
 _PROCESS_FILE = re.compile(r"^task_state_(\d+)_rank(\d+)\.safetensors$")
 
@@ -92,10 +94,19 @@ class TrainState:
         return {"step": self.step, "best_score": self.best_score, "layout": layout}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.best_score = float(state.get("best_score", float("-inf")))
-        layout = state.get("layout")
-        self.layout = BatchLayout(**layout) if isinstance(layout, dict) else None
+        """Restore from `state_dict`'s record; a value out of range is a `ValueError` (a damaged or crafted
+        ``train_state.json``: a negative step would truncate the run's log to nothing)."""
+        step, best, layout = state["step"], state.get("best_score", float("-inf")), state.get("layout")
+        if type(step) is not int or not 0 <= step <= MAX_STEP:
+            raise ValueError(f"step must be an integer in [0, {MAX_STEP}], got {step!r}")
+        if type(best) not in (int, float) or math.isnan(best) or best == math.inf:
+            raise ValueError(f"best_score must be a number (or -Infinity), got {best!r}")
+        if layout is not None:
+            counts = list(layout.values()) if isinstance(layout, dict) else []
+            if not counts or any(type(n) is not int or not 1 <= n <= MAX_STEP for n in counts):
+                raise ValueError(f"layout must hold positive integers, got {layout!r}")
+            layout = BatchLayout(**layout)
+        self.step, self.best_score, self.layout = step, float(best), layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +276,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState, mod
                     continue
                 prefix = f"{i}."
                 module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-            state.load_state_dict(json.loads((path / TRAIN_STATE).read_text()))
+            state.load_state_dict(read_json(path / TRAIN_STATE))
         else:
             for module, file in zip(modules, legacy, strict=False):
                 module.load_state_dict(torch_safe_load(file, map_location="cpu"))

@@ -61,7 +61,7 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # a torn line, or one no run of ours wrote (5,000 digits, 10⁵ deep)
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             found.append((line, record))

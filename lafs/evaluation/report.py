@@ -30,7 +30,7 @@ from lafs.evaluation.verification import (
     roc_curve,
     verification_report,
 )
-from lafs.files import write_atomic
+from lafs.files import read_json, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +146,7 @@ def encoder_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     info: dict[str, Any] = {"input": str(path)}
     with contextlib.suppress(DataError, OSError, ValueError):  # an .onnx file, or a folder without a readable record
-        config = json.loads((encoder_folder(path) / "config.json").read_text())
+        config = read_json(encoder_folder(path) / "config.json")
         if isinstance(config, dict):
             info.update({k: v for k, v in config.items() if k != "input"})
     return info

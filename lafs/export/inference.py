@@ -12,7 +12,6 @@ model in the form that source needs:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from lafs.export.weights import (
     predictor_folder,
     recorded_landmark_source,
 )
+from lafs.files import read_json
 from lafs.landmarks.provenance import (
     AUTO,
     DEFAULT_IMAGE_SIZE,
@@ -78,7 +78,7 @@ def open_encoder(path: str | os.PathLike[str], landmarks: str = AUTO) -> tuple[t
 def _onnx_config(path: Path) -> dict[str, Any] | None:
     """config.json of the encoder folder an .onnx file lies in, or None when it lies elsewhere."""
     try:
-        config = json.loads((path.parent / "config.json").read_text())
+        config = read_json(path.parent / "config.json")
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) and config.get("format") == EXPORT_FORMAT else None

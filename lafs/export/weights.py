@@ -27,7 +27,6 @@ A training run directory keeps its final encoder in ``encoder/`` and its landmar
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from timm.models import PretrainedCfg, filter_pretrained_cfg
 
 from lafs.errors import ConfigError, DataError
-from lafs.files import WEIGHTS_FILES, output_folder, read_weights_folder, write_weights
+from lafs.files import WEIGHTS_FILES, output_folder, read_json, read_weights_folder, write_weights
 from lafs.landmarks.provenance import PREDICTOR, TEMPLATE, UNRECORDED, check_landmark_source
 from lafs.models import TIMM_ARCHITECTURE, Encoder, ImageOnlyEncoder, LandmarkViT, takes_landmarks
 from lafs.models.iresnet import LAYERS
@@ -293,7 +292,7 @@ def recorded_landmark_source(folder: str | os.PathLike[str]) -> tuple[str, bool]
     """
     path = Path(folder) / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the encoder's record ({exc})") from None
     recorded = config.get("landmark_source") if isinstance(config, dict) else None
@@ -309,7 +308,7 @@ def recorded_landmark_set(folder: str | os.PathLike[str]) -> str | None:
     """The landmark set a landmark-token encoder folder's config.json records; None for an image-only encoder or a
     folder that does not read (`load_encoder` reports that one)."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
+        config = read_json(Path(folder) / "config.json")
     except (OSError, ValueError):
         return None
     name = config.get("landmark_set") if isinstance(config, dict) else None

@@ -14,6 +14,7 @@ killed run loses at most the images since its last flush and never marks an imag
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from lafs.errors import DataError
-from lafs.files import write_atomic
+from lafs.files import read_json, write_atomic
 from lafs.landmarks.sets import get_landmark_set
 
+logger = logging.getLogger("lafs.landmarks")
 CACHE_FORMAT = "lafs-landmark-cache"
 CACHE_VERSION = 1
 _ARRAYS = ("landmarks", "found", "done")
@@ -62,6 +64,7 @@ class LandmarkCache:
         self.path, self.info = path, info
         self.landmarks, self.found, self.done = (arrays[name] for name in _ARRAYS)
         self._pending = np.empty(0, np.int64)  # written since the last flush, not yet marked done
+        self._warned = False  # about unusable landmarks, once
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], writable: bool = False) -> LandmarkCache:
@@ -69,10 +72,10 @@ class LandmarkCache:
         path = Path(path)
         meta_path = path / META_FILE
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json(meta_path)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a landmark cache ({meta_path.name}: {exc})") from None
-        if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
             raise DataError(f"{path}: not a version {CACHE_VERSION} {CACHE_FORMAT}")
         try:
             info = CacheInfo(**meta["info"])
@@ -136,9 +139,22 @@ class LandmarkCache:
         self._write_meta()
 
     def lookup(self, index: int) -> tuple[np.ndarray, bool]:
-        """Landmarks (K, 2) float32 of dataset item ``index`` and whether a face was found (False if not done)."""
+        """Landmarks (K, 2) float32 of dataset item ``index`` and whether a face was found (False if not done).
+
+        Points that are not finite or lie more than an image's size outside the image (a damaged or foreign cache:
+        no detector puts them there) count as not found, with a warning the first time: training on them would
+        crop nonsense or turn every loss NaN.
+        """
+        landmarks = np.array(self.landmarks[index], dtype=np.float32)
         found = bool(self.done[index] and self.found[index])
-        return np.array(self.landmarks[index], dtype=np.float32), found
+        size = self.info.image_size
+        if found and not (np.isfinite(landmarks).all() and (np.abs(landmarks - size / 2) <= 1.5 * size).all()):
+            if not self._warned:
+                logger.warning(f"warning: {self.path}: landmarks of image {index} are not finite or lie far outside "
+                               "the image; such faces are treated as not found")  # fmt: skip
+                self._warned = True
+            found = False
+        return landmarks, found
 
     def _write_meta(self) -> None:
         meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "info": asdict(self.info)}

@@ -34,6 +34,11 @@ def check_view_set(cfg: ViewConfig, landmark_set: str, key: str = "landmark_set"
     if cfg.kind == "landmarks":
         if patch is not None:
             raise ConfigError(f"{key} {landmark_set} is a regular patch grid: its views are views.kind=patches")
+        if cfg.local_landmarks > points.num_landmarks:  # drawn with replacement, but more only repeats points
+            raise ConfigError(
+                f"views.local_landmarks must be at most {landmark_set}'s {points.num_landmarks} points, "
+                f"got {cfg.local_landmarks}"
+            )
         return points
     if patch is None:
         raise ConfigError(f"{key} {landmark_set} is no patch grid: views.kind=patches needs a grid set (grid196)")

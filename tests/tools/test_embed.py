@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -73,3 +74,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(
     assert main(args) == 2
     assert error_line(capsys) == "error: No space left on device\n"
     assert list(out.iterdir()) == []  # the half-written .e.npy.<token>.tmp went too
+
+
+def test_an_image_too_small_to_hold_a_face_is_a_failure(
+    tmp_path: Path, encoder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "faces").mkdir()
+    cv2.imwrite(str(tmp_path / "faces" / "dot.jpg"), np.full((1, 1, 3), 128, np.uint8))
+    args = ["--input", str(tmp_path / "faces"), "--model", str(encoder), "--output", str(tmp_path / "e.npy")]
+    assert main([*args, "--device", "cpu"]) == 2
+    assert error_line(capsys).endswith(
+        "dot.jpg: not an aligned crop: 1x1 is too small to hold a face (at least 16 px)); nothing written\n"
+    )
+
+
+def test_file_names_that_are_not_utf8_are_listed_byte_for_byte(tmp_path: Path, encoder: Path) -> None:
+    faces, _ = write_face_folder(tmp_path / "faces", identities=1, per_identity=1)
+    odd = os.fsencode(faces) + b"/caf\xe9"  # a Latin-1 name: not UTF-8 (was a UnicodeEncodeError traceback)
+    os.rename(os.fsencode(next(faces.iterdir())), odd)
+    args = ["--input", str(faces), "--model", str(encoder), "--output", str(tmp_path / "e.npy"), "--device", "cpu"]
+    assert main(args) == 0
+    assert odd in (tmp_path / "e.index.csv").read_bytes()

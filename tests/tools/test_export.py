@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,21 @@ def test_a_full_disk_keeps_the_previous_export_whole(run_dir, tmp_path, capsys, 
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging left
     assert main(["--input", str(run_dir), "--output", str(tmp_path / "new")]) == 2
     assert not (tmp_path / "new").exists()  # a folder the failed export created goes with it
+
+
+def test_sigterm_during_an_export_leaves_no_staging_folder(run_dir, tmp_path, capsys, monkeypatch):
+    # A scheduler's stop used to kill the export where it stood: a 9.6 MB .lafs-staging-* folder stayed behind.
+    real = lafs.files.save_file
+
+    def stopped(tensors: dict, path: str, metadata: dict | None = None) -> None:
+        real(tensors, path, metadata=metadata)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next line Python runs
+
+    monkeypatch.setattr(lafs.files, "save_file", stopped)
+    out = tmp_path / "out"
+    assert main(["--input", str(run_dir), "--output", str(out)]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.endswith(
+        "terminated: finished checkpoints and outputs are kept; the same command resumes\n"
+    )
+    assert not out.exists()  # the folder this export created went with its staging folder
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the entry point's only

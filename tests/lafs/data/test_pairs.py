@@ -290,3 +290,16 @@ def test_nested_issame_is_refused_before_it_is_walked(tmp_path):
     result = run_with_memory_limit(code, seconds=60)
     assert result.returncode != 0
     assert "nested.bin: issame must be a list of bools, got list of list" in result.stderr.splitlines()[-1]
+
+
+def test_arrays_larger_than_the_file_are_refused_before_decoding(tmp_path):
+    # A 99-byte pickle calling numpy.ndarray((40000, 40000, 3), "u1"): memory the file never holds, which decoding
+    # then resized for minutes. The restricted unpickler must allow numpy.ndarray (every pickled array names it).
+    class Claim:
+        def __reduce__(self):
+            return (np.ndarray, ((40000, 40000, 3), "u1"))
+
+    path = tmp_path / "claims.bin"
+    path.write_bytes(pickle.dumps(([Claim(), Claim()], [True]), protocol=2))
+    with pytest.raises(DataError, match=r"claims.bin: its image arrays claim 9,600,000,000 bytes, more than the file"):
+        read_bin(path)

@@ -145,3 +145,18 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "c"), "--shard", "2/2"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+
+
+def test_landmarks_no_detector_gives_count_as_not_found(tmp_path, caplog):
+    # A damaged or foreign cache with NaN or 1e30 points: training went on with NaN losses (every step skipped) or
+    # crops of nothing. They are now faces without landmarks (the template, marked invalid), with one warning.
+    cache = LandmarkCache.create(tmp_path / "c", info(num_images=4))
+    points = np.full((4, 49, 2), 56.0, np.float32)
+    points[1, 3] = np.nan
+    points[2, 0] = 1e30
+    points[3, :] = [-100.0, 220.0]  # within an image's size outside a 112 crop: a face cut by the border, kept
+    cache.write(np.arange(4), points, np.ones(4, bool))
+    cache.flush()
+    with caplog.at_level("WARNING", logger="lafs.landmarks"):
+        assert [cache.lookup(i)[1] for i in range(4)] == [True, False, False, True]
+    assert caplog.text.count("not finite or lie far outside the image") == 1
