@@ -35,26 +35,36 @@ def launch_two_processes(script: str, *arguments: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def launch_two_nodes(script: str, *arguments: str, output_dirs: tuple[Path, Path]) -> list[subprocess.CompletedProcess]:
-    """Run ``script`` as a two-machine launch on this host: two ``accelerate launch --num_machines 2`` launchers of
-    one gloo process each, rendezvousing on a free local port; node r writes into ``output_dirs[r]`` (the same
-    folder twice: a shared file system). Returns both launchers' results, node 0 first."""
+def launch_two_nodes(
+    script: str, *arguments: str, output_dirs: tuple[Path, Path], launcher: str = "accelerate"
+) -> list[subprocess.CompletedProcess]:
+    """Run ``script`` as a two-machine run on this host, one gloo process per "machine", each started by its own
+    launcher rendezvousing on a free local port: ``accelerate`` (``accelerate launch --num_machines 2``), ``slurm``
+    (configs/slurm/node.sh with the variables srun sets) or ``torchrun`` (c10d rendezvous). Node r writes into
+    ``output_dirs[r]`` (the same folder twice: a shared file system). Returns both launchers' results, node 0 first."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        port = str(probe.getsockname()[1])
+    config = str(ROOT / "configs/accelerate/cpu_2proc.yaml")
 
-    def launcher(rank: int) -> subprocess.Popen:
-        command = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
-            "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-            str(ROOT / script), *arguments, f"output_dir={output_dirs[rank]}",
-        ]  # fmt: skip
+    def start(rank: int) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        entry = [str(ROOT / script), *arguments, f"output_dir={output_dirs[rank]}"]
+        if launcher == "slurm":
+            command = ["bash", str(ROOT / "configs/slurm/node.sh"), *entry]
+            env |= {"SLURM_NNODES": "2", "SLURM_NODEID": str(rank), "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": port,
+                    "PROCESSES_PER_NODE": "1", "ACCELERATE_CONFIG": config, "PYTHON": sys.executable}  # fmt: skip
+        elif launcher == "torchrun":
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                       "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "test",
+                       *entry]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+                       "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                       "--main_process_ip", "127.0.0.1", "--main_process_port", port, *entry]  # fmt: skip
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
-    launchers = [launcher(rank) for rank in range(2)]
+    launchers = [start(rank) for rank in range(2)]
     results = []
     for process in launchers:
         out, err = process.communicate(timeout=300)

@@ -44,9 +44,18 @@ def test_partial_fc_on_two_nodes_resumes_on_one(tmp_path: Path) -> None:
     assert [r["step"] for r in read_log(shared) if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_torchrun_rendezvous_trains(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"  # node ranks assigned by the c10d rendezvous, not given
+    succeeded(
+        launch_two_nodes("lafs/pretrain.py", *TINY, "max_steps=2", output_dirs=(shared, shared), launcher="torchrun")
+    )
+    assert [r["step"] for r in read_log(shared)] == [1, 2]
+
+
 def test_a_run_directory_per_machine_is_refused(tmp_path: Path) -> None:
+    # Through the SLURM recipe's per-node launcher, with the variables srun would set.
     own = (tmp_path / "node0", tmp_path / "node1")  # each machine its own disk
-    results = launch_two_nodes("lafs/pretrain.py", *TINY, "max_steps=2", output_dirs=own)
+    results = launch_two_nodes("lafs/pretrain.py", *TINY, "max_steps=2", output_dirs=own, launcher="slurm")
     assert all(result.returncode != 0 for result in results)
     assert results[0].stderr.splitlines()[0] == (
         f"error: output_dir {own[0]}: process 1 on {socket.gethostname()} does not see the file "
