@@ -28,6 +28,9 @@ class Main(Protocol):
 _WORKER_TRACEBACK = re.compile(r"Caught \w+ in [^\n]*\nOriginal Traceback \(most recent call last\):\n")
 
 
+KEPT = "finished checkpoints and outputs are kept (a half-written one was removed)"
+# torch's report when a DataLoader worker died of a signal (its workers do not inherit our SIGTERM handling).
+_WORKER_TERMINATED = re.compile(r"DataLoader worker \(pid [^)]*\) is killed by signal: Terminated")
 OUT_OF_MEMORY = "out of memory (try a smaller batch or model, or data.in_memory=false)"
 # torch's messages when an allocation fails: the CPU allocator's and CUDA's (torch.OutOfMemoryError).
 _ALLOCATION_FAILED = re.compile(r"you tried to allocate \d+ bytes|Tried to allocate [\d.]+ [KMGTP]?i?B")
@@ -51,6 +54,8 @@ class Terminated(BaseException):
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Once: a launcher passes a scheduler's SIGTERM on to its processes, and a second one must not cut the clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated
 
 
@@ -64,11 +69,11 @@ def entry_point(main: Main) -> Main:
         try:
             return main(argv)
         except Terminated:  # a scheduler's or launcher's stop: temporaries went on the way out, as for Ctrl-C
-            print("terminated: finished checkpoints and outputs are kept; the same command resumes", file=sys.stderr)
+            print(f"terminated (SIGTERM): {KEPT}", file=sys.stderr)
             return 128 + signal.SIGTERM
         except LafsError as error:
-            # A bad config fails the same way on every process of a launch: one process says so.
-            if not (isinstance(error, ConfigError) and os.environ.get("RANK", "0") != "0"):
+            # A bad config fails the same way on every process of a launch: one process per machine says so.
+            if not (isinstance(error, ConfigError) and os.environ.get("LOCAL_RANK", "0") != "0"):
                 print(f"error: {error_message(error)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # Ctrl-C: what was written whole stays (checkpoints, outputs are atomic)
@@ -82,6 +87,9 @@ def entry_point(main: Main) -> Main:
             print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
             return 2
         except RuntimeError as error:  # torch's allocators raise RuntimeError (torch.OutOfMemoryError on a GPU)
+            if _WORKER_TERMINATED.search(str(error)):  # a job-wide SIGTERM reached the DataLoader workers first
+                print(f"terminated (SIGTERM, data loader workers first): {KEPT}", file=sys.stderr)
+                return 128 + signal.SIGTERM
             failed = _ALLOCATION_FAILED.search(str(error))
             if failed is None:
                 raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,13 +44,14 @@ def launch_two_nodes(
     """Run ``script`` as a two-machine run on this host, one gloo process per "machine", each started by its own
     launcher rendezvousing on a free local port: ``accelerate`` (``accelerate launch --num_machines 2``), ``slurm``
     (configs/slurm/node.sh with the variables srun sets) or ``torchrun`` (c10d rendezvous). Node r writes into
-    ``output_dirs[r]`` (the same folder twice: a shared file system). Returns both launchers' results, node 0 first."""
+    ``output_dirs[r]`` (the same folder twice: a shared file system). Returns both launchers' results, node 0 first,
+    their output (stdout and stderr together) as ``stderr``."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     config = str(ROOT / "configs/accelerate/cpu_2proc.yaml")
 
-    def start(rank: int) -> subprocess.Popen:
+    def start(rank: int, log: Any) -> subprocess.Popen:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         entry = [str(ROOT / script), *arguments, f"output_dir={output_dirs[rank]}"]
         if launcher == "slurm":
@@ -62,13 +66,25 @@ def launch_two_nodes(
             command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
                        "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                        "--main_process_ip", "127.0.0.1", "--main_process_port", port, *entry]  # fmt: skip
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        # Output into files, not pipes: a launcher whose pipe nobody reads would block once it filled.
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                                start_new_session=True)  # fmt: skip
 
-    launchers = [start(rank) for rank in range(2)]
-    results = []
-    for process in launchers:
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    with tempfile.TemporaryDirectory() as folder:
+        logs = [open(Path(folder) / f"node{rank}.log", "w+") for rank in range(2)]  # noqa: SIM115
+        launchers = [start(rank, log) for rank, log in enumerate(logs)]
+        try:
+            codes = [process.wait(timeout=300) for process in launchers]
+        finally:  # a hung run must not leave its processes holding the port and the cores
+            for process in launchers:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        results = []
+        for process, code, log in zip(launchers, codes, logs, strict=True):
+            log.seek(0)
+            results.append(subprocess.CompletedProcess(process.args, code, "", log.read()))
+            log.close()
     return results
 
 

@@ -69,12 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_held_aside(path: Path) -> list[str]:
     """The held-aside identity names of a split.json (`tools.make_bin --split`); a bad file is a one-line error."""
-    import json
-
     from lafs.errors import DataError
+    from lafs.files import read_json
 
     try:
-        names = json.loads(path.read_text())["held_aside_identities"]
+        names = read_json(path)["held_aside_identities"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"--split {path}: not a split.json of tools.make_bin --split ({error})") from None
     if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):

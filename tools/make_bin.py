@@ -65,11 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    import json
 
     from lafs.errors import DataError
     from lafs.fewshot.devset import FILES, DevSplitConfig, make_dev_split
-    from lafs.files import prepare_output_files
+    from lafs.files import prepare_output_files, read_json
 
     if not args.split.is_dir():
         raise DataError(f"{args.split}: not a folder of identity sub-folders")
@@ -79,7 +78,7 @@ def _split(args: argparse.Namespace) -> int:
     cfg = DevSplitConfig(input=args.split, output=args.output, held_aside=args.held_aside, seed=args.seed,
                          pairs=args.pairs)  # fmt: skip
     written = make_dev_split(cfg)
-    record = json.loads((args.output / "split.json").read_text())
+    record = read_json(args.output / "split.json")
     print(
         f"split {args.split}: {len(record['training_identities'])} training identities "
         f"({record['training_images']} images), {len(record['held_aside_identities'])} held aside "

@@ -93,8 +93,8 @@ def _fit(cfg: RunConfig, task: Task, accelerator: Accelerator, lock: RunLock) ->
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved object is noise here
     logging.getLogger("timm").setLevel(logging.WARNING)  # three lines per encoder loaded from a folder, likewise
     set_seed(cfg.seed)  # identical initial weights, and identical random decisions, on every process
-    check_run_directory(cfg.output_dir)  # a foreign folder is refused before anything is computed or written
-    check_shared_run_directory(accelerator, cfg.output_dir)  # and one that not every machine sees
+    check_shared_run_directory(accelerator, cfg.output_dir)  # first: every machine sees the run directory,
+    check_run_directory(cfg.output_dir)  # so all agree whether it is foreign (refused before anything is written)
     check_fresh_start(cfg.output_dir, cfg.resume, cfg.replace)  # and a fresh start over an earlier run
 
     dataset = task.build_dataset(accelerator)

@@ -33,7 +33,7 @@ RUN_KIND = "lafs-run"
 LOCK_FILE = ".lafs-run.lock"
 REPLACED_PREFIX = "replaced-"  # where replace=true moves an earlier run's files, inside the run directory
 PROBE_PREFIX = ".lafs-shared-probe-"  # written by process 0 at start-up, read by every process, then removed
-PROBE_PATIENCE_S = 5.0  # a network file system may show a new file to other machines a moment later
+PROBE_PATIENCE_S = 15.0  # a network file system may show a new file to other machines a moment later
 
 
 def is_run_directory(folder: Path) -> bool:
@@ -62,24 +62,33 @@ def check_shared_run_directory(accelerator: Accelerator, folder: Path) -> None:
     on machines that each have their own disk, the other machines' parts would be stranded (their random states
     in a never-finished ``.tmp-step_N``) and a resume would silently lose them. Process 0 writes a probe file with a
     fresh name (creating ``folder`` if needed), every process looks for it, and process 0 removes it again (and the
-    folder, if it created it), before anything else is written.
+    folder, if it created it), before anything else is written. Called before any process has looked at ``folder``,
+    so that no network file system answers from a cached "no such folder". Every process reaches the same verdict:
+    a failure of process 0's own (a read-only or full disk) is passed to the others, never left for them to wait on.
     """
     if accelerator.num_processes == 1:
         return
-    name = [f"{PROBE_PREFIX}{secrets.token_hex(8)}" if accelerator.is_main_process else None]
-    broadcast_object_list(name)
-    probe, created = folder / str(name[0]), False
+    # The probe's name, and process 0's failure to write it (None: written), the same on every process.
+    shared: list[str | None] = [f"{PROBE_PREFIX}{secrets.token_hex(8)}", None]
+    created = False
     if accelerator.is_main_process:
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text(f"written by process 0 on {socket.gethostname()}\n")
-    accelerator.wait_for_everyone()
+        try:
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(f"{PROBE_PREFIX}*"):  # left by a start that was killed during this check
+                stale.unlink(missing_ok=True)
+            (folder / str(shared[0])).write_text(f"written by process 0 on {socket.gethostname()}\n")
+        except OSError as error:
+            shared[1] = f"output_dir {folder}: {error.strerror or error}"
+    broadcast_object_list(shared)
+    if shared[1] is not None:
+        raise ConfigError(shared[1])
+    probe = folder / str(shared[0])
     deadline = time.monotonic() + PROBE_PATIENCE_S
     while not probe.is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
     here = f"process {accelerator.process_index} on {socket.gethostname()}"
     blind = [where for where in gather_object([None if probe.is_file() else here]) if where]
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         probe.unlink(missing_ok=True)
         if created:

@@ -46,7 +46,7 @@ from lafs.fewshot.split import (
     subset_cache,
     verification_pairs,
 )
-from lafs.files import write_atomic
+from lafs.files import read_json, write_atomic
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.extract import extract_landmarks
 from lafs.landmarks.sets import get_landmark_set
@@ -131,7 +131,7 @@ class SeedData:
 
 def _finished(folder: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((folder / DONE).read_text())
+        record = read_json(folder / DONE)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -333,7 +333,7 @@ def _evaluated(folder: Path, data: SeedData, load: Callable[[], Any]) -> dict[st
     """The verification report of the encoder ``load()`` builds, computed once and kept in ``folder``."""
     path = folder / "unseen_eval.json"
     try:
-        return dict(json.loads(path.read_text()))
+        return dict(read_json(path))
     except (OSError, ValueError):
         report = evaluate(load(), data)
         write_atomic(path, json.dumps(report, indent=2) + "\n")

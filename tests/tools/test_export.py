@@ -14,6 +14,7 @@ import torch
 
 import lafs  # registers the encoders with timm
 import lafs.files
+from lafs.cli import KEPT
 from lafs.export import load_encoder, save_encoder
 from tools.export import main
 
@@ -151,8 +152,6 @@ def test_sigterm_during_an_export_leaves_no_staging_folder(run_dir, tmp_path, ca
     monkeypatch.setattr(lafs.files, "save_file", stopped)
     out = tmp_path / "out"
     assert main(["--input", str(run_dir), "--output", str(out)]) == 128 + signal.SIGTERM
-    assert capsys.readouterr().err.endswith(
-        "terminated: finished checkpoints and outputs are kept; the same command resumes\n"
-    )
+    assert capsys.readouterr().err.endswith(f"terminated (SIGTERM): {KEPT}\n")
     assert not out.exists()  # the folder this export created went with its staging folder
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the entry point's only

@@ -57,9 +57,11 @@ def test_a_run_directory_per_machine_is_refused(tmp_path: Path) -> None:
     own = (tmp_path / "node0", tmp_path / "node1")  # each machine its own disk
     results = launch_two_nodes("lafs/pretrain.py", *TINY, "max_steps=2", output_dirs=own, launcher="slurm")
     assert all(result.returncode != 0 for result in results)
-    assert results[0].stderr.splitlines()[0] == (
-        f"error: output_dir {own[0]}: process 1 on {socket.gethostname()} does not see the file "
-        "process 0 wrote there; every process must see the same run directory: put output_dir on a file system all "
-        "machines share (NFS, Lustre, ...)"
+    said = (
+        f"error: output_dir {{}}: process 1 on {socket.gethostname()} does not see the file process 0 wrote there; "
+        "every process must see the same run directory: put output_dir on a file system all machines share (NFS, "
+        "Lustre, ...)"
     )
+    for rank, result in enumerate(results):  # each machine's log says it, once
+        assert result.stderr.splitlines().count(said.format(own[rank])) == 1, result.stderr[-3000:]
     assert not own[0].exists() and not own[1].exists()  # nothing written, the probe's folder gone
