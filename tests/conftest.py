@@ -22,6 +22,13 @@ from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> str:
+    """A TCP port on this host that nothing listens on now, for a launch's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def launch_two_processes(script: str, *arguments: str) -> None:
     """Run ``script`` (relative to the repository) as 2 real gloo processes through ``accelerate launch``."""
     command = [
@@ -30,6 +37,8 @@ def launch_two_processes(script: str, *arguments: str) -> None:
         "accelerate.commands.launch",
         "--config_file",
         str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",  # a free one: accelerate's default 29500 may be another job's on a shared machine
+        free_port(),
         str(ROOT / script),
         *arguments,
     ]
@@ -46,9 +55,7 @@ def launch_two_nodes(
     (configs/slurm/node.sh with the variables srun sets) or ``torchrun`` (c10d rendezvous). Node r writes into
     ``output_dirs[r]`` (the same folder twice: a shared file system). Returns both launchers' results, node 0 first,
     their output (stdout and stderr together) as ``stderr``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = free_port()
     config = str(ROOT / "configs/accelerate/cpu_2proc.yaml")
 
     def start(rank: int, log: Any) -> subprocess.Popen:

@@ -10,7 +10,6 @@ ends, however it ends, so a crashed run leaves no stale lock), and a second run 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -61,8 +60,8 @@ def check_shared_run_directory(accelerator: Accelerator, folder: Path) -> None:
     One main process writes checkpoints, logs and exports for all and renames the folders every process wrote into:
     on machines that each have their own disk, the other machines' parts would be stranded (their random states
     in a never-finished ``.tmp-step_N``) and a resume would silently lose them. Process 0 writes a probe file with a
-    fresh name (creating ``folder`` if needed), every process looks for it, and process 0 removes it again (and the
-    folder, if it created it), before anything else is written. Called before any process has looked at ``folder``,
+    fresh name (creating ``folder`` if needed), every process looks for it, and process 0 removes it again, before
+    anything else is written. Called before any process has looked at ``folder``,
     so that no network file system answers from a cached "no such folder". Every process reaches the same verdict:
     a failure of process 0's own (a read-only or full disk) is passed to the others, never left for them to wait on.
     """
@@ -70,10 +69,8 @@ def check_shared_run_directory(accelerator: Accelerator, folder: Path) -> None:
         return
     # The probe's name, and process 0's failure to write it (None: written), the same on every process.
     shared: list[str | None] = [f"{PROBE_PREFIX}{secrets.token_hex(8)}", None]
-    created = False
     if accelerator.is_main_process:
         try:
-            created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob(f"{PROBE_PREFIX}*"):  # left by a start that was killed during this check
                 stale.unlink(missing_ok=True)
@@ -90,10 +87,7 @@ def check_shared_run_directory(accelerator: Accelerator, folder: Path) -> None:
     here = f"process {accelerator.process_index} on {socket.gethostname()}"
     blind = [where for where in gather_object([None if probe.is_file() else here]) if where]
     if accelerator.is_main_process:
-        probe.unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        probe.unlink(missing_ok=True)  # the folder stays: the other processes may already be using it
     if blind:
         more = f" (and {len(blind) - 1} more)" if len(blind) > 1 else ""
         raise ConfigError(

@@ -64,4 +64,4 @@ def test_a_run_directory_per_machine_is_refused(tmp_path: Path) -> None:
     )
     for rank, result in enumerate(results):  # each machine's log says it, once
         assert result.stderr.splitlines().count(said.format(own[rank])) == 1, result.stderr[-3000:]
-    assert not own[0].exists() and not own[1].exists()  # nothing written, the probe's folder gone
+    assert list(own[0].iterdir()) == [] and not own[1].exists()  # nothing written but process 0's empty folder
