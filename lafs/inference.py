@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,9 +27,10 @@ import numpy as np
 
 from lafs.data.folder import IMAGE_SUFFIXES
 from lafs.data.images import UndecodableImage, check_pixel_count, read_image_file, resize_square
+from lafs.data.open import MIN_IMAGE_SIZE
 from lafs.errors import DataError
 from lafs.evaluation.verification import far_key
-from lafs.files import read_json
+from lafs.files import read_json, temporary_name
 from lafs.landmarks.align import ALIGNED_SIZE, align_face, estimate_alignment
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
 from lafs.landmarks.provenance import TEMPLATE, LandmarkChoice
@@ -38,7 +38,7 @@ from lafs.landmarks.sources import MediaPipeLandmarks
 
 NO_FACE, UNREADABLE, NOT_ALIGNED = "no face", "unreadable", "not an aligned crop"
 MAX_CROP_SIDE = 2 * ALIGNED_SIZE  # px: a larger square image is a photo (LFW's 250 x 250 are), not an aligned crop
-MIN_CROP_SIDE = 16  # the smallest data.image_size training accepts
+MIN_CROP_SIDE = MIN_IMAGE_SIZE  # px: the smallest input training accepts holds no less of a face
 PHOTO_MAX_FACES = 4  # faces MediaPipe looks for in a photo: enough to tell the user there were several
 
 logger = logging.getLogger("lafs.inference")
@@ -228,16 +228,13 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buffer.getvalue()
 
 
-def write_embeddings(
-    output: Path, embeddings: np.ndarray, paths: list[Path], failures: list[tuple[Path, str]]
-) -> None:
+def write_embeddings(output: Path, embeddings: np.ndarray, paths: list[Path], failures: list[tuple[Path, str]]) -> None:
     """Write OUT.npy (one row per image), OUT.index.csv (row,path) and, with failures, OUT.failed.csv (path,reason).
 
     Every file is written under a temporary name, then all are renamed into place; a stale failure list is removed.
     """
     index_path, failed_path = embedding_side_paths(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
     staged: list[tuple[Path, Path]] = []
     contents: list[tuple[Path, np.ndarray | str]] = [
         (output, embeddings),
@@ -247,7 +244,7 @@ def write_embeddings(
         contents.append((failed_path, _csv_text(("path", "reason"), [(str(p), r) for p, r in failures])))
     try:
         for target, content in contents:
-            temporary = target.with_name(f".{target.name}.{token}.tmp")
+            temporary = temporary_name(target)
             staged.append((temporary, target))  # before writing: a write that fails half-way leaves it too
             with open(temporary, "wb") as file:
                 if isinstance(content, str):

@@ -33,6 +33,7 @@ _SYNTHETIC_LANDMARKS = frozenset({"", "template", "none"})  # exact landmarks ("
 MissingPolicy = Literal["template", "skip"]
 
 
+MIN_IMAGE_SIZE = 16  # px: smaller squares hold no face to learn or compare
 MAX_IMAGE_SIZE = 1024  # face crops are 112 px, ViT inputs 224: four times the largest is already far out
 
 
@@ -54,8 +55,10 @@ class DatasetConfig:
     in_memory: bool = False
 
     def validate(self) -> None:
-        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:  # 100,000 px squares filled memory before the first step
-            raise ConfigError(f"data.image_size must lie in [16, {MAX_IMAGE_SIZE}], got {self.image_size}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:  # 100,000 px squares filled memory at once
+            raise ConfigError(
+                f"data.image_size must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {self.image_size}"
+            )
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"data.shots must be >= 1 or null, got {self.shots}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
