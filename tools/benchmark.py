@@ -15,6 +15,7 @@
     python -m tools.benchmark partial-fc [...same options; --batch: rows per process...] [--classes 100000 1000000]
                                           [--dim 32] [--processes 8] [--sample-rate 0.1] [--gpu-dim 512]
                                           [--gpu-batch 128]
+    python -m tools.benchmark scale      [--records 10000000] [--reads 20000] [--workers 2] [--folder DIR] [--keep]
 
 Candidate and reference runs are interleaved (A B A B ...) so shared-machine noise hits both, and the medians are
 compared; on CUDA the device is synchronised around every timed run. One line per figure is printed: candidate,
@@ -69,6 +70,13 @@ Figures:
                                         the view (no targets; views from the template, or a landmark cache)
               attention_mask_cost       encoder forward + backward with the off-view tokens' attention mask / the
                                         same without a mask (no target)
+  scale       open_seconds              opening a --records .rec with a landmark cache as training does, the index
+                                        cached and memory-mapped / parsed into the process (target <= 0.1)
+              process_anonymous_mib     heap growth of that process after the open and --reads random items (<= 0.1)
+              worker_anonymous_mib      the same in each of --workers spawned workers handed the pickled dataset
+                                        (the largest; target <= 0.1)
+              random_reads_per_s        random items/s (read, decode, resize, landmark lookup), both sides in one
+                                        process, interleaved blocks of --reads / --repeats (target >= 0.9)
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ from tools.benchmarks import (
     model_figures,
     partial_fc,
     recipe_step,
+    scale,
     token_geometry,
     training_step,
 )
@@ -174,6 +183,14 @@ def _partial_fc_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-batch", type=int_in_range(1), default=128, help="projection: images per GPU (128)")
 
 
+def _scale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", type=int_in_range(1), default=10_000_000, help="default 10,000,000")
+    parser.add_argument("--reads", type=int_in_range(1), default=20_000, help="random items per process")
+    parser.add_argument("--workers", type=int_in_range(1), default=2, help="spawned workers (default 2)")
+    parser.add_argument("--folder", type=Path, default=None, help="scratch folder's parent (default: the system's)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch data (printed) instead of removing it")
+
+
 SUB_COMMANDS: dict[str, SubCommand] = {
     "tokenizer": SubCommand(model_figures.bench_tokenizer, "landmark tokenizer vs timm PatchEmbed; share of step"),
     "evaluation": SubCommand(model_figures.bench_evaluation, "embed_images vs bare inference", _evaluation_options),
@@ -205,6 +222,12 @@ SUB_COMMANDS: dict[str, SubCommand] = {
     ),
     "token-geometry": SubCommand(
         token_geometry.bench_token_geometry, "patch coverage of the views per landmark_fit", _token_geometry_options
+    ),
+    "scale": SubCommand(
+        scale.bench_scale,
+        "a .rec of millions of records: open time, memory per process and worker, reads/s (--encoder, --batch unused)",
+        _scale_options,
+        "",
     ),
 }
 

@@ -97,12 +97,17 @@ class WithLandmarks(Dataset):
     ) -> None:
         self.base, self.cache = base, cache
         self.template = scaled_template(landmark_set, image_size, image_size)
-        positions = np.arange(len(base))
-        if cache is not None and missing == "skip":
-            positions = positions[cache.found[positions] & cache.done[positions]]
-        self.positions = positions
-        self.labels = np.asarray(base.labels)[positions]
+        kept = np.flatnonzero(cache.found & cache.done) if cache is not None and missing == "skip" else None
+        # Without a filter: a range and the base's own labels, not per-record copies (a mapped .rec's labels stay
+        # mapped, and pickling to a spawned worker sends no array)
+        self.positions: range | np.ndarray = range(len(base)) if kept is None else kept
+        self._kept_labels = None if kept is None else np.asarray(base.labels)[kept]
         self.num_classes = base.num_classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class of every item, (N,)."""
+        return self.base.labels if self._kept_labels is None else self._kept_labels
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -253,7 +258,7 @@ def write_few_shot_list(dataset: Any, run_dir: str | os.PathLike[str]) -> Path |
     if not isinstance(dataset, IndexSubset):
         return None
     subset = dataset
-    base_index = getattr(subset.base, "positions", np.arange(len(subset.base)))[subset.positions]
+    base_index = np.asarray(getattr(subset.base, "positions", range(len(subset.base))))[subset.positions]
     rows = "".join(
         f"{index},{label}\n" for index, label in zip(base_index.tolist(), subset.labels.tolist(), strict=True)
     )

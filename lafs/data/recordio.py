@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from lafs.data.bad_records import BadRecordGuard
 from lafs.data.images import decode_image
+from lafs.data.index_cache import MappedArrays, cached_arrays
 from lafs.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ _LENGTH_MASK = (1 << 29) - 1
 _HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: 24 bytes
 _IDX_LINE = re.compile(r"-?\d{1,18}\t\d{1,18}")  # what fits int64
 _REBUILD_HINT = "rebuild it with `python -m tools.make_rec --rebuild-index {rec}`"
+# From this size on (about 50,000 records) the parsed index is cached on disk and memory-mapped (lafs.data.index_cache);
+# smaller ones are parsed in a few milliseconds and leave no cache folder beside the data.
+MAP_INDEX_FROM_BYTES = 1 << 20
+ITEMS_VERSION = 1  # of FaceRecordDataset's cached keys, offsets and labels: raise it when their derivation changes
 
 
 def _pad4(n: int) -> int:
@@ -287,28 +292,47 @@ class RecordIOReader:
 
     Each process opens its own file handle on first use (the pid is stored with it), and pickling drops the handle,
     so a reader can be handed to DataLoader workers, forked or spawned. One reader is not for several threads.
+
+    ``map_index``: parse the ``.idx`` once into a cache folder and memory-map it (`lafs.data.index_cache`), so every
+    process shares one copy of ~32 bytes per record and opens in milliseconds; None (default) maps an index of
+    `MAP_INDEX_FROM_BYTES` or more, False parses it into this process's memory.
     """
 
-    def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        rec_path: str | os.PathLike[str],
+        idx_path: str | os.PathLike[str] | None = None,
+        map_index: bool | None = None,
+    ) -> None:
         self.rec_path = _existing(Path(rec_path))
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         self.size = self.rec_path.stat().st_size
         self._fh: BinaryIO | None = None
         self._pid: int | None = None
-        self._keys, self._offsets = self._parse_index()
-        # Sorted copy for lookups: numpy instead of a dict keeps millions of keys compact and shared after fork.
-        self._order = np.argsort(self._keys, kind="stable")
-        self._sorted_keys = self._keys[self._order]
-        duplicate = np.flatnonzero(np.diff(self._sorted_keys) == 0)
-        if duplicate.size:
-            raise DataError(f"{self.idx_path}: key {self._sorted_keys[duplicate[0]]} appears twice")
-        # The first record and the one reaching furthest show a wrong file, a truncated one or a stale index.
-        self.read_at(int(self._offsets.min()))
-        self.read_at(int(self._offsets.max()))
-
-    def _parse_index(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.idx_path.is_file():
             raise DataError(f"{self.idx_path}: index file missing; {_REBUILD_HINT.format(rec=self.rec_path)}")
+        if map_index is None:
+            map_index = self.idx_path.stat().st_size >= MAP_INDEX_FROM_BYTES
+        self.index = (
+            cached_arrays([self.rec_path, self.idx_path], "reader", self._build_index)
+            if map_index
+            else MappedArrays(*self._build_index())
+        )
+
+    def _build_index(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Keys and offsets in ``.idx`` order, and both sorted by key for lookups (numpy, not a dict: compact)."""
+        keys, offsets = self._parse_index()
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        duplicate = np.flatnonzero(np.diff(sorted_keys) == 0)
+        if duplicate.size:
+            raise DataError(f"{self.idx_path}: key {sorted_keys[duplicate[0]]} appears twice")
+        # The first record and the one reaching furthest show a wrong file, a truncated one or a stale index.
+        self.read_at(int(offsets.min()))
+        self.read_at(int(offsets.max()))
+        return {"keys": keys, "offsets": offsets, "sorted_keys": sorted_keys, "sorted_offsets": offsets[order]}, {}
+
+    def _parse_index(self) -> tuple[np.ndarray, np.ndarray]:
         try:  # numpy's C parser: a second for 5 M lines, where a Python loop takes ten
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an empty index is reported below, not warned about
@@ -342,16 +366,27 @@ class RecordIOReader:
         """Keys in ``.idx`` order."""
         return self._keys.tolist()
 
+    # The arrays are read through the index each time, never kept as attributes: pickling an attribute would copy a
+    # mapped array's data to every spawned worker, where `MappedArrays` sends only its folder.
+    @property
+    def _keys(self) -> np.ndarray:
+        return self.index["keys"]
+
+    @property
+    def _offsets(self) -> np.ndarray:
+        return self.index["offsets"]
+
     def __len__(self) -> int:
         return len(self._keys)
 
     def _offsets_of(self, keys: np.ndarray) -> np.ndarray:
         """Byte offsets of int64 ``keys``, looked up together (KeyError for the first one missing)."""
-        i = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
-        missing = np.flatnonzero(self._sorted_keys[i] != keys)
+        sorted_keys = self.index["sorted_keys"]
+        i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        missing = np.flatnonzero(sorted_keys[i] != keys)
         if missing.size:
             raise KeyError(int(keys[missing[0]]))
-        return self._offsets[self._order[i]]
+        return np.asarray(self.index["sorted_offsets"][i])
 
     def _file(self) -> BinaryIO:
         # A handle inherited through fork shares its file position with the parent: open our own instead.
@@ -409,6 +444,10 @@ class FaceRecordDataset(Dataset):
     next good one (``i + 1``, ``i + 2``, ... wrapping), which keeps its own label and index, so no image ever gets
     another's label. Each bad key is logged once and counted in `bad_records` (per process: each DataLoader worker
     counts what it reads); past ``max_bad_fraction`` of the data set's records, DataError (see `BadRecordGuard`).
+
+    Where the reader maps its index (``map_index``, see `RecordIOReader`), the keys, offsets and labels of the items
+    are cached beside it and mapped too: opening ten million records takes milliseconds after the first time, and
+    memory per process and worker does not grow with the number of records.
     """
 
     def __init__(
@@ -417,28 +456,42 @@ class FaceRecordDataset(Dataset):
         bgr: bool = False,
         image_size: int | None = None,
         max_bad_fraction: float = 0.01,
+        map_index: bool | None = None,
     ) -> None:
         self.rec_path = Path(rec_path)
         self.bgr, self.image_size = bgr, image_size
-        self._reader = RecordIOReader(self.rec_path)
+        self._reader = RecordIOReader(self.rec_path, map_index=map_index)
+        stamp = self._reader.index.stamp  # the items must come from the same files as the index they are read with
+        items = (
+            MappedArrays(*self._build_items())
+            if stamp is None  # a small index, parsed in memory
+            else cached_arrays([self.rec_path, self._reader.idx_path], "faces", self._build_items, ITEMS_VERSION, stamp)
+        )
+        self.items = items  # its arrays are read through it, as the reader's are
+        self.layout, self.num_classes, skipped = (items.info[key] for key in ("layout", "num_classes", "skipped"))
+        if skipped:
+            logger.warning("%s: %d records without a readable label are left out", self.rec_path, skipped)
+        self.guard = BadRecordGuard(str(self.rec_path), len(self._keys), max_bad_fraction, skipped)
+
+    def _build_items(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Key, byte offset and label of every image (int64 each), and the layout, class count and records left out."""
         ranges = self._identity_ranges()
-        self.layout = "flat" if ranges is None else "classic"
-        self._keys = self._reader._keys.copy() if ranges is None else np.arange(1, ranges.first, dtype=np.int64)
-        if not len(self._keys):
+        keys = self._reader._keys.copy() if ranges is None else np.arange(1, ranges.first, dtype=np.int64)
+        if not len(keys):
             raise DataError(f"{self.rec_path}: no image records")
-        self._offsets = self._reader._offsets_of(self._keys)
-        labels = self._identity_labels(ranges.array) if ranges is not None and ranges.tiles else None
+        offsets = self._reader._offsets_of(keys)
+        labels = self._identity_labels(ranges.array, offsets) if ranges is not None and ranges.tiles else None
         skipped = 0
         if labels is None:
-            labels, readable = self._header_labels()
+            labels, readable = self._header_labels(keys, offsets)
             skipped = len(labels) - int(readable.sum())
             if skipped:  # records whose label does not read are left out, and count as bad ones
-                self._keys, self._offsets, labels = self._keys[readable], self._offsets[readable], labels[readable]
-        self._labels = labels
-        self.guard = BadRecordGuard(str(self.rec_path), len(self._keys), max_bad_fraction, skipped)
-        if not len(self._keys):
+                keys, offsets, labels = keys[readable], offsets[readable], labels[readable]
+        if not len(keys):
             raise DataError(f"{self.rec_path}: no record has a readable label")
-        self.num_classes = max(0 if ranges is None else len(ranges.array), int(self._labels.max()) + 1)
+        num_classes = max(0 if ranges is None else len(ranges.array), int(labels.max()) + 1)
+        info = {"layout": "flat" if ranges is None else "classic", "num_classes": num_classes, "skipped": skipped}
+        return {"keys": keys, "offsets": offsets, "labels": labels}, info
 
     def _identity_ranges(self) -> _Ranges | None:
         """Identity ranges if record 0 is an insightface header, None for the im2rec layout.
@@ -491,13 +544,13 @@ class FaceRecordDataset(Dataset):
         pair = _integral_pair(identity)
         return None if rest else pair
 
-    def _identity_labels(self, ranges: np.ndarray) -> np.ndarray | None:
+    def _identity_labels(self, ranges: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
         """Identity ordinal per image, or None if sampled image headers disagree (they win, as in insightface)."""
         labels = np.repeat(np.arange(len(ranges), dtype=np.int64), ranges[:, 1] - ranges[:, 0])
         firsts = np.unique(ranges[ranges[:, 1] > ranges[:, 0], 0] - 1)  # item index of each identity's first image
         for i in firsts[np.linspace(0, len(firsts) - 1, min(16, len(firsts))).astype(int)].tolist():
             try:
-                agrees = _class_of(self._reader._head_at(int(self._offsets[i]), _HEADER.size + 4)) == labels[i]
+                agrees = _class_of(self._reader._head_at(int(offsets[i]), _HEADER.size + 4)) == labels[i]
             except (ValueError, DataError):
                 agrees = False
             if not agrees:
@@ -505,24 +558,32 @@ class FaceRecordDataset(Dataset):
                 return None
         return labels
 
-    def _header_labels(self) -> tuple[np.ndarray, np.ndarray]:
+    def _header_labels(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class of every image from its header, which of them read): 36 bytes read per record, not the image.
 
         A record whose header does not read or holds no class is logged here and marked unreadable."""
-        labels = np.zeros(len(self._keys), dtype=np.int64)
-        readable = np.ones(len(self._keys), dtype=bool)
-        for i, offset in enumerate(self._offsets.tolist()):
+        labels = np.zeros(len(keys), dtype=np.int64)
+        readable = np.ones(len(keys), dtype=bool)
+        for i, offset in enumerate(offsets.tolist()):
             try:
                 labels[i] = _class_of(self._reader._head_at(offset, _HEADER.size + 4))
             except (ValueError, DataError) as exc:
                 readable[i] = False
-                logger.warning("%s: skipping record %d: no label (%s)", self.rec_path, self._keys[i], exc)
+                logger.warning("%s: skipping record %d: no label (%s)", self.rec_path, keys[i], exc)
         return labels, readable
 
     @property
     def labels(self) -> np.ndarray:
         """Class of every item, int64 (N,)."""
-        return self._labels
+        return self.items["labels"]
+
+    @property
+    def _keys(self) -> np.ndarray:
+        return self.items["keys"]
+
+    @property
+    def _offsets(self) -> np.ndarray:
+        return self.items["offsets"]
 
     @property
     def bad_records(self) -> int:
@@ -546,8 +607,8 @@ class FaceRecordDataset(Dataset):
             payload = unpack_record(record)[1]
         except ValueError as exc:
             raise DataError(f"record {int(self._keys[i])}: {exc}") from None
-        if label != self._labels[i]:
-            raise DataError(f"record {int(self._keys[i])}: header label {label} != indexed label {self._labels[i]}")
+        if label != self.labels[i]:
+            raise DataError(f"record {int(self._keys[i])}: header label {label} != indexed label {self.labels[i]}")
         try:
             image = decode_image(payload, self.bgr, self.image_size, strict=True)
         except DataError as exc:

@@ -69,7 +69,7 @@ class LandmarkCache:
     @classmethod
     def open(cls, path: str | os.PathLike[str], writable: bool = False) -> LandmarkCache:
         """Open an existing cache; a missing or inconsistent one is a one-line `DataError`."""
-        path = Path(path)
+        path = Path(path).absolute()  # a read-only cache pickles as its path: a worker in another cwd must find it
         meta_path = path / META_FILE
         try:
             meta = read_json(meta_path)
@@ -111,6 +111,21 @@ class LandmarkCache:
         cache = cls(path, info, arrays)
         cache.flush()
         return cache
+
+    def __getstate__(self) -> dict[str, object]:
+        # A read-only cache travels to spawned workers as its path and is mapped again there: pickling the arrays
+        # would copy gigabytes of landmarks into every worker.
+        state = dict(self.__dict__)
+        if isinstance(self.landmarks, np.memmap) and self.landmarks.mode == "r":
+            for name in _ARRAYS:
+                del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if "landmarks" not in state:
+            mapped = LandmarkCache.open(self.path)
+            self.landmarks, self.found, self.done = mapped.landmarks, mapped.found, mapped.done
 
     @property
     def num_landmarks(self) -> int:

@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import cv2
 import numpy as np
@@ -45,6 +46,18 @@ def test_done_is_only_marked_at_flush(tmp_path):
     landmarks, found = reopened.lookup(1)
     assert found and landmarks.shape == (49, 2) and landmarks.dtype == np.float32
     assert not reopened.lookup(4)[1] and not reopened.lookup(0)[1]
+
+
+def test_a_read_only_cache_pickles_as_its_path(tmp_path):
+    writer = LandmarkCache.create(tmp_path / "c", info(num_images=5000))
+    writer.write(np.array([4999]), np.full((1, 49, 2), 7.0, np.float32), np.array([True]))
+    writer.flush()
+    reader = LandmarkCache.open(tmp_path / "c")
+    payload = pickle.dumps(reader)
+    assert len(payload) < 2000  # the landmarks alone are 5000 x 49 x 2 x 4 bytes = 1.96 MB
+    clone = pickle.loads(payload)
+    assert isinstance(clone.landmarks, np.memmap) and clone.lookup(4999)[1] and clone.lookup(4999)[0][0, 0] == 7.0
+    assert len(pickle.dumps(writer)) > 1_900_000  # a writable one keeps its arrays (its pending writes with them)
 
 
 def test_reopening_with_other_settings_is_refused(tmp_path):
