@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,7 @@ from lafs.models.landmark_predictor import (
     load_landmark_predictor,
     save_landmark_predictor,
 )
-from lafs.schedules import LAFS_FINETUNE_EPOCHS, cosine_schedule
+from lafs.schedules import LAFS_FINETUNE_EPOCHS, LrScaling, WarmupCosine, warmup_cosine
 
 logger = logging.getLogger("lafs.finetune")
 
@@ -84,7 +83,7 @@ class OptimConfig(RunOptimConfig):
     clip_grad: float = 0.0  # max gradient norm; 0 = off (LAFS does not clip; CoReFace clips at 5)
     lr: float = 2.29e-3  # at lr_reference_batch: LAFS's rule gives 2.29e-3 for 2 GPUs x 200 x 3
     lr_reference_batch: int = 1200  # total batch (processes x batch_size x grad_accum) that ``lr`` is set for
-    lr_scaling: Literal["none", "linear", "sqrt"] = "sqrt"  # LAFS scales the learning rate with sqrt(total batch)
+    lr_scaling: LrScaling = "sqrt"  # LAFS scales the learning rate with sqrt(total batch)
     min_lr: float = 1e-6  # end of the cosine decay
     warmup_epochs: float = 5.0  # linear warm-up (LAFS)
     weight_decay: float = 0.1  # AdamW (LAFS); biases, norms, tokenizer and position table get none
@@ -243,27 +242,21 @@ def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False)
     return create_optimizer_v2(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, **options)
 
 
-class Schedule:
-    """Warm-up then cosine learning rate, per optimiser step.
+def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, total_batch: int) -> WarmupCosine:
+    """Warm-up then cosine learning rate, per optimiser step, ``optim.lr`` scaled by ``optim.lr_scaling``.
 
     ``optim.warmup_epochs`` is LAFS's 5 of 34 epochs: ``optim.schedules=relative`` stretches it to the run.
     """
-
-    def __init__(self, cfg: OptimConfig, steps_per_epoch: int, total_batch: int) -> None:
-        ratio = total_batch / cfg.lr_reference_batch
-        factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
-        self.base_lr, self.min_lr = cfg.lr * factor, cfg.min_lr
-        self.total = cfg.epochs * steps_per_epoch
-        warmup_epochs = cfg.warmup_epochs * cfg.stretch(LAFS_FINETUNE_EPOCHS)
-        if cfg.schedules == "relative":
-            logger.info(
-                f"optim.schedules=relative, LAFS fine-tuning's {LAFS_FINETUNE_EPOCHS} epochs -> {cfg.epochs}: "
-                f"optim.warmup_epochs {cfg.warmup_epochs:g} -> {warmup_epochs:.4g}"
-            )
-        self.warmup = round(warmup_epochs * steps_per_epoch)
-
-    def lr(self, step: int) -> float:
-        return cosine_schedule(step, self.total, self.base_lr, self.min_lr, self.warmup)
+    stretch = cfg.stretch(LAFS_FINETUNE_EPOCHS)
+    if cfg.schedules == "relative":
+        logger.info(
+            f"optim.schedules=relative, LAFS fine-tuning's {LAFS_FINETUNE_EPOCHS} epochs -> {cfg.epochs}: "
+            f"optim.warmup_epochs {cfg.warmup_epochs:g} -> {cfg.warmup_epochs * stretch:.4g}"
+        )
+    return warmup_cosine(
+        cfg.lr, cfg.min_lr, cfg.warmup_epochs, steps_per_epoch, cfg.epochs * steps_per_epoch, stretch,
+        cfg.lr_scaling, total_batch, cfg.lr_reference_batch,
+    )  # fmt: skip
 
 
 def start_from_imported_head(cfg: FinetuneConfig, head: MarginHead) -> None:
@@ -376,7 +369,7 @@ class FinetuneTask(Task):
     def setup(self, run: RunContext) -> None:
         super().setup(run)
         accelerator = run.accelerator
-        self.schedule = Schedule(self.cfg.optim, run.steps_per_epoch, run.total_batch)
+        self.lr_schedule = learning_rate_schedule(self.cfg.optim, run.steps_per_epoch, run.total_batch)
         self.comm = Communicator(
             is_main=accelerator.is_main_process,
             rank=accelerator.process_index,
@@ -393,7 +386,7 @@ class FinetuneTask(Task):
             self.eval_sets = ValidationSets(self.cfg.eval_bins, self.landmark_choice, workers, self.cfg.output_dir)
 
     def learning_rate(self, step: int) -> float:
-        return self.schedule.lr(step)
+        return self.lr_schedule(step)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The objective's terms on one micro-batch, augmented, maybe mixed, with reference landmarks."""

@@ -7,6 +7,8 @@ DINO's (used by pretraining, fine-tuning and the landmark predictor):
 - :func:`cosine_schedule`: DINO's ``cosine_scheduler`` value at one step (learning rate, weight decay, teacher
   momentum), with an optional linear warm-up.
 - :func:`teacher_temperature`: DINO's teacher temperature, linear over the warm-up then held.
+- :func:`warmup_cosine`: the learning rate of every stage (pretraining, fine-tuning, the landmark predictor) from
+  its recipe's numbers: batch scaling rule, warm-up epochs (stretched to the run), cosine to the minimum.
 
 The fine-tuning regularisers' weights lambda(t), as a small declarative dataclass (:class:`WeightSchedule`) that is a
 pure function of the (fractional) epoch. Kinds (``WeightSchedule.kind``):
@@ -41,12 +43,15 @@ from lafs.errors import ConfigError
 __all__ = [
     "LAFS_FINETUNE_EPOCHS",
     "LAFS_PRETRAIN_EPOCHS",
+    "LrScaling",
     "ScheduleKind",
     "ScheduleUnit",
+    "WarmupCosine",
     "WeightSchedule",
     "cosine_schedule",
     "teacher_temperature",
     "teacher_temperature_per_epoch",
+    "warmup_cosine",
 ]
 
 LAFS_PRETRAIN_EPOCHS = 41  # LAFS lafs_train.py: 10 LR warm-up epochs, 30 teacher-temperature epochs, 1 frozen
@@ -116,6 +121,51 @@ def teacher_temperature_per_epoch(epoch: int, warmup_epochs: int, start: float =
     if warmup_epochs == 1:
         return float(start)  # np.linspace(start, end, 1) == [start]
     return float(start + (end - start) * epoch / (warmup_epochs - 1))
+
+
+# ------------------------------------------------------------------------------------------- learning rate --
+
+LrScaling = Literal["none", "linear", "sqrt"]
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """A learning rate per optimiser step: linear warm-up from 0 to ``peak``, then DINO's cosine to ``end``."""
+
+    peak: float
+    end: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.peak, self.end, self.warmup_steps)
+
+
+def warmup_cosine(
+    lr: float,
+    min_lr: float,
+    warmup_epochs: float,
+    steps_per_epoch: int,
+    total_steps: int,
+    stretch: float = 1.0,
+    scaling: LrScaling = "none",
+    total_batch: int = 1,
+    reference_batch: int = 1,
+) -> WarmupCosine:
+    """The learning-rate schedule every stage trains with, from its recipe's numbers.
+
+    ``lr`` is the rate for ``reference_batch`` images per optimiser step; the run's ``total_batch`` (processes x batch
+    x accumulation) scales it by ``scaling``: ``linear`` (DINO's rule, LAFS pretraining: 256 images), ``sqrt`` (LAFS
+    fine-tuning) or ``none``. The warm-up lasts ``warmup_epochs x stretch`` epochs (``stretch``: `OptimConfig.stretch`
+    from the recipe's length to the run's), rounded to whole steps; the cosine ends at ``min_lr`` at ``total_steps``.
+    """
+    if scaling == "linear":
+        peak = lr * total_batch / reference_batch
+    elif scaling == "sqrt":
+        peak = lr * math.sqrt(total_batch / reference_batch)
+    else:
+        peak = lr
+    return WarmupCosine(peak, min_lr, round(warmup_epochs * stretch * steps_per_epoch), total_steps)
 
 
 # ---------------------------------------------------------------------------------------- regulariser weights --

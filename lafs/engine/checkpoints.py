@@ -165,9 +165,7 @@ def checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [
-        (int(m.group(1)), p)
-        for p in folder.iterdir()
-        if p.is_dir() and (m := _NAME.match(p.name)) and is_checkpoint(p)
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name)) and is_checkpoint(p)
     ]
     return [p for _, p in sorted(found)]
 

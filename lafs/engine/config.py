@@ -76,6 +76,7 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_epochs must lie in [0, {name}] = [0, {limit:g}], got {warmup_epochs}")
         check_rates(lr, min_lr, decays)
 
+
 @dataclass
 class RunConfig:
     """Where a run writes, how long it trains, how often it logs, checkpoints and validates."""

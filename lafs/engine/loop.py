@@ -361,4 +361,3 @@ def _cuda_devices(accelerator: Accelerator) -> list[torch.device]:
 def _batch_size(batch: Mapping[str, object]) -> int:
     first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
     return int(first.shape[0])
-

@@ -67,7 +67,6 @@ class RunContext:
         return self.accelerator.device
 
 
-
 class Task:
     """Base class of the stages' tasks; the hooks default to doing nothing."""
 

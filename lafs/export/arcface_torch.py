@@ -30,8 +30,10 @@ def backbone_state(checkpoint: Any, path: str | os.PathLike[str]) -> dict[str, t
     """The backbone's tensors of an arcface_torch file, without DDP's ``module.`` prefix."""
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict_backbone"), dict):
         checkpoint = checkpoint["state_dict_backbone"]
-    if not isinstance(checkpoint, dict) or not checkpoint or not all(
-        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    if (
+        not isinstance(checkpoint, dict)
+        or not checkpoint
+        or not all(isinstance(v, torch.Tensor) for v in checkpoint.values())
     ):
         raise DataError(f"{path}: not an arcface_torch backbone state dict (expected names -> tensors)")
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}

@@ -236,9 +236,7 @@ def _check_size(folder: str | os.PathLike[str], config: dict[str, Any], weights:
         raise DataError(f"{folder}: weights do not fit config.json ({problem})") from None
     described = sum(p.numel() for p in model.state_dict().values())
     if described != stored:
-        raise DataError(
-            f"{folder}: config.json describes {described:,} weights, {Path(weights).name} holds {stored:,}"
-        )
+        raise DataError(f"{folder}: config.json describes {described:,} weights, {Path(weights).name} holds {stored:,}")
 
 
 def _check_architecture(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from lafs.config import config_to_dict
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import SYNTHETIC, DatasetConfig
-from lafs.engine import OptimConfig, RunConfig, Task, TrainingParts
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError, LafsError
 from lafs.files import write_atomic
@@ -33,7 +33,7 @@ from lafs.models.landmark_predictor import (
     build_landmark_predictor,
     save_landmark_predictor,
 )
-from lafs.schedules import cosine_schedule
+from lafs.schedules import warmup_cosine
 
 
 @dataclass
@@ -125,9 +125,13 @@ class LandmarkTask(Task):
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, fused=use_fused_adamw(accelerator))
         return TrainingParts(model, optimizer)
 
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        o = self.cfg.optim
+        self.lr_schedule = warmup_cosine(o.lr, o.min_lr, o.warmup_epochs, run.steps_per_epoch, run.total_steps)
+
     def learning_rate(self, step: int) -> float:
-        o, spe = self.cfg.optim, self.run.steps_per_epoch
-        return cosine_schedule(step, self.run.total_steps, o.lr, o.min_lr, o.warmup_epochs * spe)
+        return self.lr_schedule(step)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """Landmark loss of one micro-batch: images (B, 3, H, W) uint8, landmarks (B, K, 2), landmark_valid (B, K)."""

@@ -36,7 +36,13 @@ from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictor, load_landmark_predictor
 from lafs.models.multiview import MultiViewEncoder
 from lafs.models.vit import LandmarkViT
-from lafs.schedules import LAFS_PRETRAIN_EPOCHS, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
+from lafs.schedules import (
+    LAFS_PRETRAIN_EPOCHS,
+    cosine_schedule,
+    teacher_temperature,
+    teacher_temperature_per_epoch,
+    warmup_cosine,
+)
 from lafs.views import (
     NUM_GLOBAL,
     DeviceViews,
@@ -279,8 +285,12 @@ class PretrainTask(Task):
 
     def setup(self, run: RunContext) -> None:
         super().setup(run)
-        self.base_lr = self.cfg.optim.lr * run.total_batch / 256  # DINO's linear scaling rule
         self.schedule_steps = self.resolve_schedules()
+        o = self.cfg.optim
+        self.lr_schedule = warmup_cosine(
+            o.lr, o.min_lr, o.warmup_epochs, run.steps_per_epoch, run.total_steps, o.stretch(LAFS_PRETRAIN_EPOCHS),
+            scaling="linear", total_batch=run.total_batch, reference_batch=256,  # DINO's linear scaling rule
+        )  # fmt: skip
         self.stall_watch = StallWatch()
         if self.cfg.eval_bins and run.accelerator.is_main_process:
             workers = max(1, self.cfg.num_workers)
@@ -304,8 +314,7 @@ class PretrainTask(Task):
         return {key: round(value * stretch * spe) for key, value in written.items()}
 
     def learning_rate(self, step: int) -> float:
-        warmup = self.schedule_steps["optim.warmup_epochs"]
-        return cosine_schedule(step, self.run.total_steps, self.base_lr, self.cfg.optim.min_lr, warmup)
+        return self.lr_schedule(step)
 
     def weight_decay(self, step: int) -> float:
         o = self.cfg.optim

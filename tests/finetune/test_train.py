@@ -17,7 +17,7 @@ from finetune.heads import MarginHead
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from finetune.task import FinetuneConfig, OptimConfig, Schedule, build_optimizer
+from finetune.task import FinetuneConfig, OptimConfig, build_optimizer, learning_rate_schedule
 from finetune.train import main
 from lafs.config import load_config
 from lafs.data.pairs import write_bin
@@ -129,23 +129,24 @@ def test_recipe_configs_train_every_layer_at_the_full_rate(config):
 
 
 def test_warmup_cosine_per_step_and_batch_scaling():
-    schedule = Schedule(OptimConfig(epochs=10, warmup_epochs=2, lr=1e-3, lr_reference_batch=100, min_lr=0), 5, 400)
-    assert schedule.base_lr == pytest.approx(2e-3)  # sqrt(400 / 100) = 2
-    assert schedule.lr(0) == 0.0 and schedule.lr(9) == pytest.approx(2e-3)
-    assert schedule.lr(10) == pytest.approx(2e-3) and schedule.lr(50) == pytest.approx(0.0)
-    assert schedule.lr(30) == pytest.approx(1e-3)  # half-way through the cosine
-    linear = Schedule(OptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
-    assert linear.base_lr == pytest.approx(4e-3)
+    optim = OptimConfig(epochs=10, warmup_epochs=2, lr=1e-3, lr_reference_batch=100, min_lr=0)
+    schedule = learning_rate_schedule(optim, 5, 400)
+    assert schedule.peak == pytest.approx(2e-3)  # sqrt(400 / 100) = 2
+    assert schedule(0) == 0.0 and schedule(9) == pytest.approx(2e-3)
+    assert schedule(10) == pytest.approx(2e-3) and schedule(50) == pytest.approx(0.0)
+    assert schedule(30) == pytest.approx(1e-3)  # half-way through the cosine
+    linear = learning_rate_schedule(OptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
+    assert linear.peak == pytest.approx(4e-3)
 
 
 def test_relative_warmup_is_stretched_from_lafs_34_epochs(caplog):
     """LAFS's 5 of 34 warm-up epochs in a 17-epoch run of 4 steps per epoch: 2.5 epochs, 10 steps (logged once)."""
     cfg = OptimConfig(epochs=17, warmup_epochs=5, lr=1e-3, lr_reference_batch=100, min_lr=0, schedules="relative")
     with caplog.at_level(logging.INFO, logger="lafs.finetune"):
-        schedule = Schedule(cfg, 4, 100)
-    assert schedule.warmup == 10 and schedule.lr(9) == pytest.approx(1e-3) and schedule.lr(4) < 1e-3
+        schedule = learning_rate_schedule(cfg, 4, 100)
+    assert schedule.warmup_steps == 10 and schedule(9) == pytest.approx(1e-3) and schedule(4) < 1e-3
     assert "optim.warmup_epochs 5 -> 2.5" in caplog.text
-    assert Schedule(dataclasses.replace(cfg, schedules="epochs"), 4, 100).warmup == 20  # as written: 5 epochs
+    assert learning_rate_schedule(dataclasses.replace(cfg, schedules="epochs"), 4, 100).warmup_steps == 20  # 5 epochs
 
 
 def test_relative_schedules_through_a_run(tmp_path):

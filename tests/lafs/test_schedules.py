@@ -14,7 +14,13 @@ from finetune.task import FinetuneConfig
 from lafs.config import load_config
 from lafs.engine import OptimConfig
 from lafs.errors import ConfigError
-from lafs.schedules import WeightSchedule, cosine_schedule, teacher_temperature, teacher_temperature_per_epoch
+from lafs.schedules import (
+    WeightSchedule,
+    cosine_schedule,
+    teacher_temperature,
+    teacher_temperature_per_epoch,
+    warmup_cosine,
+)
 
 # ------------------------------------------------------------------------------------------------------ schedules
 
@@ -59,6 +65,21 @@ def test_cosine_schedule_warmup_reaches_start():
         cosine_schedule(-1, 100, 1.0, 0.0)
     with pytest.raises(ValueError):
         cosine_schedule(0, 10, 1.0, 0.0, warmup_steps=11)
+
+
+def test_warmup_cosine_scales_stretches_and_rounds_like_each_recipe():
+    # LAFS pretraining: 5e-4 at 256 images, linear; 82 images per step -> 5e-4 * 82 / 256 = 1.6015625e-4 exactly as
+    # DINO computes it (the same operations, so the same float)
+    pretrain = warmup_cosine(5e-4, 1e-6, 10, 5, 205, scaling="linear", total_batch=82, reference_batch=256)
+    assert pretrain.peak == 5e-4 * 82 / 256 and pretrain.warmup_steps == 50
+    expected = dino_cosine_scheduler(5e-4 * 82 / 256, 1e-6, 41, 5, 10)
+    assert [pretrain(step) for step in range(205)] == pytest.approx(expected.tolist(), rel=1e-12, abs=1e-15)
+    # LAFS fine-tuning: sqrt(400 / 1200) = 0.57735; 5 of 34 epochs stretched to 17 -> 2.5 epochs of 3 steps = 7.5 -> 8
+    finetune = warmup_cosine(2.29e-3, 1e-6, 5, 3, 51, 17 / 34, "sqrt", 400, 1200)
+    assert finetune.peak == pytest.approx(2.29e-3 * 0.5773502691896258) and finetune.warmup_steps == 8
+    assert finetune(0) == 0.0 and finetune(8) == finetune.peak and finetune(51) == 1e-6
+    plain = warmup_cosine(1e-3, 0.0, 1, 4, 8)  # the landmark predictor: no scaling, no stretch
+    assert plain.peak == 1e-3 and plain.warmup_steps == 4 and plain(6) == pytest.approx(0.5e-3)
 
 
 def test_teacher_temperature_warms_down_from_007_to_004():
