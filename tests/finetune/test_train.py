@@ -428,6 +428,8 @@ def test_partial_fc_checkpoint_of_two_processes_resumes_on_one_and_on_two(tmp_pa
     for rank, shard in enumerate(saved):
         loaded = load_file(str(again / f"loaded_rank{rank}.safetensors"))
         assert set(loaded) == set(shard) and all(torch.equal(loaded[key], shard[key]) for key in shard)
+
+
 # -- every seed loss on every kind of encoder -------------------------------------------------------------------------
 
 # Tiny widths keep each backbone to seconds; the ViT is TINY's nano one.

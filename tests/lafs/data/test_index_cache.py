@@ -245,7 +245,10 @@ def test_face_dataset_maps_its_items_and_pickles_small(tmp_path, monkeypatch):
     again = FaceRecordDataset(rec)
     assert isinstance(again.labels, np.memmap) and again.labels.tolist() == labels
     assert again.num_classes == 50 and again.layout == "classic" and len(again) == 2000
-    assert sorted(p.name.split("-")[0] for p in rec.with_name("faces.rec.lafs-index").iterdir()) == ["faces1", "reader1"]
+    assert sorted(p.name.split("-")[0] for p in rec.with_name("faces.rec.lafs-index").iterdir()) == [
+        "faces1",
+        "reader1",
+    ]
     payload = pickle.dumps(again)
     assert len(payload) < 4000  # 2,000 items: keys, offsets and labels would be 48 kB
     clone = pickle.loads(payload)

@@ -70,8 +70,10 @@ def test_two_processes_with_fewer_batches_than_one_cycle_stop_with_one_line(tmp_
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: 8 images give each of 2 processes 1 batches of 4, fewer than optim.grad_accum=2: use a "
-                      "smaller optim.batch_size or optim.grad_accum, or more data"]
+    assert errors == [
+        "error: 8 images give each of 2 processes 1 batches of 4, fewer than optim.grad_accum=2: use a "
+        "smaller optim.batch_size or optim.grad_accum, or more data"
+    ]
     # The process that fails first exits 2 (the launcher may stop the other one first; it then exits 1 itself).
     assert "exitcode  : 2" in result.stderr
     assert result.returncode != 0 and not (tmp_path / "encoder").exists()

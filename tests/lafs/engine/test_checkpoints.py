@@ -119,6 +119,7 @@ def test_checkpoints_of_earlier_versions_load_safely(tmp_path):
         load_checkpoint(accelerator, legacy, TrainState(), [copy])
     assert not MARKER.exists()
 
+
 def test_a_step_folder_it_did_not_write_is_never_removed(tmp_path):
     accelerator, _, state, extra, folder = setup(tmp_path)
     for name in ("step_00000001", "step_00000004"):

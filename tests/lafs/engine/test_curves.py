@@ -20,4 +20,3 @@ def test_plot_needs_a_validation_and_draws_one_png(tmp_path):
             log.write(json.dumps({"step": step, "set_accuracy": accuracy, "mean_accuracy": accuracy}) + "\n")
     path = plot_learning_curve(tmp_path)
     assert path == tmp_path / CURVE_FILE and path.read_bytes()[:4] == b"\x89PNG"
-

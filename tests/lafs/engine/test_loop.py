@@ -138,6 +138,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     train(part, max_steps=3)
     resumed = train(part, max_steps=7)
     assert resumed.calls[0] == ("step", 3)  # continued, not restarted
+
     def losses(run_dir: Path) -> list[tuple[int, float]]:
         return [(r["step"], r["loss"]) for r in read_log(run_dir) if "loss" in r]
 

@@ -378,6 +378,8 @@ def test_onnx_parity_with_the_minmax_fit(tmp_path, faces, images_only):
             # The graph fits its input: a moved and scaled copy of the same face gives the same embedding.
             encoder = OnnxEncoder(path)
             torch.testing.assert_close(encoder(images, points), encoder(images, points * 0.9 + 3.0), atol=1e-4, rtol=0)
+
+
 # -- every kind of encoder, timm's hub format ---------------------------------------------------------------------
 
 KINDS = {

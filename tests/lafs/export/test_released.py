@@ -117,7 +117,12 @@ def test_plain_and_model_layouts(tmp_path, layout):
     }[layout]
     summary = import_released_checkpoint(saved(tmp_path / "c.pth", checkpoint), tmp_path / "out")
     assert summary.model_args == {
-        "landmark_set": "mediapipe196", "embed_dim": 64, "depth": 1, "num_heads": 2, "head_dim": 64, "mlp_dim": 96
+        "landmark_set": "mediapipe196",
+        "embed_dim": 64,
+        "depth": 1,
+        "num_heads": 2,
+        "head_dim": 64,
+        "mlp_dim": 96,
     }
     assert summary.classifier == (10, 64) and summary.landmark_network
     model = load_any_encoder(tmp_path / "out").eval()
@@ -177,9 +182,12 @@ def test_unknown_missing_and_misshapen_tensors_are_one_line(tmp_path):
     one_line(tmp_path, overlap, "145 rows and patch_to_embedding takes 300 numbers")
     one_line(tmp_path, {"foo": 1, "bar": [2]}, r"unknown checkpoint layout: a dict of 2 entries \(foo, bar\)")
     one_line(tmp_path, [1, 2], "unknown checkpoint layout: a list")
-    one_line(tmp_path, released_self_supervised(), "holds no landmark network", landmark_network=saved(
-        tmp_path / "ssl.pth", released_self_supervised()
-    ))
+    one_line(
+        tmp_path,
+        released_self_supervised(),
+        "holds no landmark network",
+        landmark_network=saved(tmp_path / "ssl.pth", released_self_supervised()),
+    )
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
