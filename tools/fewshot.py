@@ -84,7 +84,8 @@ def read_held_aside(path: Path) -> list[str]:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lafs.fewshot import FewShotConfig, run_protocol, summarise, write_results
+    from finetune.fewshot import FewShotConfig, run_protocol
+    from lafs.fewshot import summarise, write_results
     from lafs.fewshot.results import format_markdown
     from lafs.files import claim_output_folder
 

@@ -1,6 +1,7 @@
-"""The few-shot protocol (`run_protocol`) and its results (`write_results`): `tools.fewshot` is its command."""
+"""Pieces of the few-shot protocol that need no training stage: the seen / unseen split and pairs, the development
+split, and the results (`write_results`). The protocol itself, which runs pretraining and fine-tuning, is
+`finetune.fewshot` (the library never imports fine-tuning); `tools.fewshot` is its command."""
 
-from lafs.fewshot.protocol import ARMS, REGULARISERS, FewShotConfig, run_protocol
 from lafs.fewshot.results import summarise, write_results
 
-__all__ = ["ARMS", "REGULARISERS", "FewShotConfig", "run_protocol", "summarise", "write_results"]
+__all__ = ["summarise", "write_results"]

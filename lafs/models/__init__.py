@@ -15,6 +15,7 @@ from lafs.models.image_only import ImageOnlyEncoder
 from lafs.models.iresnet import IResNet
 from lafs.models.partfvit import SIZES as PARTFVIT_SIZES
 from lafs.models.partfvit import PartFViT  # registers the released Part fViT
+from lafs.models.released_mobilenet import ReleasedLandmarkNet  # registers its folder loader (load_landmark_predictor)
 from lafs.models.timm_encoder import ARCHITECTURE as TIMM_ARCHITECTURE
 from lafs.models.timm_encoder import PREFIX as TIMM_PREFIX
 from lafs.models.timm_encoder import TimmEncoder
@@ -116,6 +117,7 @@ __all__ = [
     "LandmarkPatchEmbed",
     "LandmarkViT",
     "PartFViT",
+    "ReleasedLandmarkNet",
     "TimmEncoder",
     "build_any_encoder",
     "build_encoder",

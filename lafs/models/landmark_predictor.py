@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -44,6 +45,7 @@ from lafs.errors import ConfigError, DataError
 from lafs.files import read_weights_folder, save_weights_folder
 from lafs.landmarks.sets import get_landmark_set
 from lafs.landmarks.sources import scaled_template
+from lafs.registry import Registry
 
 PREDICTOR_FORMAT = "lafs-landmark-predictor"
 PREDICTOR_VERSION = 1
@@ -96,6 +98,20 @@ class LandmarkPredictor(nn.Module):
     def landmark_set(self) -> str:
         return self.cfg.landmark_set
 
+    def folder_config(self, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The config.json of this predictor's saved folder (`save_landmark_predictor`); ``source``: where it came
+        from. The released landmark network, a subclass, writes its own."""
+        return {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "config": dataclasses.asdict(self.cfg),
+            "num_landmarks": self.num_landmarks,
+            "scale": self.scale,
+            "input": "images (batch, 3, H, W) float32 in [-1, 1] (pixel / 127.5 - 1), RGB",
+            "output": "landmarks (batch, K, 2) float32 pixels (x, y); pixel j spans [j, j + 1)",
+            "source": source or {},
+        }
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (batch, 3, H, W) in [-1, 1] -> landmarks (batch, K, 2) float pixels (x, y)."""
         features = self.dropout(self.backbone(images))
@@ -112,22 +128,14 @@ def save_landmark_predictor(
     model: LandmarkPredictor, folder: str | os.PathLike[str], source: dict[str, Any] | None = None
 ) -> Path:
     """Write ``folder`` (model.safetensors + config.json) whole or not at all: built beside it, then renamed."""
-    # The released landmark network (a subclass) lives in a module that imports this one.
-    from lafs.models.released_mobilenet import ReleasedLandmarkNet, save_released_landmark_net
+    return save_weights_folder(model, folder, model.folder_config(source))
 
-    if isinstance(model, ReleasedLandmarkNet):
-        return save_released_landmark_net(model, folder, source)
-    config = {
-        "format": PREDICTOR_FORMAT,
-        "version": PREDICTOR_VERSION,
-        "config": dataclasses.asdict(model.cfg),
-        "num_landmarks": model.num_landmarks,
-        "scale": model.scale,
-        "input": "images (batch, 3, H, W) float32 in [-1, 1] (pixel / 127.5 - 1), RGB",
-        "output": "landmarks (batch, K, 2) float32 pixels (x, y); pixel j spans [j, j + 1)",
-        "source": source or {},
-    }
-    return save_weights_folder(model, folder, config)
+
+# Loaders of predictor folders other than this module's, by config.json "kind" (the released landmark network's
+# module registers its own): loading dispatches here, so this module imports none of them.
+FOLDER_LOADERS: Registry[Callable[[str | os.PathLike[str], dict[str, Any], Path], LandmarkPredictor]] = Registry(
+    "landmark predictor folder kind"
+)
 
 
 def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor:
@@ -135,10 +143,9 @@ def load_landmark_predictor(folder: str | os.PathLike[str]) -> LandmarkPredictor
     config, weights = read_weights_folder(folder, PREDICTOR_FORMAT, "a saved landmark predictor")
     if config.get("version") != PREDICTOR_VERSION:
         raise DataError(f"{folder}: {PREDICTOR_FORMAT} version {config.get('version')}, expected {PREDICTOR_VERSION}")
-    from lafs.models.released_mobilenet import RELEASED_KIND, load_released_landmark_net  # see save_landmark_predictor
-
-    if config.get("kind") == RELEASED_KIND:
-        return load_released_landmark_net(folder, config, weights)
+    kind = config.get("kind")
+    if isinstance(kind, str) and kind in FOLDER_LOADERS:
+        return FOLDER_LOADERS.get(kind)(folder, config, weights)
     try:
         cfg = LandmarkPredictorConfig(**config["config"])
     except (KeyError, TypeError) as exc:

@@ -40,9 +40,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lafs.errors import ConfigError, DataError
-from lafs.files import save_weights_folder
 from lafs.landmarks.sets import get_landmark_set
 from lafs.models.landmark_predictor import (
+    FOLDER_LOADERS,
     PREDICTOR_FORMAT,
     PREDICTOR_VERSION,
     LandmarkPredictor,
@@ -186,34 +186,27 @@ class ReleasedLandmarkNet(LandmarkPredictor):
         features = self.stn(images.flip(1))  # RGB -> BGR, what the released weights saw
         return self.output_layer(features.mean(dim=(-2, -1)))
 
+    def folder_config(self, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The config.json of a released landmark-network folder (its ``kind`` brings loading back here)."""
+        return {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "kind": RELEASED_KIND,
+            "config": dataclasses.asdict(self.cfg),
+            "num_landmarks": self.num_landmarks,
+            "scale": self.scale,
+            "channel_order": CHANNEL_ORDER,
+            "input": "images (batch, 3, 112, 112) float32 in [-1, 1] (pixel / 127.5 - 1), RGB: flipped to BGR inside",
+            "output": "landmarks (batch, K, 2) float32 pixels (x, y) min-max rescaled per image to span [0, 111]",
+            "source": source or {},
+        }
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """RGB images (B, 3, 112, 112) in [-1, 1] -> landmarks (B, K, 2) pixels (x, y) spanning [0, 111]."""
         return minmax_landmarks(self.raw_outputs(images))
 
 
-def released_predictor_config(model: ReleasedLandmarkNet, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json record of a released landmark-network folder."""
-    return {
-        "format": PREDICTOR_FORMAT,
-        "version": PREDICTOR_VERSION,
-        "kind": RELEASED_KIND,
-        "config": dataclasses.asdict(model.cfg),
-        "num_landmarks": model.num_landmarks,
-        "scale": model.scale,
-        "channel_order": CHANNEL_ORDER,
-        "input": "images (batch, 3, 112, 112) float32 in [-1, 1] (pixel / 127.5 - 1), RGB: flipped to BGR inside",
-        "output": "landmarks (batch, K, 2) float32 pixels (x, y) min-max rescaled per image to span [0, 111]",
-        "source": source or {},
-    }
-
-
-def save_released_landmark_net(
-    model: ReleasedLandmarkNet, folder: str | os.PathLike[str], source: dict[str, Any] | None = None
-) -> Path:
-    """Write ``folder`` (model.safetensors + config.json), whole or not at all."""
-    return save_weights_folder(model, folder, released_predictor_config(model, source))
-
-
+@FOLDER_LOADERS.register(RELEASED_KIND)
 def load_released_landmark_net(
     folder: str | os.PathLike[str], config: dict[str, Any], weights: Path
 ) -> ReleasedLandmarkNet:
