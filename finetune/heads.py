@@ -6,7 +6,7 @@ of default margins. Unlike current arcface_torch (which applies the ArcFace marg
 straight-through gradient), the margin here is analytic with the true gradient; ``straight_through=True``
 reproduces arcface_torch's gradient. Past ``m1 * theta + m2 = pi`` the margin stops being monotone, so a guard
 applies: ``easy`` (no margin for cos <= 0) or ``threshold`` (insightface's CosFace-style fallback
-``cos - m2 * sin(m2) - m3``; not continuous at the switch, but monotone). See ../shared/spec/losses.md section 1.
+``cos - m2 * sin(m2) - m3``; not continuous at the switch, but monotone). See docs/losses.md section 1.
 """
 
 from __future__ import annotations

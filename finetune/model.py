@@ -68,8 +68,8 @@ class FinetuneModel(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         # The encoder's own groups under "encoder."; the head matches nothing and so gets the full learning rate,
-        # like the last layer. The landmark predictor shares the stem's layer (LAFS: layer-decay id 0, so it
-        # barely moves by default).
+        # like the last layer. The landmark predictor shares the stem's layer (the layer-decay id 0 the released
+        # code assigns it; there its groups are never applied, here optim.layer_decay is).
         matcher = prefixed_matcher(self.encoder.group_matcher(coarse), r"encoder\.")
         if self.landmark_predictor is not None:
             matcher["stem"] = f"{matcher['stem']}|^landmark_predictor\\."

@@ -3,9 +3,11 @@
     terms = objective(features, labels, epoch=..., step=..., ...)
     terms["loss"].backward(); objective.update()
 
-Rules (../shared/spec/losses.md section 9): a regulariser whose lambda(t) is 0 is not computed at all, so the loss
-is bit-identical to the base; the fields a regulariser ``requires`` are checked on the first call; every term is
-returned unweighted (``*_loss``) and ``lambdas(epoch)`` gives the weights for the log.
+Rules (docs/losses.md section 7): a regulariser whose lambda(t) is 0 is not computed at all, so the loss
+is the base loss (model-side hooks aside: CoReFace's dropout, the cluster margins' base margin); the fields a
+regulariser ``requires`` are checked on the first call; every term is returned without its lambda(t)
+(``*_loss``; some include their own inner weights, as docs/losses.md section 7 lists) and ``lambdas(epoch)`` gives
+the weights for the log.
 """
 
 from __future__ import annotations

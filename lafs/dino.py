@@ -8,7 +8,7 @@ the student sees every view, and the loss (:class:`DINOLoss`) is the cross-entro
 mean ``center`` of its logits, which pushes towards uniform) and *sharpening* (a low temperature, which pushes towards
 one-hot). :func:`collapse_warning` reads the two entropies the loss reports to tell which one has won.
 
-In LAFS (arXiv 2403.08161; szlbiubiubiu/LAFS_CVPR2024 ``lafs_train.py``; see ``spec/losses.md`` section 5) the
+In LAFS (arXiv 2403.08161; szlbiubiubiu/LAFS_CVPR2024 ``lafs_train.py``; see ``docs/losses.md`` section 5) the
 views are landmark-token views of a face: 2 globals (all 196 landmarks) and 8 locals (36 landmarks drawn with
 replacement), so the loss averages 2 * 10 - 2 = 18 (teacher, student) pairs. LAFS defaults:
 

@@ -1,6 +1,6 @@
 """Cluster-guided margins, supervised contrastive clustering (SCC) and cluster alignment (arXiv 2312.04029).
 
-**Reconstruction [INFER].** No code of the paper exists and only its abstract was read (../shared/spec/losses.md
+**Reconstruction [INFER].** No code of the paper exists and only its abstract was read (docs/losses.md
 section 2). The abstract names three parts: a cluster-guided angular margin set by how hard each face cluster is,
 a supervised contrastive clustering loss pulling features to cluster centres, and a cluster-aligning step between
 cluster centres and the classifier's class centres. Every formula, default and choice below is ours:

@@ -9,7 +9,7 @@ off-diagonal entries neutralised (set to 0, or removed), an adaptive margin ``m_
 (diagonal) logit, scale s, CE with targets 0..B-1. ``m_t`` is a running value of the detached batch margin
 ``m_b = mean_i(C_ii - max_{j != i} C~_ij)`` (C~: masked C with the diagonal set to 0).
 Source: IsidoreSong/CoreFace ``utils/losses.py`` (ContraFace loss), ``backbones/iresnet.py`` (double dropout),
-``train.py`` and ``config/config.py`` (phase switch at epoch index 7, weights); ../shared/spec/losses.md section 3.
+``train.py`` and ``config/config.py`` (phase switch at epoch index 7, weights); docs/losses.md section 3.
 
 Caveats. The code's running margin ``m_t = 0.99 m_b + 0.01 m_{t-1}`` puts weight 0.99 on the *new* value, so
 it is almost the raw batch margin; the paper presumably means an EMA. ``ema_weight_on_new`` keeps 0.99 for

@@ -5,7 +5,7 @@ samples stop moving although the class distribution is still anisotropic. IntraL
 angle whose gradient does not vanish: ``intraloss_loss = mean_i(w_i * G(theta_{i,y_i}))``, with
 ``theta = acos(clamp(cos, -1 + eps, 1 - eps))`` from the raw (pre-margin) target cosines of every view.
 
-Provenance (../shared/spec/losses.md section 6). No code for this paper was found and only its abstract was
+Provenance (docs/losses.md section 6). No code for this paper was found and only its abstract was
 read. The documented part is the ArcFace paper's "Intra-Loss" (Deng et al., arXiv 1801.07698):
 ``G = theta / pi``, ``w = 1``, which is this module's default (``shape="linear"``, ``beta=0``). The
 gradient-enhancing weighting is a **reconstruction from the abstract** ([INFER]), not the paper's formula:

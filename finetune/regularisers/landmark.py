@@ -4,9 +4,10 @@ When fine-tuning with a trainable landmark predictor, the recognition loss moves
 grid_sample tokenizer; this term keeps them near a reference: ``mean((l_student - l_reference)^2) / (size - 1)^2``
 over batch x K x 2 (LAFS: ``MSELoss(l_T / 111, l_S / 111)`` at 112 px), with LAFS's piecewise weight
 1000 -> 100 -> 1 -> 0.11 -> 0 at epochs 8, 14, 21 and 28 (szlbiubiubiu/LAFS_CVPR2024 ``train_largescale.py``).
-The released LAFS code hard-codes the term off (``pre_land = keep_land = False``) and restrains the landmark net
-through a tiny layer-decayed learning rate instead; here the term is a config switch and the layer-decay
-placement is kept too (the predictor sits in layer 0). The reference is a frozen copy of the initial predictor
+The released LAFS code hard-codes the term off (``pre_land = keep_land = False``); it also builds layer-decay
+groups that would put the landmark net in layer 0, but its optimiser never applies them, so the net trains at the
+full rate. Here the term is a config switch, and ``optim.layer_decay`` is applied, with the predictor in the stem's
+layer (docs/departures.md). The reference is a frozen copy of the initial predictor
 (LAFS) or the landmarks the dataset carries (a MediaPipe cache): ``landmarks.reference`` in the fine-tuning config.
 """
 

@@ -4,7 +4,7 @@ A margin-softmax loss only sees sample-to-class-centre negatives. UNPG appends t
 negative similarities ``S'^n`` (pairs i < j with y_i != y_j, after a Tukey box-and-whisker filter that drops
 outliers) as extra, unmargined logit columns, scaled by the head's s, to every row of the margin softmax.
 Source: Jung-Jun-Uk/UNPG ``recognition/models/build.py`` (filter, pairing) and ``recognition/models/head.py``
-(the concatenated CE); ../shared/spec/losses.md section 4.
+(the concatenated CE); docs/losses.md section 4.
 
 The extra columns are the same for every row, so instead of concatenating them this module adds their
 log-sum-exp ``A = logsumexp(s * S'^n)`` to each row's log-sum-exp:

@@ -2,7 +2,7 @@
 
 The student sees 2 global views (all K landmarks) and N local views (k landmark ids each); the teacher, an EMA of the
 student without gradients, sees the globals. Both carry a DINO head; the DINO loss centres and sharpens the
-teacher's outputs (arXiv 2403.08161, ``spec/losses.md``). The engine (`lafs.engine.fit`) runs the loop.
+teacher's outputs (arXiv 2403.08161, ``docs/losses.md``). The engine (`lafs.engine.fit`) runs the loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`LandmarkViews`: the 2 global + N local LAFS views of one face image, rendered in a loader worker.
 
-Per image (arXiv 2403.08161; ``spec/losses.md`` §5): 2 *global* views carrying all K landmarks and N *local* views
-carrying k landmark ids drawn uniformly with replacement. Local views are local because of their landmark subset,
+Per image (arXiv 2403.08161; ``docs/losses.md`` section 5): 2 *global* views carrying all K landmarks and N *local*
+views carrying k landmark ids drawn uniformly with replacement. Local views are local because of their landmark subset,
 not because they are small crops: both kinds use RandomResizedCrop to the output size with scale (0.4, 1) and ratio
 (3/4, 4/3), then a horizontal flip with p = 0.5 that swaps left/right landmark ids (`lafs.views.geometry`). Gaussian
 landmark jitter (std ``jitter_std`` view pixels per coordinate) is added to every view's landmarks; a local view

@@ -1,4 +1,4 @@
-"""Margin heads against the hand-computed values of ../shared/spec/losses.md section 1(g)."""
+"""Margin heads against the hand-computed values of docs/losses.md section 1."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DINO head, loss and EMA (spec/losses.md section 5(g).5). Pinned values are float64."""
+"""DINO head, loss and EMA (docs/losses.md section 5.1). Pinned values are float64."""
 
 from __future__ import annotations
 

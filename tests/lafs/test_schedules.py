@@ -1,4 +1,4 @@
-"""Schedules: DINO's cosine schedule and teacher temperature (spec/losses.md section 5), regulariser weights."""
+"""Schedules: DINO's cosine schedule and teacher temperature (docs/losses.md section 5), regulariser weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cluster-guided margins, SCC and alignment (finetune.regularisers.cluster); spec-by-us, losses.md 2(g)."""
+"""Cluster-guided margins, SCC and alignment (finetune.regularisers.cluster); spec-by-us, docs/losses.md section 2."""
 
 from __future__ import annotations
 

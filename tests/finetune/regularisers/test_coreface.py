@@ -1,4 +1,4 @@
-"""CoReFace (../shared/spec/losses.md section 3): dropout views, masked cross-view contrast, adaptive margin."""
+"""CoReFace (docs/losses.md section 3): dropout views, masked cross-view contrast, adaptive margin."""
 
 from __future__ import annotations
 

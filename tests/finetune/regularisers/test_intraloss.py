@@ -1,4 +1,4 @@
-"""IntraLoss (../shared/spec/losses.md section 6): the target-angle term, its non-vanishing gradient, the weights."""
+"""IntraLoss (docs/losses.md section 6): the target-angle term, its non-vanishing gradient, the weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UNPG (../shared/spec/losses.md section 4): filter, pairs, the log-sum-exp shortcut against explicit concatenation."""
+"""UNPG (docs/losses.md section 4): filter, pairs, the log-sum-exp shortcut against explicit concatenation."""
 
 from __future__ import annotations
 
