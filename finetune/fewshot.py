@@ -28,14 +28,14 @@ import cv2
 import numpy as np
 import torch
 
-from finetune.task import FinetuneConfig, FinetuneTask
+from finetune.task import FINETUNE, FinetuneConfig
 from lafs.config import load_config
 from lafs.data.align_photos import Tally, find_photos, write_folder
 from lafs.data.folder import few_shot_indices, scan_image_folder, write_list_file
 from lafs.data.images import read_image_file
 from lafs.data.pairs import write_bin
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig
-from lafs.engine import fit
+from lafs.engine import Stage
 from lafs.errors import ConfigError
 from lafs.export import load_encoder_and_predictor
 from lafs.fewshot.split import (
@@ -51,7 +51,7 @@ from lafs.landmarks.cache import CacheInfo, LandmarkCache
 from lafs.landmarks.extract import extract_landmarks
 from lafs.landmarks.sets import get_landmark_set
 from lafs.models import EncoderConfig, build_encoder
-from lafs.tasks.pretrain import PretrainConfig, PretrainTask
+from lafs.tasks.pretrain import PRETRAIN, PretrainConfig
 
 logger = logging.getLogger("lafs.fewshot")
 
@@ -264,14 +264,13 @@ def _common_keys(
     ]
 
 
-def _run_stage(task: Any, config_class: Any, config: Path, overrides: list[str], run_dir: Path, arm: str) -> Path:
+def _run_stage(stage: Stage[Any], config: Path, overrides: list[str], run_dir: Path, arm: str) -> Path:
     """Train one stage through the engine (a finished one is skipped) and mark it finished."""
     if _finished(run_dir):
         return run_dir
-    run_cfg = load_config(config_class, config, overrides)
     start = time.perf_counter()
-    fit(run_cfg, task(run_cfg))
-    _mark_finished(run_dir, {"stage": task.name, "arm": arm, "seconds": time.perf_counter() - start})
+    stage.run(config, overrides)
+    _mark_finished(run_dir, {"stage": stage.name, "arm": arm, "seconds": time.perf_counter() - start})
     return run_dir
 
 
@@ -284,7 +283,7 @@ def pretrain(cfg: FewShotConfig, data: SeedData, arm: str) -> Path:
     overrides = [*cfg.pretrain_overrides, *_common_keys(data, arm, cfg, run_dir, cfg.pretrain_steps, images, batch)]
     if arm == "dino":
         overrides.append("views.kind=patches")
-    return _run_stage(PretrainTask, PretrainConfig, cfg.pretrain_config, overrides, run_dir, arm)
+    return _run_stage(PRETRAIN, cfg.pretrain_config, overrides, run_dir, arm)
 
 
 def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, shots: int, regulariser: str) -> Path:
@@ -305,7 +304,7 @@ def finetune(cfg: FewShotConfig, data: SeedData, arm: str, init: Path | None, sh
         overrides.append(f"regularisers.{regulariser}.enabled=true")
     if regulariser == "landmark":
         overrides.append("landmarks.source=predictor")
-    return _run_stage(FinetuneTask, FinetuneConfig, cfg.finetune_config, overrides, run_dir, arm)
+    return _run_stage(FINETUNE, cfg.finetune_config, overrides, run_dir, arm)
 
 
 def evaluate(loaded: tuple[Any, Any], data: SeedData) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from finetune.objective import build_objective
 from finetune.partial_fc import PartialFC, build_partial_fc
 from finetune.regularisers import RegularisersConfig
 from lafs.engine import OptimConfig as RunOptimConfig
-from lafs.engine import RunConfig, RunContext, Task, TrainingParts
+from lafs.engine import RunConfig, RunContext, Task, TrainingParts, register_stage
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.memory import value_bytes, vit_activation_elements
 from lafs.errors import ConfigError, DataError
@@ -464,3 +464,6 @@ class FinetuneTask(Task):
         model = self.run.accelerator.unwrap_model(self.model)
         head = model.objective.head
         return nn.ModuleDict({"encoder": model.encoder} | ({} if isinstance(head, PartialFC) else {"head": head}))
+
+
+FINETUNE = register_stage("finetune", FinetuneConfig, FinetuneTask)

@@ -16,24 +16,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from finetune.task import FinetuneConfig, FinetuneTask
+from finetune.task import FINETUNE
 from lafs.cli import entry_point
-from lafs.config import load_config, parse_cli, save_config
+from lafs.config import parse_cli, save_config
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.synthetic import SyntheticFaces, SyntheticFacesConfig, synthetic_pairs
-from lafs.engine import fit
+from lafs.engine import Stage
 from lafs.engine.run_log import read_log
 from lafs.errors import ConfigError
 from lafs.evaluation import evaluate_pairs
 from lafs.evaluation.report import build_report, encoder_info, evaluate_sets, format_table, write_report
 from lafs.export import load_encoder, save_encoder_onnx
 from lafs.models import EncoderConfig, build_encoder
-from lafs.tasks.pretrain import PretrainConfig, PretrainTask
+from lafs.tasks.pretrain import PRETRAIN
 
 
 @dataclass
@@ -96,15 +97,11 @@ def embed(model: torch.nn.Module, items: list[dict], batch_size: int) -> tuple[n
     return torch.cat(out).numpy(), len(items) / (time.perf_counter() - start)
 
 
-def run_stage(
-    task: type[PretrainTask] | type[FinetuneTask], config: Path, overrides: list[str], run_dir: Path
-) -> float:
-    """Train ``task`` as the YAML ``config`` + ``overrides`` say into ``run_dir`` (a finished run resumes and stops at
-    once); its wall time."""
+def run_stage(stage: Stage[Any], config: Path, overrides: list[str], run_dir: Path) -> float:
+    """Train ``stage`` as the YAML ``config`` + ``overrides`` say into ``run_dir`` (a finished run resumes and stops
+    at once); its wall time."""
     start = time.perf_counter()
-    config_class = PretrainConfig if task is PretrainTask else FinetuneConfig
-    cfg = load_config(config_class, config, [*overrides, f"output_dir={run_dir}"])
-    fit(cfg, task(cfg))  # type: ignore[arg-type]
+    stage.run(config, [*overrides, f"output_dir={run_dir}"])
     return time.perf_counter() - start
 
 
@@ -129,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cv2.imwrite(str(run_dir / "faces.png"), cv2.cvtColor(contact_sheet(faces), cv2.COLOR_RGB2BGR))
 
     pretrain_dir = run_dir / "pretrain"
-    pretrain_seconds = run_stage(PretrainTask, cfg.pretrain_config, cfg.pretrain_overrides, pretrain_dir)
+    pretrain_seconds = run_stage(PRETRAIN, cfg.pretrain_config, cfg.pretrain_overrides, pretrain_dir)
     pretrained = load_encoder(pretrain_dir / "encoder").eval()
     embeddings, embed_per_second = embed(pretrained, items, cfg.batch_size)
     np.save(run_dir / "embeddings.npy", embeddings)
@@ -156,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, init in (("pretrained", pretrain_dir), ("scratch", "''")):
         finetune_dir = run_dir / f"finetune_{name}"
         overrides = [f"init={init}", *cfg.finetune_overrides]
-        seconds = run_stage(FinetuneTask, cfg.finetune_config, overrides, finetune_dir)
+        seconds = run_stage(FINETUNE, cfg.finetune_config, overrides, finetune_dir)
         encoder = load_encoder(finetune_dir / "encoder")
         accuracy = evaluate_pairs(encoder, images, issame, batch_size=cfg.batch_size)["accuracy"]
         finetuned[name] = (finetune_dir, seconds, accuracy)

@@ -50,27 +50,24 @@ def benchmarks(size: dict[str, Any], device: str, compile_modes: Sequence[bool])
 
 def training_runs(size: dict[str, Any], device: str, output: Path) -> dict[str, Any]:
     """A pretraining and a fine-tuning run of ``size["steps"]`` steps on synthetic faces, views on the device."""
-    from finetune.task import FinetuneConfig, FinetuneTask
-    from lafs.config import load_config
-    from lafs.engine import fit
+    import finetune.task  # noqa: F401 - registers the finetune stage
+    import lafs.tasks.pretrain  # noqa: F401 - registers the pretrain stage
+    from lafs.engine import STAGES
     from lafs.engine.run_log import read_log
-    from lafs.tasks.pretrain import PretrainConfig, PretrainTask
 
     precision = "bf16" if device != "cpu" else "no"
     common = [f"max_steps={size['steps']}", f"optim.batch_size={size['run_batch']}", f"mixed_precision={precision!r}",
               f"encoder.name={size['run_encoder']}", "resume=''", "replace=true", "num_workers=2",
               "log_every=1"]  # fmt: skip
-    stages: dict[str, Any] = {
-        "pretrain": (PretrainTask, PretrainConfig, "configs/pretrain/demo.yaml",
-                     ["views.make_on=accelerator", f"dino.out_dim={size['out_dim']}"]),
-        "finetune": (FinetuneTask, FinetuneConfig, "configs/finetune/demo.yaml", ["init=''", "data.shots=null"]),
-    }  # fmt: skip
+    stages = {  # stage name -> (config file, its own overrides)
+        "pretrain": ("configs/pretrain/demo.yaml", ["views.make_on=accelerator", f"dino.out_dim={size['out_dim']}"]),
+        "finetune": ("configs/finetune/demo.yaml", ["init=''", "data.shots=null"]),
+    }
     results = {}
-    for name, (task, config_class, config, extra) in stages.items():
+    for name, (config, extra) in stages.items():
         run_dir = output.parent / f"{output.stem}_{name}"
-        cfg = load_config(config_class, config, [*common, *extra, f"output_dir={run_dir}"])
         start = time.perf_counter()
-        fit(cfg, task(cfg))
+        STAGES.get(name).run(config, [*common, *extra, f"output_dir={run_dir}"])
         seconds = time.perf_counter() - start
         log = [record for record in read_log(run_dir) if "loss" in record]
         results[name] = {

@@ -2,6 +2,18 @@
 
 from lafs.engine.config import OptimConfig, RunConfig
 from lafs.engine.loop import RunSummary, fit
+from lafs.engine.stage import STAGES, Stage, register_stage
 from lafs.engine.task import RunContext, Task, TrainingParts
 
-__all__ = ["OptimConfig", "RunConfig", "RunContext", "RunSummary", "Task", "TrainingParts", "fit"]
+__all__ = [
+    "STAGES",
+    "OptimConfig",
+    "RunConfig",
+    "RunContext",
+    "RunSummary",
+    "Stage",
+    "Task",
+    "TrainingParts",
+    "fit",
+    "register_stage",
+]

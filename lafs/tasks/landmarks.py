@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from lafs.config import config_to_dict
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.data.open import SYNTHETIC, DatasetConfig
-from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts, register_stage
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError, LafsError
 from lafs.files import write_atomic
@@ -191,3 +191,6 @@ class LandmarkTask(Task):
         }
         write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
         return {"predictor": folder, "report": run_dir / "report.json"}
+
+
+LANDMARKS = register_stage("landmarks", TrainLandmarksConfig, LandmarkTask)

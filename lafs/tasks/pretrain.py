@@ -23,7 +23,7 @@ from timm.optim import param_groups_weight_decay
 
 from lafs.data.collate import collate_faces, normalize_images
 from lafs.dino import DINOHead, DINOLoss, StallWatch, collapse_warning, ema_update
-from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts, register_stage
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.config import ClipMode
 from lafs.engine.memory import value_bytes, vit_activation_elements
@@ -422,3 +422,6 @@ class PretrainTask(Task):
             landmarks = data_landmark_source(self.cfg.data.landmarks)
             save_encoder(self.teacher.backbone, run_dir / "encoder", source, landmark_source=landmarks)
         return {"encoder": run_dir / "encoder"}
+
+
+PRETRAIN = register_stage("pretrain", PretrainConfig, PretrainTask)
