@@ -34,8 +34,7 @@ from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.partial_fc import PartialFC, build_partial_fc
 from finetune.regularisers import RegularisersConfig
-from lafs.engine import OptimConfig as RunOptimConfig
-from lafs.engine import RunConfig, RunContext, Task, TrainingParts, register_stage
+from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts, register_stage
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.engine.memory import value_bytes, vit_activation_elements
 from lafs.errors import ConfigError, DataError
@@ -74,7 +73,7 @@ logger = logging.getLogger("lafs.finetune")
 
 
 @dataclass
-class OptimConfig(RunOptimConfig):
+class FinetuneOptimConfig(OptimConfig):
     name: Literal["adamw", "sgd"] = "adamw"  # adamw (LAFS); sgd: momentum SGD, no Nesterov (arcface_torch, papers)
     momentum: float = 0.9  # sgd only (arcface_torch, UNPG, CoReFace)
     epochs: int = 34  # LAFS fine-tuning length
@@ -116,7 +115,7 @@ class LandmarkSourceConfig:
 @dataclass
 class FinetuneConfig(RunConfig):
     output_dir: Path = Path("runs/finetune")  # the run directory: config, checkpoints, logs, encoder
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     num_workers: int = 4  # data-loading processes per training process (kept alive across epochs)
     checkpoint_every: int = 1000  # optimiser steps between checkpoints (and one at the end)
     init: str = ""  # a pretraining run directory or an exported encoder folder; "" = from scratch
@@ -229,7 +228,7 @@ def initial_predictor(cfg: FinetuneConfig) -> LandmarkPredictor | None:
     return predictor
 
 
-def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: FinetuneModel, cfg: FinetuneOptimConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW or momentum SGD (``cfg.name``) with layer-wise LR decay through the encoder's group matcher (timm);
     each group keeps ``lr_scale`` (all 1 with ``layer_decay`` 1, the released LAFS behaviour).
 
@@ -242,7 +241,7 @@ def build_optimizer(model: FinetuneModel, cfg: OptimConfig, fused: bool = False)
     return create_optimizer_v2(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, **options)
 
 
-def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, total_batch: int) -> WarmupCosine:
+def learning_rate_schedule(cfg: FinetuneOptimConfig, steps_per_epoch: int, total_batch: int) -> WarmupCosine:
     """Warm-up then cosine learning rate, per optimiser step, ``optim.lr`` scaled by ``optim.lr_scaling``.
 
     ``optim.warmup_epochs`` is LAFS's 5 of 34 epochs: ``optim.schedules=relative`` stretches it to the run.

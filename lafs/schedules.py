@@ -160,7 +160,7 @@ def warmup_cosine(
     from the recipe's length to the run's), rounded to whole steps; the cosine ends at ``min_lr`` at ``total_steps``.
     """
     if scaling == "linear":
-        peak = lr * total_batch / reference_batch
+        peak = lr * (total_batch / reference_batch)  # DINO's lr * batch / 256 is the same float: 256 is a power of 2
     elif scaling == "sqrt":
         peak = lr * math.sqrt(total_batch / reference_batch)
     else:

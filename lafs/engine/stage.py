@@ -1,6 +1,7 @@
 """Training stages as data: a stage pairs a config class with the task that trains it, under a name.
 
     PRETRAIN = register_stage("pretrain", PretrainConfig, PretrainTask)  # in the stage's own module
+    import lafs.tasks.pretrain  # elsewhere: importing the stage's module registers it
     summary = STAGES.get("pretrain").run("configs/pretrain/demo.yaml", ["output_dir=runs/x"])
 
 Each stage's module registers its own (`lafs.tasks.pretrain`, `lafs.tasks.landmarks`, `finetune.task`), so callers

@@ -3,7 +3,7 @@
 arcface_torch saves ``backbone.state_dict()`` of an IResNet (``model.pt`` / ``backbone.pth``, or
 ``state_dict_backbone`` inside its ``checkpoint_gpu_*.pt``); our `lafs.models.iresnet.IResNet` has the same parameter
 names, so the state dict loads strictly. The depth, widths, embedding size and input side are read from the tensors'
-shapes, and the file is read with ``torch.load(weights_only=True)`` (`lafs.export.released.load_checkpoint`).
+shapes, and the file is read with ``torch.load(weights_only=True)`` (`lafs.export.released.read_released_checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import timm
 import torch
 
 from lafs.errors import DataError
-from lafs.export.released import load_checkpoint
+from lafs.export.released import read_released_checkpoint
 from lafs.export.weights import save_encoder
 from lafs.landmarks.provenance import TEMPLATE
 from lafs.models.iresnet import LAYERS, IResNet
@@ -66,7 +66,7 @@ def import_arcface_torch(
     checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], overwrite: bool = False
 ) -> tuple[str, dict[str, Any]]:
     """Write the encoder folder ``output`` from an arcface_torch backbone file; returns (architecture, arguments)."""
-    state = backbone_state(load_checkpoint(checkpoint), checkpoint)
+    state = backbone_state(read_released_checkpoint(checkpoint), checkpoint)
     name, args = iresnet_args(state, checkpoint)
     model = timm.create_model(name, **args)
     assert isinstance(model, IResNet)

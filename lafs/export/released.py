@@ -99,7 +99,7 @@ class ImportSummary:
     folder: Path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+def read_released_checkpoint(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)`` allowing ``argparse.Namespace`` (the self-supervised ``args``).
 
     An unreadable file, or one that needs anything else to unpickle (code could run), is a one-line `DataError`.
@@ -245,7 +245,7 @@ def infer_model_args(encoder: Mapping[str, torch.Tensor], path: str | os.PathLik
     }
 
 
-def build_encoder(weights: ReleasedWeights, path: str | os.PathLike[str]) -> PartFViT:
+def build_released_encoder(weights: ReleasedWeights, path: str | os.PathLike[str]) -> PartFViT:
     """The Part fViT holding ``weights.encoder``, loaded strictly (every tensor used, every shape checked)."""
     model = cast(PartFViT, timm.create_model(ARCHITECTURE, **infer_model_args(weights.encoder, path)))
     try:
@@ -274,7 +274,7 @@ def _first_problem(exc: RuntimeError) -> str:
 
 def read_released(path: str | os.PathLike[str]) -> tuple[str, ReleasedWeights]:
     """(layout, tensors by destination) of a released checkpoint file."""
-    layout, model, aside = split_layout(load_checkpoint(path), path)
+    layout, model, aside = split_layout(read_released_checkpoint(path), path)
     weights = sort_released(model, path)
     weights.set_aside.update(aside)
     if weights.classifier is not None and layout.startswith("self-supervised"):
@@ -297,7 +297,7 @@ def import_released_checkpoint(
     output folder of kind ``lafs-encoder`` (`lafs.files.output_folder`), never one holding an input.
     """
     layout, weights = read_released(checkpoint)
-    encoder = build_encoder(weights, checkpoint)
+    encoder = build_released_encoder(weights, checkpoint)
     network_source = str(checkpoint) if weights.landmark_network else ""
     network_tensors = weights.landmark_network
     if landmark_network is not None:

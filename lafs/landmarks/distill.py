@@ -33,7 +33,7 @@ EYE_CORNERS = (33, 263)  # MediaPipe mesh ids of the outer eye corners: the 300W
 
 
 @dataclass
-class AugmentConfig:
+class DistillAugmentConfig:
     flip_prob: float = 0.5  # mirrored faces are as likely as the originals; ids follow the flip permutation
     max_rotation: float = 10.0  # degrees: in-plane roll left over by 5-point alignment
     scale_jitter: float = 0.05  # relative face-size error of detector-based alignment
@@ -70,7 +70,7 @@ def split_by_identity(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def random_affine(size: int, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+def random_affine(size: int, rng: np.random.Generator, aug: DistillAugmentConfig) -> np.ndarray:
     """A 2 x 3 map (project coordinates) of a ``size`` crop onto itself: rotate + scale about the centre, shift,
     then maybe a horizontal flip. Draw order is fixed (angle, scale, shift, flip coin)."""
     angle = math.radians(rng.uniform(-aug.max_rotation, aug.max_rotation))
@@ -97,7 +97,7 @@ class LandmarkFaces(EpochSeeded):
         base: Any,
         positions: np.ndarray,
         landmark_set: str,
-        augment: AugmentConfig | None = None,
+        augment: DistillAugmentConfig | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(seed)

@@ -26,7 +26,7 @@ from lafs.engine import OptimConfig, RunConfig, RunContext, Task, TrainingParts,
 from lafs.engine.accelerator import use_fused_adamw
 from lafs.errors import ConfigError, DataError, LafsError
 from lafs.files import write_atomic
-from lafs.landmarks.distill import AugmentConfig, LandmarkFaces, evaluate, landmark_loss, split_by_identity
+from lafs.landmarks.distill import DistillAugmentConfig, LandmarkFaces, evaluate, landmark_loss, split_by_identity
 from lafs.models.landmark_predictor import (
     LandmarkPredictor,
     LandmarkPredictorConfig,
@@ -71,7 +71,7 @@ class TrainLandmarksConfig(RunConfig):
         default_factory=lambda: DatasetConfig(path=SYNTHETIC, landmarks="", missing_landmarks="skip")
     )
     model: ModelConfig = field(default_factory=ModelConfig)  # LAFS: MobileNetV3-large
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: DistillAugmentConfig = field(default_factory=DistillAugmentConfig)
     optim: LandmarkOptimConfig = field(default_factory=LandmarkOptimConfig)
     held_out_fraction: float = 0.05  # identities kept out of training to measure the error on
     loss: Literal["smooth_l1", "l1"] = "smooth_l1"  # robust to the teacher's occasional bad points

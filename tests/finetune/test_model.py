@@ -10,7 +10,7 @@ from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
 from finetune.regularisers.coreface import CoReFaceConfig
-from finetune.task import OptimConfig, build_optimizer
+from finetune.task import FinetuneOptimConfig, build_optimizer
 from lafs.models import EncoderConfig, build_any_encoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor
 from lafs.schedules import WeightSchedule
@@ -73,7 +73,7 @@ def test_coreface_views_go_through_the_iresnet_fc(monkeypatch):
 
 def test_layer_decay_groups_follow_each_encoder():
     model = model_with(ENCODERS["iresnet"])
-    optimizer = build_optimizer(model, OptimConfig(layer_decay=0.5, weight_decay=0.1))
+    optimizer = build_optimizer(model, FinetuneOptimConfig(layer_decay=0.5, weight_decay=0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
     # stem, 8 residual units (the last one with bn2 / fc / features), then the head at the full rate
@@ -97,9 +97,9 @@ def predictor():
 
 def test_sgd_is_arcface_torch_s_momentum_sgd():
     model = model_with(ENCODERS["iresnet"])
-    optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, layer_decay=1.0))
+    optimizer = build_optimizer(model, FinetuneOptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, layer_decay=1.0))
     assert type(optimizer) is torch.optim.SGD
     group = optimizer.param_groups[0]
     assert group["momentum"] == 0.9 and group["nesterov"] is False and group["lr"] == 0.1
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 5e-4}  # biases and norms: none (timm)
-    assert type(build_optimizer(model, OptimConfig())) is torch.optim.AdamW
+    assert type(build_optimizer(model, FinetuneOptimConfig())) is torch.optim.AdamW

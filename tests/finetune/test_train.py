@@ -17,7 +17,7 @@ from finetune.heads import MarginHead
 from finetune.model import FinetuneModel
 from finetune.objective import build_objective
 from finetune.regularisers import RegularisersConfig
-from finetune.task import FinetuneConfig, OptimConfig, build_optimizer, learning_rate_schedule
+from finetune.task import FinetuneConfig, FinetuneOptimConfig, build_optimizer, learning_rate_schedule
 from finetune.train import main
 from lafs.config import load_config
 from lafs.data.pairs import write_bin
@@ -91,7 +91,7 @@ def nano_model() -> FinetuneModel:
         num_classes=4,
         embed_dim=encoder.num_features,
         num_samples=8,
-        optim=OptimConfig(),
+        optim=FinetuneOptimConfig(),
     )
     return FinetuneModel(encoder, objective, predictor)
 
@@ -99,7 +99,7 @@ def nano_model() -> FinetuneModel:
 def test_layer_decay_groups():
     model = nano_model()
     encoder = model.encoder
-    optimizer = build_optimizer(model, OptimConfig(layer_decay=0.58, weight_decay=0.1))
+    optimizer = build_optimizer(model, FinetuneOptimConfig(layer_decay=0.58, weight_decay=0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
     decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
@@ -129,19 +129,21 @@ def test_recipe_configs_train_every_layer_at_the_full_rate(config):
 
 
 def test_warmup_cosine_per_step_and_batch_scaling():
-    optim = OptimConfig(epochs=10, warmup_epochs=2, lr=1e-3, lr_reference_batch=100, min_lr=0)
+    optim = FinetuneOptimConfig(epochs=10, warmup_epochs=2, lr=1e-3, lr_reference_batch=100, min_lr=0)
     schedule = learning_rate_schedule(optim, 5, 400)
     assert schedule.peak == pytest.approx(2e-3)  # sqrt(400 / 100) = 2
     assert schedule(0) == 0.0 and schedule(9) == pytest.approx(2e-3)
     assert schedule(10) == pytest.approx(2e-3) and schedule(50) == pytest.approx(0.0)
     assert schedule(30) == pytest.approx(1e-3)  # half-way through the cosine
-    linear = learning_rate_schedule(OptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
+    linear = learning_rate_schedule(FinetuneOptimConfig(lr=1e-3, lr_reference_batch=100, lr_scaling="linear"), 5, 400)
     assert linear.peak == pytest.approx(4e-3)
 
 
 def test_relative_warmup_is_stretched_from_lafs_34_epochs(caplog):
     """LAFS's 5 of 34 warm-up epochs in a 17-epoch run of 4 steps per epoch: 2.5 epochs, 10 steps (logged once)."""
-    cfg = OptimConfig(epochs=17, warmup_epochs=5, lr=1e-3, lr_reference_batch=100, min_lr=0, schedules="relative")
+    cfg = FinetuneOptimConfig(
+        epochs=17, warmup_epochs=5, lr=1e-3, lr_reference_batch=100, min_lr=0, schedules="relative"
+    )
     with caplog.at_level(logging.INFO, logger="lafs.finetune"):
         schedule = learning_rate_schedule(cfg, 4, 100)
     assert schedule.warmup_steps == 10 and schedule(9) == pytest.approx(1e-3) and schedule(4) < 1e-3

@@ -78,6 +78,8 @@ def test_warmup_cosine_scales_stretches_and_rounds_like_each_recipe():
     finetune = warmup_cosine(2.29e-3, 1e-6, 5, 3, 51, 17 / 34, "sqrt", 400, 1200)
     assert finetune.peak == pytest.approx(2.29e-3 * 0.5773502691896258) and finetune.warmup_steps == 8
     assert finetune(0) == 0.0 and finetune(8) == finetune.peak and finetune(51) == 1e-6
+    # linear fine-tuning scaling as it always was, lr * (batch / reference): bit for bit, not only approximately
+    assert warmup_cosine(2.29e-3, 0.0, 0, 1, 1, 1.0, "linear", 96, 1200).peak == 2.29e-3 * (96 / 1200)
     plain = warmup_cosine(1e-3, 0.0, 1, 4, 8)  # the landmark predictor: no scaling, no stretch
     assert plain.peak == 1e-3 and plain.warmup_steps == 4 and plain(6) == pytest.approx(0.5e-3)
 

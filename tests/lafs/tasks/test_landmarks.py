@@ -12,7 +12,7 @@ from lafs.engine.run_log import read_log
 from lafs.landmarks import get_landmark_set
 from lafs.landmarks.align import transform_points, warp_image
 from lafs.landmarks.cache import CacheInfo, LandmarkCache
-from lafs.landmarks.distill import AugmentConfig, LandmarkFaces, random_affine, split_by_identity
+from lafs.landmarks.distill import DistillAugmentConfig, LandmarkFaces, random_affine, split_by_identity
 from lafs.models.landmark_predictor import load_landmark_predictor
 from lafs.tasks import landmarks as landmark_task
 from tests.conftest import assert_bad_value_is_one_line
@@ -175,7 +175,7 @@ def blob_face():
 def test_augmentation_moves_image_and_landmarks_together():
     landmark_set = get_landmark_set("mediapipe49")
     item, source = blob_face()
-    aug = AugmentConfig(flip_prob=1.0, max_rotation=10.0, scale_jitter=0.05, shift_px=3.0)
+    aug = DistillAugmentConfig(flip_prob=1.0, max_rotation=10.0, scale_jitter=0.05, shift_px=3.0)
     faces = LandmarkFaces([item], np.array([0]), "mediapipe49", aug, seed=3)
     out = faces[0]
     (slot,) = np.flatnonzero(landmark_set.flip_permutation == source)
@@ -193,7 +193,7 @@ def test_augmentation_moves_image_and_landmarks_together():
 
 def test_epoch_reaches_persistent_workers():
     # The engine's loader keeps its workers alive across epochs: they must still draw each epoch's augmentation.
-    faces = LandmarkFaces([blob_face()[0]], np.array([0]), "mediapipe49", AugmentConfig(), seed=0)
+    faces = LandmarkFaces([blob_face()[0]], np.array([0]), "mediapipe49", DistillAugmentConfig(), seed=0)
     loader = DataLoader(faces, batch_size=1, num_workers=1, persistent_workers=True, collate_fn=collate_faces)
     for epoch in range(2):
         faces.set_epoch(epoch)
