@@ -115,6 +115,96 @@ def loss_summary(run_dir: Path, seconds: float, name: str = "DINO loss", term: s
     return f"{log[-1]['step']} steps, {name} {first:.3f} -> {last:.3f} {quarters}, {seconds:.0f} s"
 
 
+def held_out_pairs(cfg: DemoConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """Verification pairs of synthetic identities neither pretraining nor fine-tuning sees."""
+    held_out = SyntheticFaces(
+        SyntheticFacesConfig(
+            num_identities=cfg.verify_identities,
+            images_per_identity=4,
+            landmark_set=cfg.data.landmark_set,
+            seed=cfg.data.seed + 1,
+        )
+    )
+    return synthetic_pairs(held_out, cfg.verify_pairs, seed=cfg.seed)
+
+
+def fine_tune_both(
+    cfg: DemoConfig, pretrain_dir: Path, images: list[np.ndarray], issame: np.ndarray
+) -> dict[str, tuple[Path, float, float]]:
+    """Few-shot fine-tuning from the LAFS-pretrained encoder and from scratch, on identities neither pretraining nor
+    the held-out pairs use: {name: (run directory, seconds, accuracy on the held-out pairs)}."""
+    finetuned = {}
+    for name, init in (("pretrained", pretrain_dir), ("scratch", "''")):
+        finetune_dir = cfg.output_dir / f"finetune_{name}"
+        overrides = [f"init={init}", *cfg.finetune_overrides]
+        seconds = run_stage(FINETUNE, cfg.finetune_config, overrides, finetune_dir)
+        encoder = load_encoder(finetune_dir / "encoder")
+        accuracy = evaluate_pairs(encoder, images, issame, batch_size=cfg.batch_size)["accuracy"]
+        finetuned[name] = (finetune_dir, seconds, accuracy)
+    return finetuned
+
+
+@dataclass
+class DemoResults:
+    """What the demo measured, for its closing table."""
+
+    faces: SyntheticFaces
+    faces_per_second: float
+    pretrain_dir: Path
+    pretrain_seconds: float
+    finetuned: dict[str, tuple[Path, float, float]]
+    architecture: str
+    embeddings_shape: tuple[int, ...]
+    embed_per_second: float
+    before: dict[str, float]
+    after: dict[str, float]
+    onnx: dict[str, dict[str, float]]
+
+
+def summary_rows(cfg: DemoConfig, r: DemoResults) -> list[tuple[str, str, str]]:
+    """(stage, what it did, note) per line of the demo's closing table."""
+    size = cfg.data.image_size
+    return [
+        (
+            "synthetic faces",
+            f"{len(r.faces)} images of {r.faces.num_classes} identities, {size}x{size}, "
+            f"{r.faces.landmark_set.num_landmarks} exact landmarks each",
+            f"{r.faces_per_second:,.0f} img/s, 1 process",
+        ),
+        ("LAFS pretraining", loss_summary(r.pretrain_dir, r.pretrain_seconds), f"run: {r.pretrain_dir}"),
+        *(
+            (f"fine-tune ({name})", loss_summary(path, seconds, "margin loss", "margin_loss"), f"run: {path}")
+            for name, (path, seconds, _) in r.finetuned.items()
+        ),
+        (
+            "embed",
+            f"{r.architecture} (pretrained teacher) -> embeddings {r.embeddings_shape}",
+            f"{r.embed_per_second:,.0f} img/s, batch {cfg.batch_size}, {torch.get_num_threads()} threads, CPU",
+        ),
+        (
+            "verification",
+            f"{cfg.verify_pairs} pairs of {cfg.verify_identities} held-out identities, 10-fold, flip: "
+            f"accuracy {r.before['accuracy']:.3f} untrained -> {r.after['accuracy']:.3f} pretrained "
+            f"(AUC {r.before['auc']:.3f} -> {r.after['auc']:.3f})",
+            "",
+        ),
+        (
+            "few-shot verification",
+            f"same pairs after fine-tuning with the same budget: accuracy {r.finetuned['scratch'][2]:.3f} from "
+            f"scratch -> {r.finetuned['pretrained'][2]:.3f} from the LAFS-pretrained encoder",
+            "",
+        ),
+        *(
+            (
+                "export",
+                f"{name}: min cosine {e['min_cosine']:.6f} vs PyTorch, dynamic batch",
+                f"{e['pytorch_ms_per_image']:.1f} ms/img PyTorch, {e['onnx_ms_per_image']:.1f} ms/img onnxruntime",
+            )
+            for name, e in r.onnx.items()
+        ),
+    ]
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_cli(argv, DemoConfig, default_config="configs/demo.yaml", description=__doc__.split("\n\n")[0])
@@ -132,32 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.save(run_dir / "embeddings.npy", embeddings)
     np.save(run_dir / "labels.npy", np.array([item["label"] for item in items]))
 
-    held_out = SyntheticFaces(
-        SyntheticFacesConfig(
-            num_identities=cfg.verify_identities,
-            images_per_identity=4,
-            landmark_set=cfg.data.landmark_set,
-            seed=cfg.data.seed + 1,
-        )
-    )
-    images, issame = synthetic_pairs(held_out, cfg.verify_pairs, seed=cfg.seed)
+    images, issame = held_out_pairs(cfg)
     torch.manual_seed(cfg.seed)
     before = evaluate_pairs(build_encoder(cfg.encoder), images, issame, batch_size=cfg.batch_size)
     sets = evaluate_sets(pretrained, {"synthetic_held_out": (images, issame)}, batch_size=cfg.batch_size)
     report = build_report(encoder_info(pretrain_dir), sets, flip=True)
     write_report(report, run_dir / "evaluation")
-    after = sets["synthetic_held_out"]
 
-    # Few-shot fine-tuning on identities neither pretraining nor the held-out pairs use, with and without LAFS.
-    finetuned = {}
-    for name, init in (("pretrained", pretrain_dir), ("scratch", "''")):
-        finetune_dir = run_dir / f"finetune_{name}"
-        overrides = [f"init={init}", *cfg.finetune_overrides]
-        seconds = run_stage(FINETUNE, cfg.finetune_config, overrides, finetune_dir)
-        encoder = load_encoder(finetune_dir / "encoder")
-        accuracy = evaluate_pairs(encoder, images, issame, batch_size=cfg.batch_size)["accuracy"]
-        finetuned[name] = (finetune_dir, seconds, accuracy)
-
+    finetuned = fine_tune_both(cfg, pretrain_dir, images, issame)
     sample = collate_faces(items[:8])
     onnx = save_encoder_onnx(
         pretrained,
@@ -167,47 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         source={"stage": "demo", "run_dir": str(pretrain_dir)},
     )
 
-    size = cfg.data.image_size
-    rows = [
-        (
-            "synthetic faces",
-            f"{len(faces)} images of {faces.num_classes} identities, {size}x{size}, "
-            f"{faces.landmark_set.num_landmarks} exact landmarks each",
-            f"{faces_per_second:,.0f} img/s, 1 process",
-        ),
-        ("LAFS pretraining", loss_summary(pretrain_dir, pretrain_seconds), f"run: {pretrain_dir}"),
-        *(
-            (f"fine-tune ({name})", loss_summary(path, seconds, "margin loss", "margin_loss"), f"run: {path}")
-            for name, (path, seconds, _) in finetuned.items()
-        ),
-        (
-            "embed",
-            f"{pretrained.pretrained_cfg['architecture']} (pretrained teacher) -> embeddings {embeddings.shape}",
-            f"{embed_per_second:,.0f} img/s, batch {cfg.batch_size}, {torch.get_num_threads()} threads, CPU",
-        ),
-        (
-            "verification",
-            f"{cfg.verify_pairs} pairs of {cfg.verify_identities} held-out identities, 10-fold, flip: "
-            f"accuracy {before['accuracy']:.3f} untrained -> {after['accuracy']:.3f} pretrained "
-            f"(AUC {before['auc']:.3f} -> {after['auc']:.3f})",
-            "",
-        ),
-        (
-            "few-shot verification",
-            f"same pairs after fine-tuning with the same budget: accuracy {finetuned['scratch'][2]:.3f} from scratch "
-            f"-> {finetuned['pretrained'][2]:.3f} from the LAFS-pretrained encoder",
-            "",
-        ),
-        *(
-            (
-                "export",
-                f"{name}: min cosine {r['min_cosine']:.6f} vs PyTorch, dynamic batch",
-                f"{r['pytorch_ms_per_image']:.1f} ms/img PyTorch, {r['onnx_ms_per_image']:.1f} ms/img onnxruntime",
-            )
-            for name, r in onnx.items()
-        ),
-    ]
-    width = max(len(r[0]) for r in rows)
+    results = DemoResults(
+        faces, faces_per_second, pretrain_dir, pretrain_seconds, finetuned,
+        pretrained.pretrained_cfg["architecture"], embeddings.shape, embed_per_second,
+        before, sets["synthetic_held_out"], onnx,
+    )  # fmt: skip
+    rows = summary_rows(cfg, results)
+    width = max(len(row[0]) for row in rows)
     print(f"\nlafs demo -> {run_dir}/ (faces.png, embeddings.npy, pretrain/, finetune_*/, evaluation/, export/)")
     for stage, what, note in rows:
         print(f"  {stage:<{width}}  {what}" + (f"  [{note}]" if note else ""))
