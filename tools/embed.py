@@ -63,13 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output.suffix != ".npy":
         raise ConfigError(f"--output must end in .npy, got {args.output}")
     from lafs.files import prepare_output_files
-    from lafs.inference import embedding_side_paths
+    from lafs.photos import embedding_side_paths
 
     prepare_output_files([args.output, *embedding_side_paths(args.output)], args.overwrite)
 
     from lafs.evaluation.verification import embed_images
     from lafs.export.inference import open_encoder
-    from lafs.inference import (
+    from lafs.photos import (
         NO_DIRECTION,
         collect_images,
         crop_landmarks,

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lafs.evaluation.verification import embed_images
     from lafs.export.inference import open_encoder
-    from lafs.inference import cosine, crop_landmarks, load_faces, threshold_from_report
+    from lafs.photos import cosine, crop_landmarks, load_faces, threshold_from_report
 
     threshold, origin = None, ""
     if args.threshold is not None:

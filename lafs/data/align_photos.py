@@ -2,7 +2,7 @@
 
 The pipeline behind ``tools/align.py``: find the photos (`find_photos`: identity sub-folders, a flat folder or a
 path,label list file; `pair_photos`: the photos of a pairs file), align them in one or several worker processes
-(`align_files`, one MediaPipe detector per process, `lafs.inference.align_photo` per photo), count what failed and why
+(`align_files`, one MediaPipe detector per process, `lafs.photos.align_photo` per photo), count what failed and why
 (`Tally`), and write an image folder (`write_folder`), an insightface ``.rec`` (`write_rec`) or a ``.bin`` pair set
 (`write_pairs`), each with a report of the photos that did not align (`report_path`). Outputs appear whole or not at
 all; if no photo aligns nothing is written (`DataError`).
@@ -28,8 +28,8 @@ from lafs.data.pairs import write_bin
 from lafs.data.recordio import write_face_rec
 from lafs.errors import ConfigError, DataError
 from lafs.files import output_folder, write_atomic
-from lafs.inference import NO_FACE, PHOTO_MAX_FACES, UNREADABLE, align_photo_file
 from lafs.landmarks.mediapipe import FaceMeshDetector
+from lafs.photos import NO_FACE, PHOTO_MAX_FACES, UNREADABLE, align_photo_file
 from lafs.progress import progress_bar
 
 OUTPUT_FORMATS = ("folder", "rec", "bin")

@@ -82,7 +82,7 @@ def _png(width: int, height: int) -> bytes:
 )
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: int, message: str) -> None:
     from lafs.data.images import UndecodableImage, read_image_file
-    from lafs.inference import read_photo
+    from lafs.photos import read_photo
 
     path = tmp_path / "bomb.png"
     path.write_bytes(_png(side, side))  # a few hundred kB that would decode to gigabytes

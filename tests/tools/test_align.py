@@ -16,9 +16,9 @@ from skimage.data import astronaut
 from lafs.data.align_photos import find_photos, output_names
 from lafs.data.open import open_dataset
 from lafs.data.pairs import load_bin
-from lafs.inference import _window_starts, read_photo
 from lafs.landmarks.align import ARCFACE_TEMPLATE, estimate_alignment, transform_points
 from lafs.landmarks.mediapipe import FaceMeshDetector, five_points_from_mesh
+from lafs.photos import _window_starts, read_photo
 from tools.align import main
 
 

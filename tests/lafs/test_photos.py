@@ -18,9 +18,9 @@ import lafs  # noqa: F401  (registers the models with timm)
 from lafs.errors import DataError
 from lafs.evaluation.verification import embed_images
 from lafs.export import load_encoder, save_encoder
-from lafs.inference import cosine, l2_normalise_rows, load_faces, threshold_from_report, unusable_rows
 from lafs.landmarks.sets import get_landmark_set
 from lafs.landmarks.sources import MediaPipeLandmarks, scaled_template
+from lafs.photos import cosine, l2_normalise_rows, load_faces, threshold_from_report, unusable_rows
 from tests.conftest import grey_image, write_face_folder
 from tools.embed import main as embed_main
 from tools.verify import main as verify_main
@@ -147,7 +147,7 @@ def test_of_several_faces_the_largest_is_aligned_and_named(tmp_path: Path, caplo
     canvas[:, :300] = face
     canvas[50:250, 340:540] = cv2.resize(face[:, ::-1], (200, 200))  # a smaller, mirrored second face
     two = write_rgb(tmp_path / "two.png", canvas)
-    with caplog.at_level("WARNING", logger="lafs.inference"):
+    with caplog.at_level("WARNING", logger="lafs.photos"):
         _, kept, failures = load_faces([two], align=True)
     assert kept == [two] and not failures
     assert f"{two}: 2 faces; using the largest, at x " in caplog.text
@@ -311,7 +311,7 @@ def test_help(main, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_write_embeddings_and_unit_rows(tmp_path):
-    from lafs.inference import embedding_side_paths, write_embeddings
+    from lafs.photos import embedding_side_paths, write_embeddings
 
     rows = l2_normalise_rows(np.array([[3.0, 4.0], [0.0, -2.0]]))
     assert rows.dtype == np.float32 and rows.tolist() == [[0.6000000238418579, 0.800000011920929], [0.0, -1.0]]

@@ -41,7 +41,7 @@ MAX_CROP_SIDE = 2 * ALIGNED_SIZE  # px: a larger square image is a photo (LFW's 
 MIN_CROP_SIDE = MIN_IMAGE_SIZE  # px: the smallest input training accepts holds no less of a face
 PHOTO_MAX_FACES = 4  # faces MediaPipe looks for in a photo: enough to tell the user there were several
 
-logger = logging.getLogger("lafs.inference")
+logger = logging.getLogger("lafs.photos")
 MIN_WINDOW = 192  # px: smaller windows hold faces too small to give a useful crop
 WINDOW_LEVELS = 2  # window sizes tried after the whole photo: 1/2, then 1/4 of its short side
 
