@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,25 @@ import torch
 import lafs  # registers the encoders with timm
 import lafs.files
 from lafs.cli import KEPT
-from lafs.export import load_encoder, save_encoder
+from lafs.data.synthetic import synthetic_batch
+from lafs.errors import DataError
+from lafs.export import MIN_PARITY_COSINE, OnnxEncoder, load_any_encoder, load_encoder, save_encoder
+from tests.conftest import ROOT
 from tools.export import main
 
 ARCH = "lafs_vit_nano_p8_112"
 SMALL = {"landmark_set": "mediapipe49", "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(ARCH, **SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic_batch("mediapipe49", 5)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +171,155 @@ def test_sigterm_during_an_export_leaves_no_staging_folder(run_dir, tmp_path, ca
     assert capsys.readouterr().err.endswith(f"terminated (SIGTERM): {KEPT}\n")
     assert not out.exists()  # the folder this export created went with its staging folder
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the entry point's only
+
+
+# -- the command on good and corrupted folders (moved from tests/lafs/export) ------------------------------------
+
+
+def _architecture_changed(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = "lafs_vit_base_p8_112"
+    config["model_args"].update(embed_dim=768, depth=12, num_heads=12)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _landmark_set_changed(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["landmark_set"] = "mediapipe196"
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _config_changed(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _weights_truncated(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _architecture_changed,
+        _landmark_set_changed,
+        lambda folder: (folder / "model.safetensors").unlink(),
+        lambda folder: (folder / "config.json").write_text("{"),
+        _weights_truncated,
+        lambda folder: (folder / "model.safetensors").write_bytes(b""),
+        lambda folder: _config_changed(folder, architecture="vit_tiny_patch16_224"),
+    ],
+    ids=["architecture", "landmark_set", "no_weights", "bad_json", "truncated_weights", "empty_weights", "timm"],
+)
+def test_corrupted_folder(model, tmp_path, corrupt, capsys):
+    folder = save_encoder(model, tmp_path / "encoder")
+    corrupt(folder)
+    with pytest.raises(DataError) as caught:
+        load_any_encoder(folder)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    out = tmp_path / "out"
+    assert main(["--input", str(folder), "--output", str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_cli_exports_with_onnx(model, tmp_path, faces, capsys):
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    umask = os.umask(0o022)
+    try:
+        assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    finally:
+        os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+        [".lafs-output.json", "config.json", "model.onnx", "model.safetensors", "model_images_only.onnx"], 0o644
+    )  # every file follows the umask (mkstemp's and safetensors' 0600 did not)
+    printed = capsys.readouterr().out
+    for name in ("model.onnx", "model_images_only.onnx"):
+        assert name in printed
+    assert printed.count("min cosine") == 2 and printed.count("ms/image PyTorch") == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lafs-output.json",
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_images_only.onnx",
+    ]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["input"] == str((tmp_path / "run").resolve())
+    files = {entry["file"]: entry for entry in config["onnx"]["files"]}
+    assert files["model.onnx"]["inputs"] == ["images", "landmarks"]
+    assert files["model_images_only.onnx"]["inputs"] == ["images"]
+    for entry in files.values():
+        assert entry["parity"]["min_cosine"] >= MIN_PARITY_COSINE and entry["parity"]["onnx_ms_per_image"] > 0
+
+    images, landmarks = faces
+    with torch.no_grad():
+        expected = model(images, landmarks)
+        torch.testing.assert_close(load_any_encoder(out)(images, landmarks), expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            load_any_encoder(out / "model.onnx")(images, landmarks), expected, rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            load_any_encoder(out / "model_images_only.onnx")(images), model(images), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_cli_without_onnx(model, tmp_path, capsys):
+    folder = save_encoder(model, tmp_path / "encoder")
+    assert main(["--input", str(folder), "--output", str(tmp_path / "copy")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == [".lafs-output.json", "config.json", "model.safetensors"]
+
+
+def test_cli_missing_input(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_cli_help():
+    result = subprocess.run([sys.executable, "-m", "tools.export", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "--onnx" in result.stdout
+
+
+def test_iresnet_exports_one_images_only_onnx_file(tmp_path, faces, capsys):
+    torch.manual_seed(0)
+    model = timm.create_model("iresnet18", widths=(4, 4, 8, 8), num_features=16).eval()
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lafs-output.json",
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+    ]
+    printed = capsys.readouterr().out
+    assert "iresnet18, 16-d embeddings" in printed and printed.count("min cosine") == 1
+    config = json.loads((out / "config.json").read_text())
+    assert [entry["inputs"] for entry in config["onnx"]["files"]] == [["images"]]
+    onnx_encoder = load_any_encoder(out / "model.onnx")
+    assert isinstance(onnx_encoder, OnnxEncoder) and not onnx_encoder.needs_landmarks
+    images = faces[0]
+    with torch.no_grad():
+        for batch in (1, 5):
+            torch.testing.assert_close(onnx_encoder(images[:batch]), model(images[:batch]), rtol=1e-4, atol=1e-4)
+
+
+def test_an_encoder_trained_at_64_px_exports_onnx_checked_at_64_px(tmp_path, capsys):
+    # The CPU recipe's ResNet-18 takes 64 x 64 faces: the parity check must feed it those (it fed 112 x 112 once).
+    from lafs.models import EncoderConfig, build_any_encoder
+
+    torch.manual_seed(0)
+    model = build_any_encoder(EncoderConfig(name="timm:resnet10t", embed_dim=16, model_args={"img_size": 64})).eval()
+    save_encoder(model, tmp_path / "run" / "encoder")
+    out = tmp_path / "exported"
+    assert main(["--input", str(tmp_path / "run"), "--output", str(out), "--onnx", "--faces", "3"]) == 0
+    assert "min cosine 0.99999" in capsys.readouterr().out
+    assert load_any_encoder(out / "model.onnx")(torch.zeros(2, 3, 64, 64)).shape == (2, 16)
