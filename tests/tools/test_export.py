@@ -21,6 +21,7 @@ from lafs.data.synthetic import synthetic_batch
 from lafs.errors import DataError
 from lafs.export import MIN_PARITY_COSINE, OnnxEncoder, load_any_encoder, load_encoder, save_encoder
 from tests.conftest import ROOT
+from tests.lafs.export.corrupt import architecture_changed, config_changed, landmark_set_changed, weights_truncated
 from tools.export import main
 
 ARCH = "lafs_vit_nano_p8_112"
@@ -176,40 +177,16 @@ def test_sigterm_during_an_export_leaves_no_staging_folder(run_dir, tmp_path, ca
 # -- the command on good and corrupted folders (moved from tests/lafs/export) ------------------------------------
 
 
-def _architecture_changed(folder: Path) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config["architecture"] = "lafs_vit_base_p8_112"
-    config["model_args"].update(embed_dim=768, depth=12, num_heads=12)
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _landmark_set_changed(folder: Path) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config["model_args"]["landmark_set"] = "mediapipe196"
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _config_changed(folder: Path, **changes: object) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config.update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _weights_truncated(folder: Path) -> None:
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-
-
 @pytest.mark.parametrize(
     "corrupt",
     [
-        _architecture_changed,
-        _landmark_set_changed,
+        architecture_changed,
+        landmark_set_changed,
         lambda folder: (folder / "model.safetensors").unlink(),
         lambda folder: (folder / "config.json").write_text("{"),
-        _weights_truncated,
+        weights_truncated,
         lambda folder: (folder / "model.safetensors").write_bytes(b""),
-        lambda folder: _config_changed(folder, architecture="vit_tiny_patch16_224"),
+        lambda folder: config_changed(folder, architecture="vit_tiny_patch16_224"),
     ],
     ids=["architecture", "landmark_set", "no_weights", "bad_json", "truncated_weights", "empty_weights", "timm"],
 )

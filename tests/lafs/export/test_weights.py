@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import timm
@@ -24,6 +23,7 @@ from lafs.export import (
 from lafs.models.image_encoder import ImageEncoder
 from lafs.models.landmark_predictor import LandmarkPredictorConfig, build_landmark_predictor, save_landmark_predictor
 from tests.lafs.export.conftest import ARCH, SMALL
+from tests.lafs.export.corrupt import config_changed, weights_truncated
 
 
 def test_folder_round_trip(model, folder, faces):
@@ -84,49 +84,25 @@ def test_predictor_folder_inside_an_export_or_beside_a_run_encoder(model, tmp_pa
         assert isinstance(load_any_encoder(path), ImageEncoder)
 
 
-def _architecture_changed(folder: Path) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config["architecture"] = "lafs_vit_base_p8_112"
-    config["model_args"].update(embed_dim=768, depth=12, num_heads=12)
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _landmark_set_changed(folder: Path) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config["model_args"]["landmark_set"] = "mediapipe196"
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _config_changed(folder: Path, **changes: object) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config.update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-def _weights_truncated(folder: Path) -> None:
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-
-
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
-        (_weights_truncated, "model.safetensors: unreadable weights (truncated or not safetensors:"),
+        (weights_truncated, "model.safetensors: unreadable weights (truncated or not safetensors:"),
         (lambda folder: (folder / "model.safetensors").write_bytes(b""), "model.safetensors: unreadable weights"),
         (
-            lambda folder: _config_changed(folder, architecture="vit_tiny_patch16_224"),
+            lambda folder: config_changed(folder, architecture="vit_tiny_patch16_224"),
             "config.json: architecture 'vit_tiny_patch16_224' is a timm model, not a lafs encoder (known: lafs_vit_",
         ),
         (
-            lambda folder: _config_changed(folder, architecture="no_such_net"),
+            lambda folder: config_changed(folder, architecture="no_such_net"),
             "config.json: architecture 'no_such_net' is not a lafs encoder (known: lafs_vit_",
         ),
         (
-            lambda folder: _config_changed(folder, model_args=[1, 2]),
+            lambda folder: config_changed(folder, model_args=[1, 2]),
             "config.json: model_args must be a mapping of keyword arguments, got [1, 2]",
         ),
         (
-            lambda folder: _config_changed(folder, landmark_set="mediapipe196"),
+            lambda folder: config_changed(folder, landmark_set="mediapipe196"),
             "config.json: landmark_set 'mediapipe196' disagrees with the model's mediapipe49",
         ),
     ],
@@ -146,7 +122,7 @@ def test_architecture_that_disagrees_with_model_args(tmp_path):
     # they contradict, while they are exactly another registered size, is a renamed (mislabelled) encoder.
     nano = timm.create_model(ARCH, landmark_set="mediapipe49")
     folder = save_encoder(nano, tmp_path / "encoder")
-    _config_changed(folder, architecture="lafs_vit_small_p8_112")
+    config_changed(folder, architecture="lafs_vit_small_p8_112")
     with pytest.raises(DataError) as caught:
         load_encoder(folder)
     assert str(caught.value) == (
